@@ -1,0 +1,365 @@
+"""The built-in "shapes" dataset: synthetic scenes written in COCO's own formats.
+
+It lets `captioner train` run offline, in minutes, through the same readers as COCO: images
+under `images/<split>/`, COCO captions and instances files under `annotations/`, and a
+Karpathy-split `dataset_shapes.json`. Every file is a pure function of the ShapesSpec, so the
+same spec gives byte-identical output and the cache folder can be named by a hash of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import sys
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from captioner.atomic import write_json
+from captioner.data.tokenize import tokenize
+from captioner.errors import CaptionerError
+from captioner.paths import default_cache_dir
+
+# Bump whenever the output for a given spec changes, so cached datasets are regenerated.
+GENERATOR_VERSION = 1
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 90, 230),
+    "yellow": (230, 210, 40),
+    "purple": (150, 70, 200),
+    "orange": (245, 140, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+# Size word -> half-extent range in pixels (inclusive) on a 128 px canvas.
+SIZE_WORDS: dict[str, tuple[int, int]] = {"small": (8, 12), "large": (16, 22)}
+# Count -> the word captions use when same colour+shape objects are grouped.
+NUMBER_WORDS: dict[int, str] = {2: "two", 3: "three"}
+SPLITS = ("train", "val", "test")
+KARPATHY_FILE = "dataset_shapes.json"
+
+_REFERENCE_SIZE = 128
+_MARGIN_PX = 4
+_GAP_PX = 4
+_MAX_OBJECTS = 3
+_COLOUR_JITTER = 15
+_MAX_BACKGROUND = 60
+_MAX_NOISE_SIGMA = 6.0
+# Chance that a further object repeats an earlier one's colour and shape: without it, groups
+# ("two red circles") would be too rare to learn number words from.
+_REPEAT_P = 0.2
+_PLACEMENT_TRIES = 50
+_CAPTIONS_PER_IMAGE = 5
+_SIZE_WORD_P = 0.5
+_CIRCLE_POLYGON_POINTS = 24
+_COMPLETE = "COMPLETE"
+_LICENSES = [{"id": 1, "name": "CC0 1.0 (generated data)",
+              "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
+
+# Phrasings; {x} is the list of every object ("a red circle and two blue squares").
+_LISTING_TEMPLATES = (
+    "{x}",
+    "there {be} {x}",
+    "an image with {x}",
+    "a picture of {x}",
+    "{x} on a dark background",
+    "a dark background with {x}",
+)
+# Two-object phrasings; {rel} is where {a}'s centre lies relative to {b}'s.
+_RELATION_TEMPLATES = (
+    "{a} {rel} {b}",
+    "{a} is {rel} {b}",
+    "there is {a} {rel} {b}",
+)
+
+
+@dataclass(frozen=True)
+class ShapesSpec:
+    """Everything the generated files depend on (besides GENERATOR_VERSION)."""
+
+    num_train: int = 3000
+    num_val: int = 250
+    num_test: int = 250
+    size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.num_train, self.num_val, self.num_test) < 0:
+            raise CaptionerError(f"shapes: split sizes must be >= 0, got {self}")
+        # Below this, three large objects with their gaps no longer fit reliably.
+        if self.size < 32:
+            raise CaptionerError(f"shapes: image size must be >= 32 px, got {self.size}")
+
+    def split_sizes(self) -> dict[str, int]:
+        return {"train": self.num_train, "val": self.num_val, "test": self.num_test}
+
+
+@dataclass(frozen=True)
+class _Object:
+    colour: str
+    shape: str
+    size: str
+    x: int  # top-left corner of the square bounding box, pixel-edge coordinates
+    y: int
+    side: int
+
+    def centre(self) -> tuple[float, float]:
+        return self.x + self.side / 2, self.y + self.side / 2
+
+
+def ensure_shapes(spec: ShapesSpec, cache_dir: Path | None = None) -> Path:
+    """The cached dataset folder for `spec`, generated first if missing or incomplete."""
+    out_dir = Path(cache_dir or default_cache_dir()) / "shapes" / _spec_hash(spec)
+    if not (out_dir / _COMPLETE).is_file():
+        total = sum(spec.split_sizes().values())
+        print(f"generating the built-in shapes dataset ({total} images) into {out_dir}",
+              file=sys.stderr, flush=True)
+        generate_shapes(out_dir, spec)
+    return out_dir
+
+
+def generate_shapes(out_dir: Path, spec: ShapesSpec) -> Path:
+    """Write the whole dataset to `out_dir`, replacing an earlier shapes dataset there."""
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside the target and renamed into place, so an interrupted run never leaves a
+    # half dataset where a complete one is expected.
+    tmp = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        _write_dataset(tmp, spec)
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _spec_hash(spec: ShapesSpec) -> str:
+    key = json.dumps({"generator_version": GENERATOR_VERSION, **asdict(spec)}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise CaptionerError(f"shapes: {out_dir} exists and is not a folder")
+    looks_like_shapes = (out_dir / _COMPLETE).exists() or (out_dir / KARPATHY_FILE).exists()
+    if any(out_dir.iterdir()) and not looks_like_shapes:
+        raise CaptionerError(f"shapes: refusing to replace {out_dir}: not a shapes dataset")
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        tmp.rename(out_dir)
+        return
+    old = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:8]}.old")
+    out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old)
+
+
+def _write_dataset(root: Path, spec: ShapesSpec) -> None:
+    karpathy: list[dict[str, Any]] = []
+    categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
+    image_id = caption_id = instance_id = 1
+    for split_index, (split, count) in enumerate(spec.split_sizes().items()):
+        (root / "images" / split).mkdir(parents=True)
+        images, captions, instances = [], [], []
+        for index in range(count):
+            # One generator per image: any image can be reproduced without generating the rest.
+            rng = np.random.default_rng([spec.seed, split_index, index])
+            objects = _sample_objects(rng, spec.size)
+            file_name = f"shapes_{split}_{image_id:06d}.png"
+            _render(rng, objects, spec.size).save(
+                root / "images" / split / file_name, format="PNG", compress_level=1
+            )
+            images.append(
+                {"id": image_id, "file_name": file_name, "width": spec.size, "height": spec.size}
+            )
+            sentences = []
+            for caption in _captions(rng, objects):
+                captions.append({"image_id": image_id, "id": caption_id, "caption": caption})
+                sentences.append({"tokens": tokenize(caption), "raw": caption,
+                                  "imgid": len(karpathy), "sentid": caption_id})
+                caption_id += 1
+            for obj in objects:
+                instances.append(_instance(obj, instance_id, image_id))
+                instance_id += 1
+            karpathy.append({
+                "filepath": f"images/{split}",
+                "filename": file_name,
+                "imgid": len(karpathy),
+                "cocoid": image_id,
+                "split": split,
+                "sentids": [s["sentid"] for s in sentences],
+                "sentences": sentences,
+            })
+            image_id += 1
+        header = {"info": _info(spec), "licenses": _LICENSES, "images": images}
+        _write_compact(root / "annotations" / f"captions_{split}.json",
+                       {**header, "annotations": captions})
+        _write_compact(root / "annotations" / f"instances_{split}.json",
+                       {**header, "annotations": instances, "categories": categories})
+    _write_compact(root / KARPATHY_FILE, {"dataset": "shapes", "images": karpathy})
+    # Written last: its presence is what says the folder is complete.
+    write_json(root / _COMPLETE, {"generator_version": GENERATOR_VERSION, "spec": asdict(spec)})
+
+
+def _info(spec: ShapesSpec) -> dict[str, Any]:
+    return {
+        "description": "captioner built-in shapes dataset",
+        "version": str(GENERATOR_VERSION),
+        "contributor": "captioner",
+        "spec": asdict(spec),
+    }
+
+
+def _write_compact(path: Path, obj: Any) -> None:
+    write_json(path, obj, indent=None)
+
+
+def _scaled(px: float, size: int) -> int:
+    return max(1, round(px * size / _REFERENCE_SIZE))
+
+
+def _sample_objects(rng: np.random.Generator, size: int) -> list[_Object]:
+    count = int(rng.integers(1, _MAX_OBJECTS + 1))
+    while True:  # rarely more than one pass: a crowded scene is resampled from scratch
+        objects: list[_Object] = []
+        for _ in range(count):
+            obj = _place(rng, size, objects)
+            if obj is None:
+                break
+            objects.append(obj)
+        if len(objects) == count:
+            return objects
+
+
+def _place(rng: np.random.Generator, size: int, placed: list[_Object]) -> _Object | None:
+    if placed and rng.random() < _REPEAT_P:
+        model = placed[int(rng.integers(len(placed)))]
+        colour, shape = model.colour, model.shape
+    else:
+        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    size_word = list(SIZE_WORDS)[int(rng.integers(len(SIZE_WORDS)))]
+    low, high = SIZE_WORDS[size_word]
+    side = 2 * int(rng.integers(_scaled(low, size), _scaled(high, size) + 1))
+    margin, gap = _scaled(_MARGIN_PX, size), _scaled(_GAP_PX, size)
+    for _ in range(_PLACEMENT_TRIES):
+        x, y = (int(v) for v in rng.integers(margin, size - margin - side + 1, size=2))
+        obj = _Object(colour, shape, size_word, x, y, side)
+        if all(_separation(obj, other) >= gap for other in placed):
+            return obj
+    return None
+
+
+def _separation(a: _Object, b: _Object) -> int:
+    """Empty pixels between two boxes along the axis where they are apart (negative: overlap)."""
+    return max(b.x - (a.x + a.side), a.x - (b.x + b.side),
+               b.y - (a.y + a.side), a.y - (b.y + b.side))
+
+
+def _render(rng: np.random.Generator, objects: list[_Object], size: int) -> Image.Image:
+    background = rng.integers(0, _MAX_BACKGROUND + 1, size=3)
+    sigma = rng.uniform(0.0, _MAX_NOISE_SIGMA)
+    # float32 noise, computed in place: about half of the whole generator's time otherwise.
+    pixels = rng.standard_normal(size=(size, size, 3), dtype=np.float32)
+    pixels *= sigma
+    pixels += background.astype(np.float32)
+    np.clip(np.rint(pixels, out=pixels), 0, 255, out=pixels)
+    image = Image.fromarray(pixels.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for obj in objects:
+        jitter = rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, size=3)
+        fill = tuple(int(c) for c in np.clip(np.add(COLOURS[obj.colour], jitter), 0, 255))
+        # ImageDraw boxes are inclusive pixel ranges: the last pixel is at x + side - 1.
+        x1, y1 = obj.x + obj.side - 1, obj.y + obj.side - 1
+        if obj.shape == "circle":
+            draw.ellipse((obj.x, obj.y, x1, y1), fill=fill)
+        elif obj.shape == "square":
+            draw.rectangle((obj.x, obj.y, x1, y1), fill=fill)
+        else:
+            draw.polygon([(obj.x, y1), (x1, y1), ((obj.x + x1) / 2, obj.y)], fill=fill)
+    return image
+
+
+def _instance(obj: _Object, instance_id: int, image_id: int) -> dict[str, Any]:
+    x, y, s = obj.x, obj.y, obj.side
+    if obj.shape == "circle":
+        r = s / 2
+        angles = np.linspace(0, 2 * math.pi, _CIRCLE_POLYGON_POINTS, endpoint=False)
+        polygon = [round(v, 2) for a in angles
+                   for v in (x + r + r * math.cos(a), y + r + r * math.sin(a))]
+        area = math.pi * r * r
+    elif obj.shape == "square":
+        polygon = [x, y, x + s, y, x + s, y + s, x, y + s]
+        area = s * s
+    else:
+        polygon = [x, y + s, x + s, y + s, x + s / 2, y]
+        area = s * s / 2
+    return {
+        "id": instance_id,
+        "image_id": image_id,
+        "category_id": SHAPES.index(obj.shape) + 1,
+        "bbox": [x, y, s, s],
+        "area": round(area, 2),
+        "iscrowd": 0,
+        "segmentation": [polygon],
+        "attributes": {"colour": obj.colour, "size": obj.size},
+    }
+
+
+def _captions(rng: np.random.Generator, objects: list[_Object]) -> list[str]:
+    kinds = {(o.colour, o.shape) for o in objects}
+    templates = list(_LISTING_TEMPLATES)
+    # A relation between two identical objects ("a red circle above a red circle") reads badly.
+    if len(objects) == 2 and len(kinds) == 2:
+        templates += _RELATION_TEMPLATES
+    chosen = rng.choice(len(templates), size=_CAPTIONS_PER_IMAGE, replace=False)
+    return [_fill(templates[int(i)], rng, objects) for i in chosen]
+
+
+def _fill(template: str, rng: np.random.Generator, objects: list[_Object]) -> str:
+    with_size = bool(rng.random() < _SIZE_WORD_P)
+    if "{rel}" in template:
+        a, b = objects if rng.random() < 0.5 else objects[::-1]
+        return template.format(a=_phrase(a.colour, a.shape, [a.size], with_size),
+                               rel=_relation(a, b),
+                               b=_phrase(b.colour, b.shape, [b.size], with_size))
+    groups: dict[tuple[str, str], list[str]] = {}
+    for obj in objects:
+        groups.setdefault((obj.colour, obj.shape), []).append(obj.size)
+    phrases = [_phrase(c, s, sizes, with_size) for (c, s), sizes in groups.items()]
+    phrases = [phrases[int(i)] for i in rng.permutation(len(phrases))]
+    be = "are" if phrases[0].split()[0] in NUMBER_WORDS.values() else "is"
+    listing = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    return template.format(x=listing, be=be)
+
+
+def _phrase(colour: str, shape: str, sizes: list[str], with_size: bool) -> str:
+    """A noun phrase: "a small red circle", "an orange triangle", "two red circles"."""
+    words = [sizes[0]] if with_size and len(set(sizes)) == 1 else []
+    words += [colour, shape if len(sizes) == 1 else shape + "s"]
+    if len(sizes) > 1:
+        determiner = NUMBER_WORDS[len(sizes)]
+    else:
+        determiner = "an" if words[0][0] in "aeiou" else "a"
+    return " ".join([determiner, *words])
+
+
+def _relation(a: _Object, b: _Object) -> str:
+    """Where a's centre lies relative to b's, along the axis where they are further apart."""
+    (ax, ay), (bx, by) = a.centre(), b.centre()
+    if abs(ax - bx) >= abs(ay - by):
+        return "to the left of" if ax < bx else "to the right of"
+    return "above" if ay < by else "below"

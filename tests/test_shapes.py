@@ -1,0 +1,234 @@
+"""The built-in shapes dataset: formats, determinism, caption content, layout, caching."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import replace
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from captioner.data.shapes import (
+    COLOURS,
+    NUMBER_WORDS,
+    SHAPES,
+    SIZE_WORDS,
+    ShapesSpec,
+    ensure_shapes,
+    generate_shapes,
+)
+from captioner.data.tokenize import tokenize
+from captioner.errors import CaptionerError
+
+SPEC = ShapesSpec(num_train=24, num_val=4, num_test=4, size=128, seed=3)
+TINY = ShapesSpec(num_train=4, num_val=2, num_test=2, size=32, seed=1)
+SHAPE_FORMS = {s: s for s in SHAPES} | {s + "s": s for s in SHAPES}
+RELATIONS = ("to the left of", "to the right of", "above", "below")
+COUNTS = {"a": 1, "an": 1} | {w: n for n, w in NUMBER_WORDS.items()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_shapes(tmp_path_factory.mktemp("shapes") / "ds", SPEC)
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def objects_by_image(root: Path, split: str) -> dict[int, list[dict]]:
+    instances = load(root / "annotations" / f"instances_{split}.json")
+    by_image: dict[int, list[dict]] = {im["id"]: [] for im in instances["images"]}
+    for ann in instances["annotations"]:
+        by_image[ann["image_id"]].append(ann)
+    return by_image
+
+
+def parse(caption: str) -> tuple[Counter, str]:
+    """(colour, shape) counts a caption mentions, and its phrasing with each object list as X."""
+    tokens = tokenize(caption)
+    mentioned: Counter = Counter()
+    spans = []
+    for j, token in enumerate(tokens):
+        if token not in SHAPE_FORMS:
+            continue
+        # The colour comes before the shape, with at most a size or number word between.
+        k = j - 1 if tokens[j - 1] in COLOURS else j - 2
+        assert tokens[k] in COLOURS, caption
+        assert k == j - 1 or tokens[j - 1] in set(SIZE_WORDS) | set(NUMBER_WORDS.values())
+        start = k - 1 if tokens[k - 1] in SIZE_WORDS else k
+        assert start >= 1, caption
+        count = COUNTS[tokens[start - 1]]
+        assert (count > 1) == token.endswith("s"), caption
+        mentioned[(tokens[k], SHAPE_FORMS[token])] += count
+        spans.append((start - 1, j))
+    words = list(tokens)
+    for start, end in reversed(spans):
+        words[start:end + 1] = ["X"]
+    assert not set(words) & set(COLOURS), f"colour word without a shape: {caption}"
+    return mentioned, re.sub(r"X(?: (?:and )?X)*", "X", " ".join(words))
+
+
+def articles_agree(caption: str) -> bool:
+    words = caption.split()
+    return all((word == "an") == (following[0] in "aeiou")
+               for word, following in pairwise(words) if word in ("a", "an"))
+
+
+# pycocotools' annToMask trips a numpy 2 deprecation inside the library, not in our data.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_files_in_coco_and_karpathy_formats(dataset: Path) -> None:
+    karpathy = load(dataset / "dataset_shapes.json")
+    assert karpathy["dataset"] == "shapes"
+    ids = set()
+    for split, n in SPEC.split_sizes().items():
+        captions = COCO(str(dataset / "annotations" / f"captions_{split}.json"))
+        instances = COCO(str(dataset / "annotations" / f"instances_{split}.json"))
+        assert len(captions.getImgIds()) == n == len(instances.getImgIds())
+        categories = instances.loadCats(instances.getCatIds())
+        assert sorted(c["name"] for c in categories) == sorted(SHAPES)
+        for image in captions.loadImgs(captions.getImgIds()):
+            with Image.open(dataset / "images" / split / image["file_name"]) as im:
+                assert im.size == (SPEC.size, SPEC.size) and im.mode == "RGB"
+        ann = instances.loadAnns(instances.getAnnIds())[0]
+        assert instances.annToMask(ann).sum() > 0
+        assert set(ann) >= {"bbox", "area", "iscrowd", "segmentation", "attributes"}
+        ids |= set(captions.getImgIds())
+    assert len(ids) == sum(SPEC.split_sizes().values())
+    entry = karpathy["images"][0]
+    assert entry["filepath"] == "images/train" and entry["cocoid"] in ids
+    assert (dataset / entry["filepath"] / entry["filename"]).is_file()
+    sentence = entry["sentences"][0]
+    assert sentence["tokens"] == tokenize(sentence["raw"]) and sentence["imgid"] == entry["imgid"]
+    assert entry["sentids"] == [s["sentid"] for s in entry["sentences"]]
+
+
+def test_same_spec_gives_identical_bytes_and_another_seed_differs(tmp_path: Path) -> None:
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    first = files(generate_shapes(tmp_path / "a", TINY))
+    assert first == files(generate_shapes(tmp_path / "b", TINY))
+    other = files(generate_shapes(tmp_path / "c", replace(TINY, seed=2)))
+    assert first.keys() == other.keys() and first != other
+
+
+def test_every_caption_names_every_object_in_varied_phrasings(dataset: Path) -> None:
+    phrasings = set()
+    for split in SPEC.split_sizes():
+        objects = objects_by_image(dataset, split)
+        captions = load(dataset / "annotations" / f"captions_{split}.json")["annotations"]
+        by_image: dict[int, list[str]] = {}
+        for ann in captions:
+            by_image.setdefault(ann["image_id"], []).append(ann["caption"])
+        assert by_image.keys() == objects.keys()
+        for image_id, texts in by_image.items():
+            assert len(set(texts)) == 5
+            truth = Counter(
+                (a["attributes"]["colour"], SHAPES[a["category_id"] - 1]) for a in objects[image_id]
+            )
+            for text in texts:
+                assert text == text.lower()
+                assert articles_agree(text), text
+                mentioned, phrasing = parse(text)
+                assert mentioned == truth, text
+                phrasings.add(phrasing)
+    assert len(phrasings) >= 4, phrasings
+
+
+def test_relations_follow_the_dominant_axis_between_centres(dataset: Path) -> None:
+    checked = 0
+    for split in SPEC.split_sizes():
+        objects = objects_by_image(dataset, split)
+        for ann in load(dataset / "annotations" / f"captions_{split}.json")["annotations"]:
+            relation = next((r for r in RELATIONS if f" {r} " in ann["caption"]), None)
+            if relation is None:
+                continue
+            parts = ann["caption"].split(f" {relation} ")
+            (ax, ay), (bx, by) = (centre_of_mentioned(objects[ann["image_id"]], p) for p in parts)
+            if abs(ax - bx) >= abs(ay - by):
+                expected = "to the left of" if ax < bx else "to the right of"
+            else:
+                expected = "above" if ay < by else "below"
+            assert relation == expected, ann["caption"]
+            checked += 1
+    assert checked > 0
+
+
+def centre_of_mentioned(anns: list[dict], text: str) -> tuple[float, float]:
+    words = set(text.split())
+    named = [a for a in anns if {a["attributes"]["colour"], SHAPES[a["category_id"] - 1]} <= words]
+    [(x, y, w, h)] = [a["bbox"] for a in named]
+    return x + w / 2, y + h / 2
+
+
+def test_layout_keeps_margins_gaps_and_sizes(dataset: Path) -> None:
+    margin = gap = 4
+    for split in SPEC.split_sizes():
+        for anns in objects_by_image(dataset, split).values():
+            assert 1 <= len(anns) <= 3
+            boxes = [a["bbox"] for a in anns]
+            for ann, (x, y, w, h) in zip(anns, boxes, strict=True):
+                low, high = SIZE_WORDS[ann["attributes"]["size"]]
+                assert w == h and low <= w / 2 <= high
+                assert x >= margin and y >= margin
+                assert x + w <= SPEC.size - margin and y + h <= SPEC.size - margin
+            for i, (ax, ay, aw, ah) in enumerate(boxes):
+                for bx, by, bw, bh in boxes[i + 1:]:
+                    apart = max(bx - (ax + aw), ax - (bx + bw), by - (ay + ah), ay - (by + bh))
+                    assert apart >= gap
+
+
+def test_objects_are_drawn_where_annotated(dataset: Path) -> None:
+    coco = COCO(str(dataset / "annotations" / "instances_train.json"))
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        x, y, w, h = ann["bbox"]
+        image = coco.loadImgs(ann["image_id"])[0]
+        with Image.open(dataset / "images" / "train" / image["file_name"]) as im:
+            # A point inside every shape: low in the box, where even the triangle is wide.
+            pixel = np.array(im.getpixel((x + w // 2, y + 3 * h // 4)))
+        assert np.abs(pixel - COLOURS[ann["attributes"]["colour"]]).max() <= 15
+
+
+def test_ensure_shapes_uses_the_cache_env_and_reuses_a_complete_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
+    root = ensure_shapes(TINY)
+    assert root.parent == tmp_path / "cache" / "shapes"
+    assert "generating the built-in shapes dataset (8 images)" in capsys.readouterr().err
+    stamp = (root / "dataset_shapes.json").stat().st_mtime_ns
+    assert ensure_shapes(TINY) == root
+    assert capsys.readouterr().err == ""
+    assert (root / "dataset_shapes.json").stat().st_mtime_ns == stamp
+    elsewhere = tmp_path / "elsewhere"
+    assert ensure_shapes(TINY, cache_dir=elsewhere).parent == elsewhere / "shapes"
+    assert ensure_shapes(replace(TINY, seed=5)) != root
+
+
+def test_ensure_shapes_regenerates_an_incomplete_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = ensure_shapes(TINY, cache_dir=tmp_path)
+    reference = (root / "annotations" / "captions_train.json").read_bytes()
+    (root / "COMPLETE").unlink()
+    (root / "annotations" / "captions_train.json").write_text("{")
+    capsys.readouterr()
+    assert ensure_shapes(TINY, cache_dir=tmp_path) == root
+    assert "generating" in capsys.readouterr().err
+    assert (root / "annotations" / "captions_train.json").read_bytes() == reference
+    assert [p.name for p in tmp_path.joinpath("shapes").iterdir()] == [root.name]
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_shapes_dataset(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(CaptionerError, match="not a shapes dataset"):
+        generate_shapes(tmp_path / "mine", TINY)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
