@@ -1,0 +1,204 @@
+"""Typed configuration: dataclass defaults (= the built-in shapes run), YAML files, dotted overrides.
+
+OmegaConf merges the three and rejects unknown keys and ill-typed values, so a typo in a config
+file or on the command line is an error naming the key, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from captioner.errors import CaptionerError
+
+
+@dataclass
+class ShapesConfig:
+    """Size of the built-in synthetic dataset (generated on first use)."""
+
+    num_train: int = 3000
+    num_val: int = 250
+    num_test: int = 250
+    size: int = 128
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    # "shapes" generates the built-in set; anything else reads `root` as a COCO-style dataset.
+    dataset: str = "shapes"
+    root: str | None = None
+    # Karpathy-format split file (relative to root): which image is train/restval/val/test.
+    karpathy_json: str = "dataset_shapes.json"
+    # COCO caption/instance annotation files (relative to root), read with pycocotools.
+    # Without caption files the captions come from the Karpathy file's sentences.
+    captions_json: list[str] = field(default_factory=list)
+    instances_json: list[str] = field(default_factory=list)
+    train_splits: list[str] = field(default_factory=lambda: ["train", "restval"])
+    min_count: int = 5
+    max_length: int = 16
+    captions_per_image: int = 5
+    batch_size: int = 32
+    num_workers: int = 0
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+
+
+@dataclass
+class EncoderConfig:
+    arch: str = "vgg11_bn"
+    # "imagenet" (torchvision's weights API), "none" (random init) or a path to a .pth file.
+    weights: str = "none"
+    # "frozen": fc7 features extracted once and cached; "finetune": the CNN trains too.
+    mode: str = "finetune"
+    image_size: int = 64
+    resize_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    # Stop fine-tuning the CNN after this many epochs (neuraltalk2's finetune window); -1 = never.
+    freeze_after_epoch: int = -1
+
+
+@dataclass
+class DecoderConfig:
+    cell: str = "lstm"
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    num_layers: int = 1
+    dropout: float = 0.3
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    # Clip the global gradient norm: gates fix vanishing gradients, not exploding ones.
+    grad_clip: float = 5.0
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 4
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    # "auto": bf16 autocast where the hardware does it fast (AMX CPUs, Ampere+ GPUs), else fp32.
+    precision: str = "auto"
+    monitor: str = "val/bleu4"
+    patience: int = 5
+    seed: int = 0
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    beam_size: int = 3
+    max_length: int = 16
+    length_penalty: float = 0.0
+    batch_size: int = 64
+    worst: int = 24
+    meteor: bool = True
+
+
+@dataclass
+class Config:
+    name: str = "shapes"
+    output_dir: str = "runs"
+    cache_dir: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _one_line(err: OmegaConfBaseException) -> str:
+    return str(err).strip().splitlines()[0]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Defaults (or `base`), then the YAML file, then `key.sub=value` overrides; unknown keys are errors."""
+    merged = OmegaConf.structured(Config)
+    try:
+        if base is not None:
+            merged = _merge(merged, OmegaConf.create(base), "checkpoint config")
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise CaptionerError(f"config file not found: {path}")
+            try:
+                loaded = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as err:
+                raise CaptionerError(f"{path}: not valid YAML ({_yaml_line(err)})") from err
+            if not isinstance(loaded, dict):
+                raise CaptionerError(f"{path}: expected a mapping of settings at the top level")
+            merged = _merge(merged, OmegaConf.create(loaded), str(path))
+        for item in overrides or []:
+            if "=" not in item:
+                raise CaptionerError(f"override {item!r} is not of the form key=value")
+            merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise CaptionerError(f"bad configuration: {_one_line(err)}") from err
+    return validate(config)  # type: ignore[arg-type]
+
+
+def _yaml_line(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f"line {mark.line + 1}" if mark is not None else "parse error"
+
+
+def _merge(base: Any, update: Any, source: str) -> Any:
+    try:
+        return OmegaConf.merge(base, update)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        raise CaptionerError(f"{source}: bad config key {key!r}: {_one_line(err)}") from err
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Plain dict (safe for YAML, JSON and weights-only checkpoints)."""
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))  # type: ignore[return-value]
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+_CHOICES = {
+    "encoder.mode": ("frozen", "finetune"),
+    "decoder.cell": ("lstm", "gru", "rnn"),
+    "trainer.monitor": ("val/bleu4", "val/cider"),
+    "trainer.precision": ("auto", "32", "bf16-mixed", "16-mixed"),
+}
+
+
+def validate(config: Config) -> Config:
+    """Reject values that parse but mean nothing, naming the setting."""
+    data = to_dict(config)
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        value = data[section][name]
+        if value not in allowed:
+            raise CaptionerError(f"bad configuration: {key}={value!r}; choose one of {list(allowed)}")
+    if not config.encoder.arch.startswith("vgg"):
+        raise CaptionerError(f"bad configuration: encoder.arch={config.encoder.arch!r} is not a VGG")
+    for key in ("data.batch_size", "data.max_length", "data.captions_per_image", "eval.beam_size"):
+        section, name = key.split(".")
+        if data[section][name] < 1:
+            raise CaptionerError(f"bad configuration: {key} must be at least 1")
+    return config

@@ -1,0 +1,74 @@
+"""From a config to the images, splits and captions it names (generating the shapes set if needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from captioner.config import Config
+from captioner.data.coco import ImageRecord, load_records, select_split
+from captioner.data.tokenize import tokenize
+from captioner.data.vocab import Vocabulary
+from captioner.errors import CaptionerError
+from captioner.paths import default_cache_dir
+
+SHAPES_FILES = {
+    "karpathy_json": "dataset_shapes.json",
+    "captions_json": [f"annotations/captions_{s}.json" for s in ("train", "val", "test")],
+    "instances_json": [f"annotations/instances_{s}.json" for s in ("train", "val", "test")],
+}
+
+
+def cache_dir(config: Config) -> Path:
+    return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+
+
+def dataset_root(config: Config) -> Path:
+    """The dataset folder: the built-in shapes set (generated on first use) or data.root."""
+    if config.data.dataset == "shapes" and not config.data.root:
+        from captioner.data.shapes import ShapesSpec, ensure_shapes
+
+        s = config.data.shapes
+        spec = ShapesSpec(num_train=s.num_train, num_val=s.num_val, num_test=s.num_test,
+                          size=s.size, seed=s.seed)
+        return ensure_shapes(spec, cache_dir(config))
+    if not config.data.root:
+        raise CaptionerError(f"data.root is not set for dataset {config.data.dataset!r}")
+    root = Path(config.data.root).expanduser()
+    if not root.is_dir():
+        raise CaptionerError(f"data.root: no such folder {root}")
+    return root
+
+
+@dataclass
+class PreparedData:
+    root: Path
+    records: list[ImageRecord]
+    train_splits: Sequence[str]
+    instances: list[Path]
+
+    def split(self, name: str) -> list[ImageRecord]:
+        """Records of one split; "train" means every split the config trains on (train + restval)."""
+        records = select_split(self.records, self.train_splits if name == "train" else [name])
+        if not records:
+            raise CaptionerError(f"split {name!r} has no images in {self.root}")
+        return records
+
+    def train_tokens(self) -> list[list[str]]:
+        return [tokenize(c) for r in self.split("train") for c in r.captions]
+
+
+def prepare(config: Config) -> PreparedData:
+    root = dataset_root(config)
+    shapes = config.data.dataset == "shapes"
+    karpathy = config.data.karpathy_json
+    captions = config.data.captions_json or (SHAPES_FILES["captions_json"] if shapes else [])
+    instances = config.data.instances_json or (SHAPES_FILES["instances_json"] if shapes else [])
+    records = load_records(root, karpathy, captions)
+    return PreparedData(root, records, config.data.train_splits,
+                        [root / f for f in instances if (root / f).exists()])
+
+
+def build_vocab(data: PreparedData, min_count: int) -> Vocabulary:
+    return Vocabulary.build(data.train_tokens(), min_count=min_count)

@@ -1,0 +1,108 @@
+"""The image encoder: a torchvision VGG cut after fc7's ReLU, giving one 4096-d vector per image."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from PIL import Image
+from torch import Tensor, nn
+
+from captioner.errors import CaptionerError
+
+FEATURE_DIM = 4096
+VGG_ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+
+
+class VGGEncoder(nn.Module):
+    """conv blocks -> adaptive pool -> fc6 -> ReLU -> dropout -> fc7 -> ReLU (torchvision's layers)."""
+
+    def __init__(self, vgg: torchvision.models.VGG) -> None:
+        super().__init__()
+        self.features = vgg.features
+        self.avgpool = vgg.avgpool
+        # classifier = [fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8]: keep up to fc7's ReLU.
+        self.fc = vgg.classifier[:5]
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.avgpool(self.features(images))
+        return self.fc(torch.flatten(x, 1))
+
+
+def imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
+    return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+
+
+def weights_file(arch: str) -> Path:
+    """Where torchvision's weights API looks for (and downloads) the ImageNet file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(imagenet_weights(arch).url)
+
+
+def _load_imagenet(arch: str) -> dict[str, Tensor]:
+    weights = imagenet_weights(arch)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as err:  # urllib, hash or unpickling errors all mean the same to a user
+        raise CaptionerError(
+            f"cannot load ImageNet weights for {arch} ({type(err).__name__}: {err}); offline, put "
+            f"{weights_file(arch).name} in {weights_file(arch).parent} (or $TORCH_HOME/hub/"
+            "checkpoints), set encoder.weights to the .pth path, or use encoder.weights=none"
+        ) from err
+
+
+def _load_file(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CaptionerError(f"encoder.weights: no such file {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CaptionerError(f"encoder.weights: {path} is not a readable weights file ({err})") from err
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def build_encoder(arch: str = "vgg16", weights: str = "imagenet") -> VGGEncoder:
+    """A VGG fc7 extractor. `weights`: "imagenet", "none" (random init) or a path to a .pth."""
+    if arch not in VGG_ARCHS:
+        raise CaptionerError(f"encoder.arch={arch!r}: choose one of {', '.join(VGG_ARCHS)}")
+    vgg = getattr(torchvision.models, arch)(weights=None)
+    if weights == "imagenet":
+        vgg.load_state_dict(_load_imagenet(arch))
+    elif weights != "none":
+        try:
+            vgg.load_state_dict(_load_file(Path(weights).expanduser()))
+        except RuntimeError as err:
+            raise CaptionerError(f"encoder.weights: {weights} does not fit {arch}") from err
+    return VGGEncoder(vgg)
+
+
+def build_preprocess(arch: str, image_size: int, resize_size: int) -> Callable[[Image.Image], Tensor]:
+    """The weights' own transforms (resize, centre crop, ImageNet normalisation) at our sizes."""
+    return imagenet_weights(arch).transforms(crop_size=image_size, resize_size=resize_size)
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast pays off here: CUDA with bf16, or a CPU with AMX / AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    return False
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@torch.inference_mode()
+def encode(encoder: VGGEncoder, images: Tensor, bf16: bool) -> Tensor:
+    """Features [N, 4096] in fp32 for a preprocessed batch, in channels_last (faster for convs)."""
+    device = next(encoder.parameters()).device
+    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with autocast(device, bf16):
+        return encoder(images).float()

@@ -1,0 +1,31 @@
+"""The captioning network: encoder (VGG fc7) + decoder (LSTM/GRU/RNN), built from a config.
+
+A plain nn.Module, so inference loads it without Lightning; the LightningModule wraps it.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from captioner.config import Config
+from captioner.decoder import Decoder
+from captioner.encoder import FEATURE_DIM, VGGEncoder, build_encoder
+
+
+class CaptionModel(nn.Module):
+    def __init__(self, encoder: VGGEncoder, decoder: Decoder) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, features: Tensor, inputs: Tensor) -> Tensor:
+        return self.decoder(features, inputs)
+
+
+def build_model(config: Config, vocab_size: int, pad_id: int, *, pretrained: bool = True) -> CaptionModel:
+    """`pretrained=False` skips loading encoder weights (a checkpoint's state dict follows)."""
+    d = config.decoder
+    decoder = Decoder(vocab_size, cell=d.cell, feature_dim=FEATURE_DIM, embed_dim=d.embed_dim,
+                      hidden_dim=d.hidden_dim, num_layers=d.num_layers, dropout=d.dropout,
+                      pad_id=pad_id)
+    encoder = build_encoder(config.encoder.arch, config.encoder.weights if pretrained else "none")
+    return CaptionModel(encoder, decoder)

@@ -1,0 +1,42 @@
+"""Shared fixtures: a private cache, a tiny shapes dataset, and one real tiny training run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tiny but real: the real VGG architecture, the real Lightning Trainer, real pycocotools.
+TINY = [
+    "data.shapes.num_train=16", "data.shapes.num_val=6", "data.shapes.num_test=6",
+    "data.shapes.size=64", "data.batch_size=8", "data.min_count=1",
+    "encoder.image_size=32", "encoder.resize_size=32", "decoder.embed_dim=32",
+    "decoder.hidden_dim=32", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+    "eval.meteor=false", "eval.batch_size=8",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tests never read or write the user's cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["CAPTIONER_CACHE"] = str(cache)
+    return cache
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`captioner ...` in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "captioner", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=os.environ.copy())
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, private_cache: Path) -> Path:
+    """One `captioner train` on the tiny set (fine-tuned VGG11-BN + LSTM): returns its workdir."""
+    workdir = tmp_path_factory.mktemp("work")
+    result = run_cli("train", *TINY, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

@@ -1,0 +1,58 @@
+"""Configuration: defaults, YAML, overrides, and one-line errors for bad keys and values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from captioner.config import Config, load_config, to_dict, to_yaml
+from captioner.errors import CaptionerError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_shapes_yaml_is_the_default() -> None:
+    assert to_dict(load_config(CONFIGS / "shapes.yaml")) == to_dict(Config())
+
+
+@pytest.mark.parametrize("name", ["coco_vgg16_lstm.yaml", "coco_vgg16_gru.yaml"])
+def test_coco_configs_load(name: str) -> None:
+    config = load_config(CONFIGS / name)
+    assert config.encoder.arch == "vgg16" and config.encoder.weights == "imagenet"
+    assert config.decoder.cell in name
+
+
+def test_overrides_are_typed_and_applied() -> None:
+    config = load_config(None, ["decoder.cell=gru", "trainer.max_epochs=7", "optim.lr=0.01"])
+    assert (config.decoder.cell, config.trainer.max_epochs, config.optim.lr) == ("gru", 7, 0.01)
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    (["decoder.colour=red"], "decoder.colour"),
+    (["trainer.max_epochs=many"], "trainer.max_epochs"),
+    (["decoder.cell=transformer"], "decoder.cell"),
+    (["encoder.mode=half"], "encoder.mode"),
+    (["novalue"], "key=value"),
+])
+def test_bad_overrides_name_the_setting(overrides: list[str], needle: str) -> None:
+    with pytest.raises(CaptionerError, match=needle.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_bad_yaml_key_names_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("decoder:\n  celll: gru\n")
+    with pytest.raises(CaptionerError, match="bad.yaml.*celll"):
+        load_config(path)
+    path.write_text("decoder: [unclosed\n")
+    with pytest.raises(CaptionerError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(CaptionerError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_yaml_round_trip() -> None:
+    config = load_config(None, ["decoder.cell=rnn"])
+    assert to_dict(load_config(None, base=yaml.safe_load(to_yaml(config)))) == to_dict(config)

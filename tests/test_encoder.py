@@ -1,0 +1,112 @@
+"""The VGG fc7 encoder and the feature cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from captioner.data.coco import ImageRecord
+from captioner.encoder import build_encoder, build_preprocess, encode, weights_file
+from captioner.errors import CaptionerError
+from captioner.features import load_or_extract
+
+
+@pytest.fixture(scope="module")
+def vgg11() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_encoder("vgg11_bn", "none").eval()
+
+
+def test_fc7_shape_and_layers(vgg11: torch.nn.Module) -> None:
+    features = encode(vgg11, torch.randn(3, 3, 32, 32), bf16=False)
+    assert features.shape == (3, 4096) and features.dtype == torch.float32
+    assert (features >= 0).all()  # cut after fc7's ReLU
+    assert [type(m).__name__ for m in vgg11.fc] == ["Linear", "ReLU", "Dropout", "Linear", "ReLU"]
+    assert vgg11.fc[0].in_features == 512 * 7 * 7  # torchvision's real classifier
+
+
+def test_eval_mode_is_deterministic(vgg11: torch.nn.Module) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(encode(vgg11, x, bf16=False), encode(vgg11, x, bf16=False))
+
+
+def test_vgg16_is_torchvisions_architecture() -> None:
+    encoder = build_encoder("vgg16", "none")
+    n_params = sum(p.numel() for p in encoder.parameters())
+    assert n_params == 138_357_544 - (4096 * 1000 + 1000)  # VGG16 minus fc8
+
+
+def test_weights_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(CaptionerError, match="no such file"):
+        build_encoder("vgg11", str(tmp_path / "missing.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CaptionerError, match="not a readable weights file"):
+        build_encoder("vgg11", str(tmp_path / "junk.pth"))
+    with pytest.raises(CaptionerError, match="not a VGG|choose one of"):
+        build_encoder("resnet50", "none")
+    assert weights_file("vgg16").name == "vgg16-397923af.pth"
+
+
+def test_weights_from_a_file(tmp_path: Path) -> None:
+    import torchvision
+
+    vgg = torchvision.models.vgg11(weights=None)
+    torch.save(vgg.state_dict(), tmp_path / "vgg11.pth")
+    encoder = build_encoder("vgg11", str(tmp_path / "vgg11.pth"))
+    assert torch.equal(encoder.fc[3].weight, vgg.classifier[3].weight)
+
+
+def _records(folder: Path, n: int) -> list[ImageRecord]:
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+        records.append(ImageRecord(i + 1, path, "val", ("a caption",)))
+    return records
+
+
+def test_feature_cache_reuse_and_invalidation(tmp_path: Path, vgg11: torch.nn.Module) -> None:
+    records = _records(tmp_path, 5)
+    preprocess = build_preprocess("vgg11_bn", 32, 32)
+    options = {"split": "val", "arch": "vgg11_bn", "image_size": 32, "dataset": "t", "batch_size": 2}
+    store = load_or_extract(vgg11, preprocess, records, tmp_path / "cache", shard_size=2, **options)
+    assert store.ids == [1, 2, 3, 4, 5] and store.array.dtype == np.float16
+    expected = encode(vgg11, preprocess(Image.open(records[2].path).convert("RGB"))[None], False)[0]
+    torch.testing.assert_close(store[3], expected, atol=2e-2, rtol=1e-2)
+    folders = list((tmp_path / "cache" / "features").iterdir())
+
+    again = load_or_extract(vgg11, preprocess, records, tmp_path / "cache", **options)
+    assert list((tmp_path / "cache" / "features").iterdir()) == folders  # reused
+    assert np.array_equal(again.array, store.array)
+
+    changed = build_encoder("vgg11_bn", "none").eval()  # other weights: a new cache
+    load_or_extract(changed, preprocess, records, tmp_path / "cache", **options)
+    assert len(list((tmp_path / "cache" / "features").iterdir())) == 2
+
+    Image.new("RGB", (40, 40), "red").save(records[0].path)  # an edited image: rebuilt
+    rebuilt = load_or_extract(vgg11, preprocess, records, tmp_path / "cache", **options)
+    assert len(list((tmp_path / "cache" / "features").iterdir())) == 3
+    assert not np.array_equal(rebuilt.array[0], store.array[0])
+
+
+def test_extraction_resumes_and_skips_unreadable(tmp_path: Path, vgg11: torch.nn.Module) -> None:
+    from captioner.features import extract_features, merge_shards
+
+    records = _records(tmp_path, 5)
+    records[3].path.write_bytes(b"broken")
+    preprocess = build_preprocess("vgg11_bn", 32, 32)
+    folder = tmp_path / "feat"
+    extract_features(vgg11, preprocess, records[:4], folder, key={"k": 1}, shard_size=2)
+    # A crash after the first shards: finished shards are kept and not recomputed.
+    first = (folder / "shard_00000.npy").stat().st_mtime_ns
+    extract_features(vgg11, preprocess, records, folder, key={"k": 1}, shard_size=2)
+    assert (folder / "shard_00000.npy").stat().st_mtime_ns == first
+    store = merge_shards(folder, {"k": 1})
+    assert store.ids == [1, 2, 3, 5]  # the unreadable image is reported and skipped
+    assert json.loads((folder / "meta.json").read_text()) == {"k": 1}
