@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from captioner.data.prepare import cache_dir, prepare
-from captioner.data.tokenize import tokenize
 from captioner.features import load_or_extract
 from captioner.inference import Captioner
 from captioner.report import ImageResult, write_report
@@ -58,7 +57,7 @@ def evaluate(
         objects = load_object_index(data.instances)
     run_dir = run_dir_of(checkpoint)
     metrics_csv = run_dir / "logs" / "metrics.csv" if run_dir else None
-    train_captions = {" ".join(tokenize(c)) for r in data.split("train") for c in r.captions}
+    train_captions = {c for r in data.split("train") for c in r.captions}  # raw: the report normalises
     metrics = write_report(
         out_dir, results, train_captions=train_captions, objects=objects,
         metrics_csv=metrics_csv if metrics_csv and metrics_csv.exists() else None,

@@ -1,0 +1,212 @@
+"""The evaluation report's index.html: one self-contained page, readable offline.
+
+Every string that comes from a dataset or a model (captions, file names, run settings) passes
+through `html.escape` before it reaches the page, and a Content-Security-Policy forbids anything
+but the report's own images and the one inline script, so a caption like
+`<script>...</script>` is shown, never run, and nothing is fetched from the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping, Sequence
+from html import escape
+from pathlib import PurePath
+from typing import Any
+
+from captioner.report_plots import Plot
+
+_HEADLINE = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
+             "cider": "CIDEr-D", "rouge_l": "ROUGE-L", "meteor": "METEOR"}
+_DATA_FILES = ("metrics.json", "predictions.json", "per_image.jsonl")
+# Records on <body> how many images loaded, so a headless browser can check the gallery.
+_SCRIPT = (
+    "window.addEventListener('load', function () {"
+    " var images = document.querySelectorAll('img'), loaded = 0;"
+    " images.forEach(function (i) { if (i.complete && i.naturalWidth > 0) loaded++; });"
+    " document.body.dataset.imagesLoaded = loaded;"
+    " document.body.dataset.imagesTotal = images.length; });"
+)
+_STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; color: #222; margin: 0 auto; max-width: 1280px;
+       padding: 0 24px 48px; background: #fafafa; }
+h1 { margin: 24px 0 4px; } h2 { margin-top: 36px; border-bottom: 2px solid #ddd; }
+nav a { margin-right: 14px; } .muted { color: #666; }
+.top { display: flex; flex-wrap: wrap; gap: 0 40px; }
+.top section:first-child { flex: 0 1 400px; } .top section:last-child { flex: 1 1 560px; }
+table { border-collapse: collapse; background: #fff; }
+th, td { padding: 5px 12px; border-bottom: 1px solid #e4e4e4; text-align: left;
+         vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.headline td.num { font-size: 1.15em; font-weight: 600; }
+.notes li { color: #8a5a00; }
+figure { margin: 16px 0; background: #fff; padding: 12px; border: 1px solid #e4e4e4; }
+figure img { max-width: 100%; } figcaption { margin-top: 6px; }
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr));
+           gap: 14px; }
+.card { background: #fff; border: 1px solid #ddd; border-radius: 6px; overflow: hidden; }
+.card img, .card .missing { display: block; width: 100%; height: 210px; object-fit: contain;
+                            background: #1d1d1d; }
+.card .missing { color: #bbb; display: flex; align-items: center; justify-content: center; }
+.card .text { padding: 8px 12px 10px; }
+.card .prediction { font-weight: 600; font-size: 1.05em; margin: 4px 0; }
+.card .meta, .card .scores { font-size: 0.85em; color: #666; margin: 2px 0; }
+.card .file { word-break: break-all; }
+.card ol { margin: 6px 0 0; padding-left: 20px; font-size: 0.85em; color: #444; }
+.tag { display: inline-block; font-size: 0.78em; padding: 1px 7px; margin: 3px 4px 0 0;
+       border-radius: 10px; color: #fff; background: #777; }
+.tag-hallucination { background: #c0392b; } .tag-missed-object { background: #d68910; }
+.tag-repetition { background: #7d3c98; } .tag-generic { background: #566573; }
+.tag-empty { background: #111; }
+"""
+
+
+def render_page(
+    metrics: Mapping[str, Any],
+    worst: Sequence[Mapping[str, Any]],
+    best: Sequence[Mapping[str, Any]],
+    plots: Sequence[Plot],
+    thumbnails: Mapping[int, str],
+    tags: Mapping[str, str],
+) -> str:
+    """The whole page; `thumbnails` maps image ids to image paths relative to the page."""
+    summary = metrics["summary"]
+    # The two tables side by side, so the worst images are on the first screen or the next.
+    sections = [
+        "<div class=top>" + _section("metrics", "Metrics", _headline(metrics))
+        + _section("summary", "Captions at a glance", _summary_table(summary, tags)) + "</div>",
+        _section("worst", f"The {len(worst)} worst images by CIDEr-D",
+                 "<p class=muted>Lowest per-image CIDEr-D first: where the model fails and "
+                 "how (the tags say why).</p>" + _gallery(worst, thumbnails)),
+        _section("best", f"The {len(best)} best images by CIDEr-D",
+                 "<p class=muted>Highest per-image CIDEr-D first: what the model does "
+                 "well.</p>" + _gallery(best, thumbnails)),
+        _section("plots", "Plots", "".join(_figure(p) for p in plots)),
+        _section("files", "Data files", "<ul>" + "".join(
+            f'<li><a href="{f}">{f}</a></li>' for f in _DATA_FILES) + "</ul>"),
+    ]
+    nav = " ".join(f'<a href="#{s}">{t}</a>' for s, t in (
+        ("metrics", "Metrics"), ("summary", "Summary"), ("worst", "Worst"), ("best", "Best"),
+        ("plots", "Plots"), ("files", "Files")))
+    digest = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
+    # 'self' covers file:// pages in Chromium; Firefox gives each local file its own origin.
+    policy = (f"default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'; "
+              f"script-src 'sha256-{digest}'")
+    return (
+        "<!doctype html>\n<html lang=en><head><meta charset=utf-8>\n"
+        f'<meta http-equiv="Content-Security-Policy" content="{policy}">\n'
+        '<meta name=viewport content="width=device-width, initial-scale=1">\n'
+        f"<title>Caption evaluation ({summary['images']} images)</title>\n"
+        f"<style>{_STYLE}</style></head>\n<body>\n"
+        f"<h1>Caption evaluation</h1>\n<p class=muted>{summary['images']} images"
+        f"{_run_line(metrics.get('run', {}))}</p>\n<nav>{nav}</nav>\n"
+        + "\n".join(sections)
+        + f"\n<script>{_SCRIPT}</script>\n</body></html>\n"
+    )
+
+
+def _section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{anchor}"><h2>{escape(title)}</h2>\n{body}</section>'
+
+
+def _run_line(run: Mapping[str, Any]) -> str:
+    return "".join(f" · {escape(str(k))}: <b>{escape(str(v))}</b>" for k, v in run.items())
+
+
+def _headline(metrics: Mapping[str, Any]) -> str:
+    rows = []
+    for key, name in _HEADLINE.items():
+        value = metrics["metrics"].get(key)
+        cells = ("<td class=num>skipped</td><td></td>" if value is None
+                 else f"<td class=num>{value:.3f}</td><td class=num>{100 * value:.1f}</td>")
+        rows.append(f'<tr><th title="{escape(metrics["definitions"].get(key, ""))}">{name}</th>'
+                    f"{cells}</tr>")
+    notes = "".join(f"<li>{escape(n)}</li>" for n in metrics["notes"])
+    return (
+        "<table class=headline><tr><th>metric</th><th>score</th><th>×100 (as in papers)</th>"
+        f"</tr>{''.join(rows)}</table>\n<p class=muted>Scale: {escape(metrics['scale'])}. "
+        "Hover a metric's name for its exact definition.</p>"
+        + (f"<ul class=notes>{notes}</ul>" if notes else "")
+    )
+
+
+def _summary_table(summary: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+    n = summary["images"]
+    length = summary["caption_length"]
+    novel = summary["novel_captions"]
+    rows = [
+        ("images", str(n), "evaluated images, one caption each"),
+        ("distinct captions", _percent(summary["distinct_captions"]),
+         "different captions per image; low means the model repeats itself across images"),
+        ("novel captions", "not computed" if novel is None else _percent(novel),
+         "captions that appear nowhere in the training captions"),
+        ("vocabulary used", f"{summary['vocabulary_used']} words",
+         f"distinct words in the predictions; the references use "
+         f"{summary['reference_vocabulary']}"),
+        ("caption length", f"{length['mean']:.1f} tokens",
+         f"median {length['median']:g}, min {length['min']}, max {length['max']}; references "
+         f"average {summary['reference_length_mean']:.1f}"),
+    ]
+    objects = summary.get("objects")
+    if objects:
+        rows += [
+            ("CHAIR_i", _percent(objects["chair_i"]),
+             f"hallucinated share of the {objects['object_mentions']} object mentions "
+             f"({objects['kind']} objects, {objects['images_annotated']} annotated images)"),
+            ("CHAIR_s", _percent(objects["chair_s"]),
+             "captions that mention at least one object not in their image"),
+            ("object recall", _percent(objects["object_recall"]),
+             "annotated objects that the caption mentions"),
+        ]
+    rows += [(f"tag: {tag}", f"{summary['tags'][tag]} ({_percent(summary['tags'][tag] / n)})",
+              meaning) for tag, meaning in tags.items()]
+    body = "".join(f"<tr><th>{escape(name)}</th><td class=num>{escape(value)}</td>"
+                   f"<td class=muted>{escape(why)}</td></tr>" for name, value, why in rows)
+    return f"<table>{body}</table>"
+
+
+def _figure(plot: Plot) -> str:
+    return (f'<figure><img src="{escape(plot.file)}" alt="{escape(plot.title)}">'
+            f"<figcaption><b>{escape(plot.title)}.</b> {escape(plot.look_for)}</figcaption>"
+            "</figure>")
+
+
+def _gallery(records: Sequence[Mapping[str, Any]], thumbnails: Mapping[int, str]) -> str:
+    return "<div class=gallery>" + "".join(_card(r, thumbnails) for r in records) + "</div>"
+
+
+def _card(record: Mapping[str, Any], thumbnails: Mapping[int, str]) -> str:
+    image_id = record["image_id"]
+    file_name = PurePath(record["file"]).name
+    thumbnail = thumbnails.get(image_id)
+    picture = (f'<img src="{escape(thumbnail)}" alt="{escape(file_name)}">' if thumbnail
+               else "<div class=missing>image not readable</div>")
+    scores = record["scores"]
+    references = "".join(f"<li>{escape(c)}</li>" for c in record["references"])
+    return (
+        f"<article class=card>{picture}<div class=text>"
+        f'<p class=meta>#{image_id} · <span class=file title="{escape(record["file"])}">'
+        f"{escape(file_name)}</span></p>"
+        f"<p class=prediction>{escape(record['prediction']) or '<i>(empty)</i>'}</p>"
+        f"<p class=scores>CIDEr-D {scores['cider']:.3f} · smoothed BLEU-4 "
+        f"{scores['bleu4_smoothed']:.3f}</p>"
+        f"<div>{_tags(record)}</div><ol>{references}</ol></div></article>"
+    )
+
+
+def _tags(record: Mapping[str, Any]) -> str:
+    details = {
+        "hallucination": "hallucinated: " + ", ".join(record["hallucinated"]),
+        "missed object": "missed: " + ", ".join(record["missed"]),
+        "repetition": "repeated: " + ", ".join(record["repeated"]),
+        "generic": f"generic: same caption for {record['same_caption_images']} images",
+    }
+    return "".join(
+        f'<span class="tag tag-{tag.replace(" ", "-")}">{escape(details.get(tag, tag))}</span>'
+        for tag in record["tags"]
+    )
+
+
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
