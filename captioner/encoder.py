@@ -64,11 +64,17 @@ def _load_file(path: Path) -> dict[str, Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def build_encoder(arch: str = "vgg16", weights: str = "imagenet") -> VGGEncoder:
-    """A VGG fc7 extractor. `weights`: "imagenet", "none" (random init) or a path to a .pth."""
+def build_encoder(arch: str = "vgg16", weights: str = "imagenet", seed: int = 0) -> VGGEncoder:
+    """A VGG fc7 extractor. `weights`: "imagenet", "none" (random init) or a path to a .pth.
+
+    Random weights are drawn from `seed` alone, not the global RNG state, so the same config
+    always builds the same encoder and the feature cache (keyed by its weights) is reused.
+    """
     if arch not in VGG_ARCHS:
         raise CaptionerError(f"encoder.arch={arch!r}: choose one of {', '.join(VGG_ARCHS)}")
-    vgg = getattr(torchvision.models, arch)(weights=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vgg = getattr(torchvision.models, arch)(weights=None)
     if weights == "imagenet":
         vgg.load_state_dict(_load_imagenet(arch))
     elif weights != "none":

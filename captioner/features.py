@@ -1,17 +1,33 @@
 """The feature cache: fc7 vectors computed once per (dataset, split, encoder, image size).
 
 Features are stored as float16 in a memory-mapped .npy with an id index, so COCO's 123k x 4096
-features (1 GB) are read lazily. Extraction writes shards that survive a crash or Ctrl-C: a
-rerun skips finished shards. The cache key holds a fingerprint of the encoder's weights and of
+features (1 GB) are read lazily. The cache key holds a fingerprint of the encoder's weights and of
 the image files, so a changed encoder or dataset rebuilds the cache instead of reusing it.
+
+Extraction writes shards of `shard_size` images into the key's folder; a shard's id file is written
+last and marks it finished, so a rerun after a crash or Ctrl-C skips finished shards. Several
+processes (DDP ranks, nodes sharing a file system) fill one folder together:
+
+    each shard k:  flock shard_k.lock ──► extract ──► shard_k.npy, shard_k.ids.json ──► unlock
+    all finished:  flock merge.lock ──► first holder writes features.npy, ids.json, meta.json (last)
+
+A process takes its own shards (k % world == rank) first, then any shard nobody holds, then waits
+for the shards others hold. The kernel drops the lock of a process that dies, so a waiting process
+takes over its shard: nobody waits for a rank that crashed or has not started yet (Lightning's
+launcher starts ranks 1.. only once rank 0 reaches `fit`, after its extraction).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +45,7 @@ from captioner.errors import CaptionerError
 from captioner.images import open_rgb
 
 FORMAT_VERSION = 1
+ROW_BYTES = FEATURE_DIM * 2  # float16
 
 
 def encoder_fingerprint(encoder: VGGEncoder) -> str:
@@ -55,6 +72,7 @@ class FeatureStore:
 
     ids: list[int]
     array: np.ndarray
+    folder: Path | None = None
 
     def __post_init__(self) -> None:
         self.row = {image_id: i for i, image_id in enumerate(self.ids)}
@@ -65,7 +83,7 @@ class FeatureStore:
     @classmethod
     def open(cls, folder: Path) -> FeatureStore:
         ids = json.loads((folder / "ids.json").read_text())
-        return cls(ids, np.load(folder / "features.npy", mmap_mode="r"))
+        return cls(ids, np.load(folder / "features.npy", mmap_mode="r"), folder)
 
 
 class _ImageFiles(Dataset):
@@ -89,20 +107,59 @@ def _collate(items: list[tuple[int, Tensor | None, str | None]]):
     return [i for i, _ in good], images, bad
 
 
-def _extract_shard(
-    encoder: VGGEncoder, loader: DataLoader, records: Sequence[ImageRecord], bf16: bool,
-    progress: tqdm,
-) -> tuple[list[int], np.ndarray]:
+@contextmanager
+def _flock(path: Path, *, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` (yield True), or yield False at once if it is taken and not `wait`.
+
+    Closing the file, or the process dying, releases the lock: there are no stale locks to clean up.
+    """
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            locked = True
+        except BlockingIOError:
+            locked = False
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            warnings.warn(f"{path.parent}: this file system has no file locks; processes extracting "
+                          "into one cache folder at once may repeat work", stacklevel=3)
+            locked = True
+        yield locked
+
+
+def _shard(folder: Path, k: int, suffix: str) -> Path:
+    return folder / f"shard_{k:05d}{suffix}"
+
+
+def _finished(folder: Path, k: int) -> bool:
+    return _shard(folder, k, ".ids.json").exists()
+
+
+def _merged(folder: Path) -> bool:
+    """Another process merged every shard already (and deleted them)."""
+    return (folder / "meta.json").exists()
+
+
+def _write_shard(
+    encoder: VGGEncoder, loader: DataLoader, part: Sequence[ImageRecord], folder: Path, k: int,
+    bf16: bool, progress: tqdm,
+) -> None:
+    for stale in folder.glob(f".shard_{k:05d}.*.tmp"):  # left by a killed run; only k's holder writes these
+        stale.unlink(missing_ok=True)
     ids, rows = [], []
     for indices, images, bad in loader:
         for _, message in bad:
             tqdm.write(f"skipping unreadable image: {message}", file=sys.stderr)
         if images is not None:
             rows.append(encode(encoder, images, bf16).to(torch.float16).cpu().numpy())
-            ids.extend(records[i].image_id for i in indices)
+            ids.extend(part[i].image_id for i in indices)
         progress.update(len(indices) + len(bad))
     array = np.concatenate(rows) if rows else np.zeros((0, FEATURE_DIM), np.float16)
-    return ids, array
+    with atomic.atomic_path(_shard(folder, k, ".npy")) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+    # The id file is written last: its presence marks the shard as finished.
+    atomic.write_json(_shard(folder, k, ".ids.json"), ids, indent=None)
 
 
 def extract_features(
@@ -119,31 +176,66 @@ def extract_features(
     rank: int = 0,
     world_size: int = 1,
     desc: str = "extracting features",
-) -> None:
-    """Write this rank's shards of `records` into `folder`, skipping shards already written."""
+) -> list[int]:
+    """Finish every shard of `records` in `folder`, sharing the work with any other process doing so.
+
+    Returns the shards this process computed; on return every shard is finished (or merged).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(folder / "key.json", key)
+    atomic.write_json(folder / "key.json", key)  # says what a half-built folder is for
+    n_shards = -(-len(records) // shard_size)
+    own = [k for k in range(n_shards) if k % world_size == rank]
+    order = own + [k for k in range(n_shards) if k % world_size != rank]
+    parts = [records[k * shard_size:(k + 1) * shard_size] for k in range(n_shards)]
+    finished = sum(_finished(folder, k) for k in range(n_shards))
+    if finished:
+        print(f"resuming: {finished} of {n_shards} shards already done in {folder}", file=sys.stderr)
+    pending = sum(len(parts[k]) for k in range(n_shards) if not _finished(folder, k))
+    _check_space(folder, (pending + len(records)) * ROW_BYTES)  # the shards, then their merged copy
     encoder.eval()
-    shards = range(rank, (len(records) + shard_size - 1) // shard_size, world_size)
-    todo = [k for k in shards if not (folder / f"shard_{k:05d}.ids.json").exists()]
-    total = sum(len(records[k * shard_size:(k + 1) * shard_size]) for k in todo)
-    with tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=total == 0) as progress:
-        for k in todo:
-            part = records[k * shard_size:(k + 1) * shard_size]
-            loader = DataLoader(_ImageFiles(part, preprocess), batch_size=batch_size,
-                                num_workers=num_workers, collate_fn=_collate)
-            ids, array = _extract_shard(encoder, loader, part, bf16, progress)
-            with atomic.atomic_path(folder / f"shard_{k:05d}.npy") as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, array)
-            # The id file is written last: its presence marks the shard as finished.
-            atomic.write_json(folder / f"shard_{k:05d}.ids.json", ids, indent=None)
+    pin = next(encoder.parameters()).device.type == "cuda"
+    done: list[int] = []
+    total = sum(len(parts[k]) for k in own if not _finished(folder, k))
+    with tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True) as progress:
+        for k in _claimed(folder, order):
+            if k not in own:
+                progress.total += len(parts[k])
+                progress.refresh()
+            loader = DataLoader(_ImageFiles(parts[k], preprocess), batch_size=batch_size,
+                                num_workers=num_workers, collate_fn=_collate, pin_memory=pin)
+            _write_shard(encoder, loader, parts[k], folder, k, bf16, progress)
+            done.append(k)
+    return done
+
+
+def _claimed(folder: Path, order: Sequence[int]) -> Iterator[int]:
+    """Each shard this process is to extract, its lock held until the next one is asked for.
+
+    First pass: every shard nobody holds, in `order`. Second pass: wait for the shards other
+    processes hold, and take over any that a process left unfinished when it died.
+    """
+    for wait in (False, True):
+        for k in order:
+            if _finished(folder, k) or _merged(folder):
+                continue
+            with _flock(_shard(folder, k, ".lock"), wait=wait) as locked:
+                if locked and not _finished(folder, k) and not _merged(folder):
+                    yield k
+
+
+def _check_space(folder: Path, need: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise CaptionerError(f"{folder}: features need {need / 1e9:.1f} GB, {free / 1e9:.1f} GB are free; "
+                             "free some space or set CAPTIONER_CACHE to a larger disk")
 
 
 def merge_shards(folder: Path, key: dict) -> FeatureStore:
     """Concatenate finished shards into features.npy + ids.json; meta.json marks the cache valid."""
     id_files = sorted(folder.glob("shard_*.ids.json"))
     ids = [i for f in id_files for i in json.loads(f.read_text())]
+    if len(set(ids)) != len(ids):
+        raise CaptionerError(f"{folder}: shards repeat image ids; delete the folder and extract again")
     with atomic.atomic_path(folder / "features.npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(ids), FEATURE_DIM))
         start = 0
@@ -158,6 +250,8 @@ def merge_shards(folder: Path, key: dict) -> FeatureStore:
     for f in id_files:
         f.with_name(f.name.replace(".ids.json", ".npy")).unlink()
         f.unlink()
+    for lock in folder.glob("*.lock"):  # whoever still waits on one finds meta.json and stops
+        lock.unlink(missing_ok=True)
     return FeatureStore.open(folder)
 
 
@@ -184,9 +278,10 @@ def load_or_extract(
     arch: str,
     image_size: int,
     dataset: str,
+    device: torch.device | None = None,
     **extract_options,
 ) -> FeatureStore:
-    """Features for `records` from the cache, extracting (and caching) them first if needed."""
+    """Features for `records` from the cache, extracting (on `device`) and caching them first if needed."""
     key = {
         "version": FORMAT_VERSION, "dataset": dataset, "split": split, "arch": arch,
         "image_size": image_size, "encoder": encoder_fingerprint(encoder),
@@ -196,6 +291,20 @@ def load_or_extract(
     store = cached_store(folder, key)
     if store is not None:
         return store
-    extract_features(encoder, preprocess, records, folder, key=key, desc=f"features {split}",
-                     **extract_options)
-    return merge_shards(folder, key)
+    home = next(encoder.parameters()).device
+    device = device or home
+    print(f"extracting {arch} fc7 features of split {split!r}: {len(records)} images, "
+          f"{image_size}px, on {device} -> {folder}", file=sys.stderr)
+    try:
+        extract_features(encoder.to(device), preprocess, records, folder, key=key,
+                         desc=f"features {split}", **extract_options)
+        with _flock(folder / "merge.lock", wait=True):
+            store = cached_store(folder, key)
+            return store if store is not None else merge_shards(folder, key)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise CaptionerError(f"disk full while writing features into {folder}; finished shards are "
+                             "kept: free some space and run the command again to resume") from err
+    finally:
+        encoder.to(home)

@@ -27,5 +27,6 @@ def build_model(config: Config, vocab_size: int, pad_id: int, *, pretrained: boo
     decoder = Decoder(vocab_size, cell=d.cell, feature_dim=FEATURE_DIM, embed_dim=d.embed_dim,
                       hidden_dim=d.hidden_dim, num_layers=d.num_layers, dropout=d.dropout,
                       pad_id=pad_id)
-    encoder = build_encoder(config.encoder.arch, config.encoder.weights if pretrained else "none")
+    weights = config.encoder.weights if pretrained else "none"
+    encoder = build_encoder(config.encoder.arch, weights, seed=config.trainer.seed)
     return CaptionModel(encoder, decoder)
