@@ -1,4 +1,11 @@
-"""Reading images the way users have them: any format and mode Pillow knows, upright, as RGB."""
+"""Reading images the way users have them: any format and mode Pillow knows, upright, as RGB.
+
+Policy for hostile or broken files: every failure becomes a CaptionerError naming the file, so a
+caller can report it and go on with the other images. Images above Pillow's
+`Image.MAX_IMAGE_PIXELS` (about 89 Mpx) are refused as possible decompression bombs; Pillow itself
+only warns up to twice that limit. Truncated files are errors, never half-decoded pictures
+(`ImageFile.LOAD_TRUNCATED_IMAGES` stays off).
+"""
 
 from __future__ import annotations
 
@@ -14,24 +21,52 @@ from captioner.errors import CaptionerError
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 )
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# Resize-then-centre-crop only ever looks at a central square, so a longer side is dead weight.
+MAX_ASPECT = 4.0
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB, applying EXIF orientation first."""
     image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I") or image.mode == "F":
-        # 16/32-bit greyscale: convert("RGB") would clip at 255; rescale the full range instead.
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
-        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode in ("P", "PA", "LA", "RGBA") and (
-        "transparency" in image.info or image.mode in ("PA", "LA", "RGBA")
-    ):
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _high_depth_to_l(image)
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
         # Composite transparency onto white rather than letting hidden pixels show through.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+def _high_depth_to_l(image: Image.Image) -> Image.Image:
+    """16/32-bit integer or float greyscale to 8 bits, scaled (convert("L") would clip at 255).
+
+    I;16 uses its full 0..65535 range; "I" and "F" carry no range, so take the smallest usual
+    one that holds the data (1, 255, 65535), else the image's maximum.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    peak = float(values.max(initial=0.0))
+    if image.mode.startswith("I;16"):
+        top = 65535.0
+    else:
+        top = next((t for t in (1.0, 255.0, 65535.0) if peak <= t), peak)
+    return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def limit_aspect(image: Image.Image, max_ratio: float = MAX_ASPECT) -> Image.Image:
+    """Centre-crop the long side to `max_ratio` times the short side (a 4000x2 strip would
+    otherwise be resized to 512000x256 before the centre crop throws almost all of it away)."""
+    width, height = image.size
+    short = min(width, height)
+    keep = max(short, round(short * max_ratio))
+    if max(width, height) <= keep:
+        return image
+    if width > height:
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return image.crop((0, top, width, top + keep))
 
 
 def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
@@ -41,21 +76,24 @@ def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
         raise CaptionerError(f"{path}: no such file")
     if path.is_dir():
         raise CaptionerError(f"{path}: is a directory, not an image")
+    if not path.is_file():
+        raise CaptionerError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise CaptionerError(f"{path}: empty file")
     try:
         with warnings.catch_warnings():
-            # A decompression-bomb warning (>89 Mpx) is escalated: such inputs are refused.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
                 return to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise CaptionerError(f"{path}: refused, image too large ({err})") from err
+        raise CaptionerError(f"{path}: refused as a possible decompression bomb ({err})") from err
     except UnidentifiedImageError as err:
         raise CaptionerError(f"{path}: not an image Pillow can read") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise CaptionerError(f"{path}: broken or truncated image ({err})") from err
+    except PermissionError as err:
+        raise CaptionerError(f"{path}: permission denied") from err
+    except Exception as err:  # Pillow's decoders raise many types (OSError, SyntaxError, struct.error...)
+        raise CaptionerError(f"{path}: broken or truncated image ({type(err).__name__}: {err})") from err
 
 
 def list_images(directory: Path) -> list[Path]:
