@@ -1,0 +1,152 @@
+"""Comparing cells: parameter arithmetic, the step-by-step unroll, gradient flow, gates, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_cli
+
+from captioner.config import load_config
+from captioner.data.prepare import prepare
+from captioner.decoder import Decoder
+from captioner.errors import CaptionerError
+from captioner.unroll import (
+    GATES,
+    WEIGHT_SETS,
+    gate_trace,
+    hidden_gradient_norms,
+    parameter_counts,
+    unroll,
+)
+
+VOCAB, FEATURES, EMBED, HIDDEN = 30, 64, 16, 24
+
+
+def _decoder(cell: str, layers: int = 1) -> Decoder:
+    torch.manual_seed(0)
+    return Decoder(VOCAB, cell=cell, feature_dim=FEATURES, embed_dim=EMBED, hidden_dim=HIDDEN,
+                   num_layers=layers).eval()
+
+
+@pytest.mark.parametrize(("cell", "sets"), [("lstm", 4), ("gru", 3), ("rnn", 1)])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_parameter_counts_follow_the_gate_arithmetic(cell: str, sets: int, layers: int) -> None:
+    counts = parameter_counts(_decoder(cell, layers))
+    # Each weight set: W_ih [H, input], W_hh [H, H], b_ih [H], b_hh [H]; layers above the first
+    # read the hidden state of the layer below (input = H).
+    first = sets * (HIDDEN * (EMBED + HIDDEN) + 2 * HIDDEN)
+    above = sets * (HIDDEN * (HIDDEN + HIDDEN) + 2 * HIDDEN)
+    assert counts["recurrent_params"] == first + (layers - 1) * above
+    assert counts["weight_sets"] == sets == WEIGHT_SETS[cell]
+    init_layers = 2 if cell == "lstm" else 1  # the LSTM's image feature also sets c0
+    rest = (VOCAB * EMBED + init_layers * (FEATURES + 1) * layers * HIDDEN + (HIDDEN + 1) * VOCAB)
+    assert counts["params"] == counts["recurrent_params"] + rest
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_unroll_matches_the_fused_layer(cell: str, layers: int) -> None:
+    decoder = _decoder(cell, layers)
+    features, inputs = torch.randn(3, FEATURES), torch.randint(0, VOCAB, (3, 7))
+    with torch.no_grad():
+        run = unroll(decoder, features, inputs)
+        torch.testing.assert_close(run.logits, decoder(features, inputs))
+    assert len(run.hidden) == 7 and all(h.shape == (3, HIDDEN) for h in run.hidden)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_one_gradient_norm_per_time_step(cell: str) -> None:
+    decoder = _decoder(cell)
+    ids = torch.randint(4, VOCAB, (5, 10))
+    norms = hidden_gradient_norms(decoder, torch.randn(5, FEATURES), ids[:, :-1], ids[:, 1:])
+    assert len(norms) == 9 and all(n > 0 for n in norms)
+    assert not any(p.grad is not None for p in decoder.parameters())  # measuring trains nothing
+    assert not decoder.training
+
+
+def test_gradient_norms_are_what_travels_back_through_time() -> None:
+    # Without recurrent weights nothing links the steps: only the last step, whose word makes
+    # the loss, gets a gradient.
+    decoder = _decoder("rnn")
+    with torch.no_grad():
+        decoder.rnn.weight_hh_l0.zero_()
+    ids = torch.randint(4, VOCAB, (4, 6))
+    norms = hidden_gradient_norms(decoder, torch.randn(4, FEATURES), ids[:, :-1], ids[:, 1:])
+    assert norms[:-1] == [0.0] * 4 and norms[-1] > 0
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_gate_values_lie_in_the_unit_interval(cell: str) -> None:
+    decoder = _decoder(cell)
+    with torch.no_grad():  # large weights push the sigmoids to their limits
+        for p in decoder.rnn.parameters():
+            p.mul_(50)
+    gates = gate_trace(decoder, torch.randn(FEATURES), torch.randint(0, VOCAB, (6,)))
+    assert tuple(gates) == GATES[cell]
+    for values in gates.values():
+        assert values.shape == (6, HIDDEN)
+        assert values.min() >= 0 and values.max() <= 1
+
+
+def test_encoder_defaults_to_the_configs_without_a_run(tmp_path: Path, monkeypatch) -> None:
+    from captioner.compare import config_encoder, encoder_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, TINY)
+    assert encoder_checkpoint(config, None) is None
+    source = config_encoder(config, prepare(config))
+    assert source.checkpoint is None and "the config's encoder" in source.origin
+    assert source.image_size == 32
+
+
+def test_missing_encoder_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
+    result = run_cli("compare", "--encoder-from", "missing.ckpt", "--out", str(tmp_path / "cmp"),
+                     cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: checkpoint not found: missing.ckpt"
+
+
+def test_cells_and_epochs_are_checked_before_any_work(tmp_path: Path) -> None:
+    from captioner.compare import compare
+
+    with pytest.raises(CaptionerError, match="max-epochs"):
+        compare(load_config(None, [*TINY, "trainer.max_epochs=0"]), ["rnn"], tmp_path)
+    with pytest.raises(CaptionerError, match="--cells"):
+        compare(load_config(None, TINY), ["lstm", "transformer"], tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_compare_cli_end_to_end(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    # In the trained run's folder: the encoder comes from its latest run by default.
+    result = run_cli("compare", "--cells", "rnn", "lstm", "gru", "--max-epochs", "1", "--seed", "3",
+                     "--out", str(out), *TINY, cwd=trained_run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "index.html" in result.stdout
+    data = json.loads((out / "compare.json").read_text())
+    assert list(data["cells"]) == ["rnn", "lstm", "gru"]
+    assert data["encoder"]["checkpoint"].endswith("best.ckpt")
+    steps = data["grad_flow"]["steps"]
+    for cell, run in data["cells"].items():
+        assert {"params", "recurrent_params", "epoch_seconds", "val", "test", "grad_norm_per_step",
+                "clip_fraction"} <= set(run)
+        assert set(run["test"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider"}
+        assert len(run["grad_norm_per_step"]["start"]) == len(run["grad_norm_per_step"]["end"]) == steps
+        assert run["val"] and run["best_epoch"] == 1 and 0 <= run["clip_fraction"] <= 1
+        assert len(run["train_grad_norm"]) == 2  # limit_train_batches=2
+        assert (run["gates"] is None) == (cell == "rnn")
+        assert (out / cell / "logs" / "metrics.csv").is_file()
+    lstm, gru, rnn = (data["cells"][c]["recurrent_params"] for c in ("lstm", "gru", "rnn"))
+    assert lstm == 4 * rnn and gru == 3 * rnn
+    page = (out / "index.html").read_text()
+    assert "best.ckpt" in page  # says which encoder
+    images = page.count('src="data:image/png;base64,')
+    assert images >= 6  # 3 plots, 2 gate heatmaps, the test image
+    first = page.split('src="data:image/png;base64,', 1)[1].split('"', 1)[0]
+    assert base64.b64decode(first).startswith(b"\x89PNG")
+    assert "src=\"http" not in page and "src=\"file" not in page
