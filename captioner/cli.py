@@ -6,11 +6,16 @@ Heavy modules are imported inside each command so that `captioner caption` start
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from captioner.errors import CaptionerError
+
+if TYPE_CHECKING:
+    from captioner.inference import CaptionResult
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -22,22 +27,35 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="override any config value, e.g. decoder.cell=gru trainer.max_epochs=10")
 
 
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="compute and cache the fc7 features of a config's splits "
+                                       "(frozen encoder; train does it too when they are missing)")
+    p.add_argument("--config", type=Path, help="YAML config (default: built-in shapes settings)")
+    p.add_argument("--split", action="append", dest="splits", metavar="SPLIT",
+                   help="extract only this split (repeatable; default: train, val and eval.split)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override any config value, e.g. data.num_workers=16 eval.batch_size=256")
+
+
 def _add_caption(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("caption", help="caption images or folders of images")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--checkpoint", type=Path, help="default: the latest run's best checkpoint")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where runs live (default: runs)")
     p.add_argument("--beam-size", type=int, default=3)
-    p.add_argument("--n-best", type=int, default=1, help="print the N best beams with log-probs")
+    p.add_argument("--n-best", type=int, default=1,
+                   help="print the N best beams (or N samples) with their log-probabilities")
     p.add_argument("--length-penalty", type=float, default=0.0, help="GNMT alpha; 0 = none")
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--sample", action="store_true", help="sample instead of beam search")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=1.0, help="with --sample; <1 sharpens")
+    p.add_argument("--top-k", type=int, default=0, help="with --sample; 0 = whole vocabulary")
+    p.add_argument("--seed", type=int, default=None, help="with --sample: reproducible draws")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: faster CNN on bf16 hardware, but batch-dependent (default: fp32)")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -64,13 +82,27 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="train the same decoder with each recurrent cell and compare "
+                                       "them (parameters, speed, scores, gradient flow, gates)")
+    p.add_argument("--cells", nargs="+", choices=("rnn", "lstm", "gru"), default=["rnn", "lstm", "gru"])
+    p.add_argument("--config", type=Path, help="YAML config (default: built-in shapes settings)")
+    p.add_argument("--max-epochs", type=int, help="epochs per cell (default: trainer.max_epochs)")
+    p.add_argument("--seed", type=int, help="seed of every cell (default: trainer.seed)")
+    p.add_argument("--encoder-from", type=Path, metavar="CKPT",
+                   help="take the frozen encoder from this checkpoint (default: the latest run's, "
+                        "when there is one; otherwise the config's encoder)")
+    p.add_argument("--out", type=Path, required=True, help="folder for compare.json and index.html")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override any config value")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from captioner import __version__
 
     parser = argparse.ArgumentParser(prog="captioner", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"captioner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_caption, _add_evaluate, _add_data):
+    for add in (_add_train, _add_extract, _add_caption, _add_evaluate, _add_data, _add_compare):
         add(sub)
     return parser
 
@@ -112,39 +144,46 @@ def _checkpoint(args: argparse.Namespace) -> Path:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from captioner.inference import Captioner, expand_inputs
+    from captioner.inference import Captioner, Decoding, expand_inputs, resolve_device
 
-    checkpoint = _checkpoint(args)
-    captioner = Captioner.from_checkpoint(checkpoint, device=args.device)
-    inputs, failed = [], False
-    for given in args.inputs:
-        expanded = expand_inputs([given])
+    # Options and device are checked before a checkpoint of possibly gigabytes is read.
+    decoding = Decoding(
+        beam_size=args.beam_size, n_best=args.n_best, max_length=args.max_length,
+        length_penalty=args.length_penalty, sample=args.sample, temperature=args.temperature,
+        top_k=args.top_k,
+    )
+    device = resolve_device(args.device)
+    captioner = Captioner.from_checkpoint(_checkpoint(args), device=device, precision=args.precision)
+    given = [(arg, expand_inputs([arg])) for arg in args.inputs]
+    paths = [path for _, expanded in given for path in expanded]
+    results = captioner.stream(paths, **vars(decoding), seed=args.seed, batch_size=args.batch_size)
+    failed = False
+    for arg, expanded in given:  # results in the order the inputs were given
         if not expanded:
             failed = True
-            _report_error(args.format, given, f"{given}: no images in this folder")
-        inputs.extend(expanded)
-    results = captioner.caption(
-        inputs, batch_size=args.batch_size, beam_size=args.beam_size, n_best=args.n_best,
-        max_length=args.max_length, length_penalty=args.length_penalty,
-        sample_captions=args.sample, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-    )
-    for result in results:
-        if result.error is not None:
-            failed = True
-            _report_error(args.format, result.image, result.error)
-        elif args.format == "jsonl":
-            record = {"image": result.image, "caption": result.text}
-            if args.n_best > 1:
-                record["n_best"] = [{"caption": c.text, "logprob": c.logprob, "score": c.score}
-                                    for c in result.captions]
-            print(json.dumps(record), flush=True)
-        elif args.n_best > 1:
-            print(result.image)
-            for c in result.captions:
-                print(f"  {c.logprob:8.3f}  {c.text}")
-        else:
-            print(f"{result.image}\t{result.text}" if len(inputs) > 1 else result.text)
+            _report_error(args.format, arg, f"{arg}: no images in this folder")
+        for result in itertools.islice(results, len(expanded)):
+            failed |= result.error is not None
+            _print_caption(args, result, tagged=len(paths) > 1)
     return 1 if failed else 0
+
+
+def _print_caption(args: argparse.Namespace, result: CaptionResult, *, tagged: bool) -> None:
+    """One result: jsonl, n-best lines with log-probabilities, or the caption (after the
+    image's name when there are several)."""
+    if result.error is not None:
+        _report_error(args.format, result.image, result.error)
+    elif args.format == "jsonl":
+        record = {"image": result.image, "caption": result.text, "score": result.score}
+        if args.n_best > 1:
+            record["n_best"] = [{"caption": c.text, "logprob": c.logprob, "score": c.score}
+                                for c in result.captions]
+        print(json.dumps(record), flush=True)
+    elif args.n_best > 1:
+        lines = [f"  {c.logprob:8.3f}  {c.text}" for c in result.captions]
+        print("\n".join([result.image, *lines]), flush=True)
+    else:
+        print(f"{result.image}\t{result.text}" if tagged else result.text, flush=True)
 
 
 def _report_error(fmt: str, image: str, message: str) -> None:
@@ -165,6 +204,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    from captioner.config import load_config
+    from captioner.extract import extract
+
+    for result in extract(load_config(args.config, args.overrides), args.splits):
+        skipped = result.images - len(result.store.ids)
+        note = f" ({skipped} unreadable, skipped)" if skipped else ""
+        print(f"{result.split}: {len(result.store.ids)} images{note} -> {result.store.folder}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from captioner.data.shapes import ShapesSpec, generate_shapes
 
@@ -174,7 +224,32 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "caption": cmd_caption, "evaluate": cmd_evaluate, "data": cmd_data}
+def cmd_compare(args: argparse.Namespace) -> int:
+    from captioner.compare import compare
+    from captioner.config import load_config
+
+    overrides = list(args.overrides)
+    if args.max_epochs is not None:
+        overrides.append(f"trainer.max_epochs={args.max_epochs}")
+    if args.seed is not None:
+        overrides.append(f"trainer.seed={args.seed}")
+    result = compare(load_config(args.config, overrides), args.cells, args.out,
+                     encoder_from=args.encoder_from)
+    print(f"{'cell':6}{'params':>12}{'recurrent':>12}{'s/epoch':>9}{'BLEU-4':>8}{'CIDEr-D':>9}"
+          f"{'clipped':>9}{'grad t1/tT start':>18}{'end':>9}")
+    for cell, run in result["cells"].items():
+        ratios = [norms[0] / norms[-1] if norms[-1] else float("nan")
+                  for norms in run["grad_norm_per_step"].values()]
+        clipped = "off" if run["clip_fraction"] is None else f"{100 * run['clip_fraction']:.1f}%"
+        print(f"{cell:6}{run['params']:>12,}{run['recurrent_params']:>12,}{run['epoch_seconds']:>9.1f}"
+              f"{run['test']['bleu4']:>8.3f}{run['test']['cider']:>9.3f}{clipped:>9}"
+              f"{ratios[0]:>18.2g}{ratios[1]:>9.2g}")
+    print(f"report: {args.out / 'index.html'}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "extract": cmd_extract, "caption": cmd_caption, "evaluate": cmd_evaluate,
+            "data": cmd_data, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,11 @@ class EncoderConfig:
     mode: str = "finetune"
     image_size: int = 64
     resize_size: int = 64
+    # Adam moves every weight by ~lr per step, so a layer's output moves by ~lr x fan-in: the
+    # batch-normed conv layers take a larger rate than fc6 (fan-in 25,088) and fc7, which have
+    # no normalisation and blow up at rates that suit the convs. fc_lr=0 keeps fc6/fc7 fixed.
     lr: float = 3e-4
+    fc_lr: float = 0.0
     weight_decay: float = 0.0
     # Stop fine-tuning the CNN after this many epochs (neuraltalk2's finetune window); -1 = never.
     freeze_after_epoch: int = -1
@@ -74,10 +78,13 @@ class DecoderConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.0
     # Clip the global gradient norm: gates fix vanishing gradients, not exploding ones.
     grad_clip: float = 5.0
+    # Weight of an auxiliary word-presence loss on the fc7 feature (0 = off). It gives a CNN
+    # trained from scratch a direct signal; with ImageNet weights it is not needed.
+    concept_weight: float = 1.0
 
 
 @dataclass

@@ -7,12 +7,13 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from captioner import __version__
 from captioner.config import Config, from_dict
-from captioner.data.vocab import Vocabulary
+from captioner.data.vocab import SPECIALS, Vocabulary
+from captioner.encoder import FEATURE_DIM
 from captioner.metrics import bleu_scores, cider_d
 from captioner.model import CaptionModel, build_model
 from captioner.search import greedy
@@ -29,7 +30,11 @@ class CaptionModule(L.LightningModule):
         self.model: CaptionModel = build_model(self.config, len(self.vocab), self.vocab.pad,
                                                pretrained=pretrained)
         self.finetune = self.config.encoder.mode == "finetune"
-        self.model.encoder.requires_grad_(self.finetune)
+        # Training-only auxiliary head (Fang et al. 2015's "visual concepts"): not part of the
+        # captioning model, so inference never needs it.
+        self.concept_head = (nn.Linear(FEATURE_DIM, len(self.vocab))
+                             if self.config.optim.concept_weight > 0 else None)
+        self._set_encoder_training(self.finetune)
         self.model.encoder.to(memory_format=torch.channels_last)
         self._predictions: list[tuple[int, list[str], list[list[str]]]] = []
 
@@ -47,25 +52,42 @@ class CaptionModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # A frozen CNN stays in eval mode: batch-norm statistics and dropout must not move.
-        trains = self._encoder_trains()
-        self.model.encoder.train(trains)
-        self.model.encoder.requires_grad_(trains)
+        self._set_encoder_training(self._encoder_trains())
+
+    def _set_encoder_training(self, trains: bool) -> None:
+        encoder = self.model.encoder
+        encoder.train(trains)
+        encoder.features.requires_grad_(trains)
+        # encoder.fc_lr=0 keeps fc6/fc7 fixed: no gradients or Adam state for their 118M weights.
+        encoder.fc.requires_grad_(trains and self.config.encoder.fc_lr > 0)
 
     # -- training -------------------------------------------------------------------------------
-    def _loss(self, batch: dict) -> Tensor:
+    def _loss(self, batch: dict, features: Tensor) -> Tensor:
         captions = batch["captions"]  # [B, S, T]: S captions of each image
         batch_size, per_image, length = captions.shape
-        features = self.features(batch).repeat_interleave(per_image, dim=0)
         captions = captions.reshape(batch_size * per_image, length)
-        logits = self.model(features, captions[:, :-1])
+        logits = self.model(features.repeat_interleave(per_image, dim=0), captions[:, :-1])
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), captions[:, 1:].reshape(-1),
                                ignore_index=self.vocab.pad)
+
+    def _concept_loss(self, batch: dict, features: Tensor) -> Tensor:
+        """Which words do this image's captions use? A direct signal for a CNN trained from scratch."""
+        present = torch.zeros(features.shape[0], len(self.vocab), device=features.device)
+        present.scatter_(1, batch["captions"].flatten(1), 1.0)
+        present[:, : len(SPECIALS)] = 0.0
+        logits = self.concept_head(features.float())
+        return F.binary_cross_entropy_with_logits(logits, present)
 
     def training_step(self, batch: dict | None, batch_idx: int) -> Tensor | None:
         if batch is None:  # every image of the batch was unreadable
             return None
-        loss = self._loss(batch)
+        features = self.features(batch)
+        loss = self._loss(batch, features)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image_id"]))
+        if self.concept_head is not None:
+            concept = self._concept_loss(batch, features)
+            self.log("train/concept_loss", concept, batch_size=len(batch["image_id"]))
+            loss = loss + self.config.optim.concept_weight * concept
         return loss
 
     # -- validation -----------------------------------------------------------------------------
@@ -73,7 +95,7 @@ class CaptionModule(L.LightningModule):
         if batch is None:
             return
         features = self.features(batch)
-        self.log("val/loss", self._loss(batch), batch_size=len(batch["image_id"]), sync_dist=True)
+        self.log("val/loss", self._loss(batch, features), batch_size=len(batch["image_id"]), sync_dist=True)
         hypotheses = greedy(self.model.decoder.step, self.model.decoder.initial_state(features),
                             bos=self.vocab.start, eos=self.vocab.end,
                             max_length=self.config.eval.max_length,
@@ -97,14 +119,21 @@ class CaptionModule(L.LightningModule):
         self.log("val/bleu1", bleu["bleu1"])
         self.log("val/cider", cider, prog_bar=True)
         self.log("val/distinct", distinct)
+        self.log("val/images", float(len(hypotheses)))  # each image once, however many ranks
 
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = [{"params": self.model.decoder.parameters(), "lr": self.config.optim.lr,
                    "weight_decay": self.config.optim.weight_decay}]
+        if self.concept_head is not None:
+            groups.append({"params": self.concept_head.parameters(), "lr": self.config.optim.lr})
         if self.finetune:
-            groups.append({"params": self.model.encoder.parameters(), "lr": self.config.encoder.lr,
-                           "weight_decay": self.config.encoder.weight_decay})
+            encoder, c = self.model.encoder, self.config.encoder
+            groups.append({"params": encoder.features.parameters(), "lr": c.lr,
+                           "weight_decay": c.weight_decay})
+            if c.fc_lr > 0:
+                groups.append({"params": encoder.fc.parameters(), "lr": c.fc_lr,
+                               "weight_decay": c.weight_decay})
         # The fused kernel updates VGG's ~130M weights in one pass: several times faster on CPU.
         # (Lightning refuses its own clipping with fused optimisers; we clip ourselves, below.)
         return torch.optim.Adam(groups, fused=self.device.type in ("cpu", "cuda"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,14 @@ from captioner import atomic
 from captioner.checkpoint import load_checkpoint
 from captioner.config import Config, load_config, to_dict, to_yaml
 from captioner.data.datamodule import CaptionDataModule, CaptionSet, feature_inputs, image_inputs
-from captioner.data.prepare import PreparedData, build_vocab, cache_dir, prepare
+from captioner.data.prepare import PreparedData, build_vocab, prepare
 from captioner.data.vocab import Vocabulary
-from captioner.encoder import build_preprocess, fast_bf16
-from captioner.features import load_or_extract
+from captioner.encoder import VGGEncoder, build_preprocess, fast_bf16
+from captioner.extract import split_features
 from captioner.module import CaptionModule
 from captioner.runs import best_checkpoint, mark_latest, new_run_dir, run_dir_of
+
+RUN_DIR_ENV = "CAPTIONER_RUN_DIR"
 
 
 @dataclass
@@ -40,18 +43,17 @@ def resolve_precision(config: Config) -> str:
     return "bf16-mixed" if fast_bf16(torch.device("cuda" if use_cuda else "cpu")) else "32-true"
 
 
-def _datasets(config: Config, data: PreparedData, module: CaptionModule,
-              vocab: Vocabulary, bf16: bool) -> tuple[CaptionSet, CaptionSet]:
+def datasets(config: Config, data: PreparedData, encoder: VGGEncoder,
+             vocab: Vocabulary, bf16: bool) -> tuple[CaptionSet, CaptionSet]:
+    """Train and val sets: cached fc7 features (frozen encoder) or preprocessed images."""
     c = config.encoder
     sets = []
     for split in ("train", "val"):
         records = data.split(split)
         if c.mode == "frozen":
-            preprocess = build_preprocess(c.arch, c.image_size, c.resize_size)
-            store = load_or_extract(
-                module.model.encoder, preprocess, records, cache_dir(config), split=split,
-                arch=c.arch, image_size=c.image_size, dataset=str(data.root),
-                batch_size=config.eval.batch_size, num_workers=config.data.num_workers, bf16=bf16)
+            # Under DDP every rank gets here before `fit`; rank 0 first (Lightning starts the other
+            # ranks later), so it extracts and the others find the cache ready.
+            store = split_features(config, data, encoder, split, bf16=bf16)
             records = [r for r in records if r.image_id in store.row]
             inputs = feature_inputs(store)
         else:
@@ -59,6 +61,22 @@ def _datasets(config: Config, data: PreparedData, module: CaptionModule,
         sets.append(CaptionSet(records, inputs, vocab, config.data.max_length,
                                config.data.captions_per_image))
     return sets[0], sets[1]
+
+
+def build_trainer(config: Config, folder: Path, callbacks: list[L.Callback], **overrides) -> L.Trainer:
+    """The Trainer every training run uses (CSV logs in folder/logs); `overrides` adjust it."""
+    t = config.trainer
+    settings = {
+        "default_root_dir": folder, "max_epochs": t.max_epochs, "accelerator": t.accelerator,
+        "devices": int(t.devices) if t.devices.isdigit() else t.devices, "num_nodes": t.num_nodes,
+        "strategy": t.strategy,
+        "precision": resolve_precision(config),  # CaptionModule clips gradients itself
+        "callbacks": [*callbacks, TQDMProgressBar(refresh_rate=10)],
+        "logger": CSVLogger(folder, name="logs", version=""),
+        "limit_train_batches": t.limit_train_batches, "limit_val_batches": t.limit_val_batches,
+        "log_every_n_steps": t.log_every_n_steps, "enable_model_summary": False,
+    }
+    return L.Trainer(**(settings | overrides))
 
 
 def _resume_setup(resume: Path, overrides: list[str]) -> tuple[Config, Vocabulary, Path]:
@@ -70,20 +88,35 @@ def _resume_setup(resume: Path, overrides: list[str]) -> tuple[Config, Vocabular
     return config, Vocabulary(hparams["vocab"]), run_dir
 
 
+def _is_rank_zero() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _run_dir(config: Config) -> Path:
+    """A new runs/<name>; DDP ranks that Lightning's launcher starts reuse rank 0's folder."""
+    if not _is_rank_zero() and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    run_dir = new_run_dir(Path(config.output_dir), config.name)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # the launcher copies the environment to the ranks
+    return run_dir
+
+
 def train(config: Config | None, *, resume: Path | None = None, overrides: list[str] | None = None,
           evaluate_after: bool = True) -> TrainResult:
     if resume is not None:
         config, vocab, run_dir = _resume_setup(resume, overrides or [])
     else:
-        vocab, run_dir = None, new_run_dir(Path(config.output_dir), config.name)
+        vocab, run_dir = None, _run_dir(config)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     data = prepare(config)
     vocab = vocab or build_vocab(data, config.data.min_count)
-    atomic.write_text(run_dir / "config.yaml", to_yaml(config))
+    if _is_rank_zero():
+        atomic.write_text(run_dir / "config.yaml", to_yaml(config))
 
     precision = resolve_precision(config)
     module = CaptionModule(to_dict(config), vocab.to_list())
-    train_set, val_set = _datasets(config, data, module, vocab, bf16=precision == "bf16-mixed")
+    train_set, val_set = datasets(config, data, module.model.encoder, vocab,
+                                  bf16=precision == "bf16-mixed")
     datamodule = CaptionDataModule(train_set, val_set, batch_size=config.data.batch_size,
                                    num_workers=config.data.num_workers)
     t = config.trainer
@@ -92,16 +125,8 @@ def train(config: Config | None, *, resume: Path | None = None, overrides: list[
         save_top_k=1, save_last="link",  # last.ckpt links to best.ckpt when they coincide
         enable_version_counter=False, auto_insert_metric_name=False,
     )
-    trainer = L.Trainer(
-        default_root_dir=run_dir, max_epochs=t.max_epochs, accelerator=t.accelerator,
-        devices=_devices(t.devices), num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=precision,  # gradients are clipped in CaptionModule.configure_gradient_clipping
-        callbacks=[checkpoints, EarlyStopping(monitor=t.monitor, mode="max", patience=t.patience),
-                   TQDMProgressBar(refresh_rate=10)],
-        logger=CSVLogger(run_dir, name="logs", version=""),
-        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
-        log_every_n_steps=t.log_every_n_steps, enable_model_summary=False,
-    )
+    early_stopping = EarlyStopping(monitor=t.monitor, mode="max", patience=t.patience)
+    trainer = build_trainer(config, run_dir, [checkpoints, early_stopping])
     print(f"training {config.decoder.cell} decoder on {config.encoder.arch} "
           f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}",
           file=sys.stderr)
@@ -116,8 +141,4 @@ def train(config: Config | None, *, resume: Path | None = None, overrides: list[
 
     metrics, report = evaluate(best, split=config.eval.split)
     return TrainResult(run_dir, best, metrics, report)
-
-
-def _devices(devices: str) -> str | int:
-    return int(devices) if devices.isdigit() else devices
 
