@@ -99,7 +99,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from captioner import __version__
 
-    parser = argparse.ArgumentParser(prog="captioner", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="captioner",
+        description="Show-and-tell image captioning: VGG fc7 features into an LSTM/GRU decoder.")
     parser.add_argument("--version", action="version", version=f"captioner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_extract, _add_caption, _add_evaluate, _add_data, _add_compare):

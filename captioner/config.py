@@ -89,7 +89,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 4
+    max_epochs: int = 6
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1

@@ -56,10 +56,14 @@ class CaptionModule(L.LightningModule):
 
     def _set_encoder_training(self, trains: bool) -> None:
         encoder = self.model.encoder
+        fc_trains = trains and self.config.encoder.fc_lr > 0
         encoder.train(trains)
         encoder.features.requires_grad_(trains)
-        # encoder.fc_lr=0 keeps fc6/fc7 fixed: no gradients or Adam state for their 118M weights.
-        encoder.fc.requires_grad_(trains and self.config.encoder.fc_lr > 0)
+        # encoder.fc_lr=0 keeps fc6/fc7 fixed: no gradients or Adam state for their 118M weights,
+        # and no dropout between them (fixed layers cannot learn to be robust to it; it would
+        # only add noise to the feature the decoder reads).
+        encoder.fc.requires_grad_(fc_trains)
+        encoder.fc.train(fc_trains)
 
     # -- training -------------------------------------------------------------------------------
     def _loss(self, batch: dict, features: Tensor) -> Tensor:
