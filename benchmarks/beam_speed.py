@@ -14,14 +14,12 @@ weights a near-tie may still round differently in a batched matmul, hence a matc
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+from machine import describe  # benchmarks/ is on sys.path as a script
 from torch import Tensor
 
 from captioner.decoder import Decoder, State
@@ -74,19 +72,6 @@ def batched(decoder: Decoder, features: Tensor, *, beam_size: int, max_length: i
     return [hypotheses[0] for hypotheses in found]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return (f"{platform.platform()}; {cpu}, {os.cpu_count()} CPUs{load}; Python "
-            f"{platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vocab", type=int, default=10_000, help="vocabulary size (COCO: ~10k)")
@@ -99,7 +84,7 @@ def main() -> None:
     decoder = Decoder(args.vocab, cell="lstm", embed_dim=512, hidden_dim=512).eval()
     features = torch.randn(args.images, 4096).relu()  # fc7 features are post-ReLU
     settings = dict(beam_size=args.beam, max_length=args.max_length)
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(f"decoder: lstm, vocab {args.vocab}, embed 512, hidden 512, random weights; "
           f"{args.images} images, beam {args.beam}, max_length {args.max_length}, CPU")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe  # benchmarks/ is on sys.path as a script
 from PIL import Image
 
 from captioner.data.coco import ImageRecord
@@ -37,21 +37,6 @@ from captioner.features import extract_features, merge_shards
 from captioner.images import open_rgb
 
 COCO_IMAGES = 123_287
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    gpu = f"; {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    flags = (f"AMX {torch.cpu._is_amx_tile_supported()}, "
-             f"AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}")
-    return (f"{platform.platform()}; {cpu}, {os.cpu_count()} CPUs ({flags}){gpu}; Python "
-            f"{platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
 
 
 def write_jpegs(folder: Path, n: int) -> list[ImageRecord]:
@@ -98,7 +83,7 @@ def main() -> None:
     fast_encoder = copy.deepcopy(naive_encoder).to(memory_format=torch.channels_last)
     preprocess = build_preprocess("vgg16", 224, 256)
     bf16 = fast_bf16(device)
-    print(f"machine: {machine(device)}")
+    print(f"machine: {describe(str(device))}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     print(f"VGG16 fc7, random weights, 224 px, {args.images} JPEGs 640x480, batch {args.batch_size}, "
           f"{device}, pipeline with {args.workers} workers, {'bf16' if bf16 else 'fp32 (no fast bf16 here)'}")

@@ -12,8 +12,6 @@ CHECKPOINT defaults to the latest run's best checkpoint under ./runs.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # benchmarks/ is on sys.path when run as a script
 from PIL import Image
 
 # Run in a cold process: the stages of `captioner caption`, each timed, printed as name=seconds.
@@ -44,20 +43,6 @@ def cold(command: list[str]) -> float:
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
     return seconds
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    import torch
-
-    return (f"{platform.platform()}; {cpu}, {os.cpu_count()} CPUs{load}; Python "
-            f"{platform.python_version()}, torch {torch.__version__}")
 
 
 def default_checkpoint() -> Path:
@@ -88,7 +73,7 @@ def main() -> None:
                                  args.device], capture_output=True, text=True, check=True).stdout
 
     size = checkpoint.stat().st_size / 2**20
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(f"checkpoint: {checkpoint} ({size:.0f} MiB), device {args.device}, "
           f"median of {args.repeats} cold processes each")
     print(f'python -c "import torch, torchvision"  {statistics.median(floor):6.2f} s   '

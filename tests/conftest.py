@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from captioner.data.coco import ImageRecord
 
 # Tiny but real: the real VGG architecture, the real Lightning Trainer, real pycocotools.
 TINY = [
@@ -40,3 +44,14 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, private_cache: Path) -
     result = run_cli("train", *TINY, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
+
+
+def random_image_records(folder: Path, n: int) -> list[ImageRecord]:
+    """n small random PNGs in `folder`, as val-split records with ids 1..n."""
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+        records.append(ImageRecord(i + 1, path, "val", ("a caption",)))
+    return records

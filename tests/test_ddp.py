@@ -23,9 +23,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import random_image_records
 from PIL import Image
 
-from captioner.data.coco import ImageRecord
 from captioner.data.shapes import ShapesSpec, generate_shapes
 from captioner.encoder import build_encoder, build_preprocess
 from captioner.errors import CaptionerError
@@ -41,16 +41,6 @@ def vgg11() -> torch.nn.Module:
     return build_encoder("vgg11", "none").eval()
 
 
-def _records(folder: Path, n: int) -> list[ImageRecord]:
-    rng = np.random.default_rng(0)
-    records = []
-    for i in range(n):
-        path = folder / f"{i}.png"
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
-        records.append(ImageRecord(i + 1, path, "val", ("a caption",)))
-    return records
-
-
 def _slow(seconds: float, seen: Counter | None = None) -> Callable[[Image.Image], torch.Tensor]:
     """The preprocess, made slow enough that concurrent extractors overlap; counts per thread."""
     def preprocess(image: Image.Image) -> torch.Tensor:
@@ -62,7 +52,7 @@ def _slow(seconds: float, seen: Counter | None = None) -> Callable[[Image.Image]
 
 
 def test_ranks_share_the_shards_and_merge_once(tmp_path: Path, vgg11: torch.nn.Module) -> None:
-    records, seen = _records(tmp_path, 12), Counter()
+    records, seen = random_image_records(tmp_path, 12), Counter()
     options = {"split": "val", "arch": "vgg11", "image_size": 32, "dataset": "t", "shard_size": 2,
                "world_size": 2}
 
@@ -94,7 +84,7 @@ def _wait_for(path: Path, timeout: float = 60) -> None:
 @pytest.mark.parametrize("holder_finishes", [True, False])
 def test_waits_for_a_shard_another_rank_holds(tmp_path: Path, vgg11: torch.nn.Module,
                                               holder_finishes: bool) -> None:
-    records, folder = _records(tmp_path, 8), tmp_path / "feat"
+    records, folder = random_image_records(tmp_path, 8), tmp_path / "feat"
     folder.mkdir()
     holder = _hold(folder / "shard_00001.lock")  # "rank 1" is extracting shard 1
     with ThreadPoolExecutor(1) as pool:
@@ -114,7 +104,7 @@ def test_waits_for_a_shard_another_rank_holds(tmp_path: Path, vgg11: torch.nn.Mo
 
 
 def test_ctrl_c_keeps_finished_shards_and_a_rerun_resumes(tmp_path: Path, vgg11: torch.nn.Module) -> None:
-    records, folder, calls = _records(tmp_path, 6), tmp_path / "feat", Counter()
+    records, folder, calls = random_image_records(tmp_path, 6), tmp_path / "feat", Counter()
 
     def interrupted(image: Image.Image) -> torch.Tensor:
         calls["n"] += 1
@@ -136,7 +126,7 @@ def test_ctrl_c_keeps_finished_shards_and_a_rerun_resumes(tmp_path: Path, vgg11:
 
 def test_too_little_disk_is_a_clear_error_before_any_work(tmp_path: Path, vgg11: torch.nn.Module,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    records = _records(tmp_path, 4)
+    records = random_image_records(tmp_path, 4)
     monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(free=1000))
     with pytest.raises(CaptionerError, match="GB are free; free some space or set CAPTIONER_CACHE"):
         extract_features(vgg11, PREPROCESS, records, tmp_path / "feat", key=KEY)

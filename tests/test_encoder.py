@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_image_records
 from PIL import Image
 
-from captioner.data.coco import ImageRecord
 from captioner.encoder import build_encoder, build_preprocess, encode, weights_file
 from captioner.errors import CaptionerError
 from captioner.features import load_or_extract
@@ -61,18 +61,8 @@ def test_weights_from_a_file(tmp_path: Path) -> None:
     assert torch.equal(encoder.fc[3].weight, vgg.classifier[3].weight)
 
 
-def _records(folder: Path, n: int) -> list[ImageRecord]:
-    rng = np.random.default_rng(0)
-    records = []
-    for i in range(n):
-        path = folder / f"{i}.png"
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
-        records.append(ImageRecord(i + 1, path, "val", ("a caption",)))
-    return records
-
-
 def test_feature_cache_reuse_and_invalidation(tmp_path: Path, vgg11: torch.nn.Module) -> None:
-    records = _records(tmp_path, 5)
+    records = random_image_records(tmp_path, 5)
     preprocess = build_preprocess("vgg11_bn", 32, 32)
     options = {"split": "val", "arch": "vgg11_bn", "image_size": 32, "dataset": "t", "batch_size": 2}
     store = load_or_extract(vgg11, preprocess, records, tmp_path / "cache", shard_size=2, **options)
@@ -98,7 +88,7 @@ def test_feature_cache_reuse_and_invalidation(tmp_path: Path, vgg11: torch.nn.Mo
 def test_extraction_resumes_and_skips_unreadable(tmp_path: Path, vgg11: torch.nn.Module) -> None:
     from captioner.features import extract_features, merge_shards
 
-    records = _records(tmp_path, 5)
+    records = random_image_records(tmp_path, 5)
     records[3].path.write_bytes(b"broken")
     preprocess = build_preprocess("vgg11_bn", 32, 32)
     folder = tmp_path / "feat"

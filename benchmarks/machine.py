@@ -1,0 +1,25 @@
+"""One line describing the machine a benchmark ran on (CPU, bf16 support, GPU, load, versions)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def describe(device: str = "cpu") -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    flags = (f"AMX {torch.cpu._is_amx_tile_supported()}, "
+             f"AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}")
+    gpu = f"; {torch.cuda.get_device_name(device)}" if str(device).startswith("cuda") else ""
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return (f"{platform.platform()}; {cpu}, {os.cpu_count()} CPUs ({flags}){gpu}{load}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
