@@ -33,6 +33,7 @@ from captioner.data.vocab import Vocabulary
 from captioner.decoder import Decoder
 from captioner.encoder import VGGEncoder, build_encoder
 from captioner.errors import CaptionerError
+from captioner.evaluation import caption_split
 from captioner.extract import frozen_encoder, split_features
 from captioner.features import FeatureStore
 from captioner.inference import Captioner
@@ -201,14 +202,7 @@ def score_test_split(model: CaptionModel, config: Config, vocab: Vocabulary,
                 records: Sequence[ImageRecord], store: FeatureStore) -> dict[str, float]:
     """BLEU-1..4 and CIDEr-D of beam-search captions, as `captioner evaluate` decodes them."""
     captioner = Captioner(model, vocab, config, next(model.decoder.parameters()).device)
-    predictions: dict[int, str] = {}
-    batch = config.eval.batch_size
-    for start in range(0, len(records), batch):
-        chunk = records[start:start + batch]
-        captions = captioner.caption_features(
-            torch.stack([store[r.image_id] for r in chunk]), beam_size=config.eval.beam_size,
-            length_penalty=config.eval.length_penalty)
-        predictions.update((r.image_id, c[0].text) for r, c in zip(chunk, captions))
+    predictions = caption_split(captioner, records, store, config.eval.beam_size)
     scores = score_captions({r.image_id: r.captions for r in records}, predictions, meteor=False)
     return {k: scores.corpus[k] for k in TEST_METRICS}
 

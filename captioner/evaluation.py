@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from captioner.data.coco import ImageRecord
 from captioner.data.prepare import cache_dir, prepare
-from captioner.features import load_or_extract
+from captioner.features import FeatureStore, load_or_extract
 from captioner.inference import Captioner
 from captioner.report import ImageResult, write_report
 from captioner.runs import run_dir_of
@@ -17,6 +19,19 @@ from captioner.runs import run_dir_of
 def default_out_dir(checkpoint: Path, split: str) -> Path:
     run_dir = run_dir_of(checkpoint)
     return (run_dir if run_dir else Path.cwd()) / f"eval-{split}"
+
+
+def caption_split(captioner: Captioner, records: Sequence[ImageRecord], store: FeatureStore,
+                  beam_size: int) -> dict[int, str]:
+    """image id -> best beam-search caption, decoded from cached features in batches."""
+    config, predictions = captioner.config, {}
+    for start in range(0, len(records), config.eval.batch_size):
+        chunk = records[start:start + config.eval.batch_size]
+        captions = captioner.caption_features(torch.stack([store[r.image_id] for r in chunk]),
+                                              beam_size=beam_size,
+                                              length_penalty=config.eval.length_penalty)
+        predictions.update((r.image_id, c[0].text) for r, c in zip(chunk, captions))
+    return predictions
 
 
 def evaluate(
@@ -40,15 +55,9 @@ def evaluate(
         batch_size=config.eval.batch_size, num_workers=config.data.num_workers, bf16=captioner.bf16,
     )
     records = [r for r in records if r.image_id in store.row]
-    results: list[ImageResult] = []
-    batch = config.eval.batch_size
-    for start in range(0, len(records), batch):
-        chunk = records[start:start + batch]
-        features = torch.stack([store[r.image_id] for r in chunk])
-        captions = captioner.caption_features(features, beam_size=beam_size,
-                                              length_penalty=config.eval.length_penalty)
-        results.extend(ImageResult(r.image_id, r.path, c[0].text, list(r.captions))
-                       for r, c in zip(chunk, captions))
+    predictions = caption_split(captioner, records, store, beam_size)
+    results = [ImageResult(r.image_id, r.path, predictions[r.image_id], list(r.captions))
+               for r in records]
 
     objects = None
     if data.instances:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from captioner.config import Config
@@ -29,10 +29,7 @@ def dataset_root(config: Config) -> Path:
     if config.data.dataset == "shapes" and not config.data.root:
         from captioner.data.shapes import ShapesSpec, ensure_shapes
 
-        s = config.data.shapes
-        spec = ShapesSpec(num_train=s.num_train, num_val=s.num_val, num_test=s.num_test,
-                          size=s.size, seed=s.seed)
-        return ensure_shapes(spec, cache_dir(config))
+        return ensure_shapes(ShapesSpec(**asdict(config.data.shapes)), cache_dir(config))
     if not config.data.root:
         raise CaptionerError(f"data.root is not set for dataset {config.data.dataset!r}")
     root = Path(config.data.root).expanduser()
