@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from captioner.data.shapes import ShapesSpec, ensure_shapes
 from captioner.encoder import build_encoder, build_preprocess
+from captioner.schedule import one_cycle
 
 
 def load(root: Path, split: str, size: int, pairs: list[str] | None = None):
@@ -52,6 +53,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--reports", type=int, default=3, help="validation reports during training")
+    parser.add_argument("--optim", choices=("adam", "sgd"), default="adam")
+    parser.add_argument("--schedule", choices=("constant", "onecycle"), default="constant",
+                        help="onecycle: warm up over 30%% of the steps, then anneal to ~0")
     args = parser.parse_args()
     torch.manual_seed(0)
     root = ensure_shapes(ShapesSpec())
@@ -62,10 +66,15 @@ def main() -> int:
     encoder.fc.train(args.fc_lr > 0)
     head = torch.nn.Linear(4096, len(pairs))
     groups = [{"params": encoder.features.parameters(), "lr": args.lr},
-              {"params": head.parameters(), "lr": 1e-3}]
+              {"params": head.parameters(), "lr": 1e-3 if args.optim == "adam" else args.lr}]
     if args.fc_lr > 0:
         groups.append({"params": encoder.fc.parameters(), "lr": args.fc_lr})
-    optimizer = torch.optim.Adam(groups, fused=True)
+    if args.optim == "adam":
+        optimizer = torch.optim.Adam(groups, fused=True)
+    else:
+        optimizer = torch.optim.SGD(groups, momentum=0.9, nesterov=True, fused=True)
+    scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle(args.steps, 0.3))
+                 if args.schedule == "onecycle" else None)
     print(f"machine: {describe()}")
 
     def val_f1() -> float:
@@ -87,8 +96,11 @@ def main() -> int:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        if scheduler is not None:
+            scheduler.step()
         if step % max(args.steps // args.reports, 1) == 0:
-            print(f"{args.arch} {args.size}px lr {args.lr:g} fc_lr {args.fc_lr:g} batch {args.batch}: "
+            print(f"{args.arch} {args.size}px {args.optim} {args.schedule} lr {args.lr:g} "
+                  f"fc_lr {args.fc_lr:g} batch {args.batch}: "
                   f"step {step} ({time.perf_counter() - start:.0f} s) loss {loss.item():.3f} "
                   f"val pair-F1 {val_f1():.3f}", flush=True)
     return 0

@@ -41,7 +41,8 @@ class DataConfig:
     instances_json: list[str] = field(default_factory=list)
     train_splits: list[str] = field(default_factory=lambda: ["train", "restval"])
     min_count: int = 5
-    max_length: int = 16
+    # Words per caption (longer ones are cut): the shapes captions run to 17 words; COCO uses 16.
+    max_length: int = 20
     captions_per_image: int = 5
     batch_size: int = 32
     num_workers: int = 0
@@ -60,7 +61,7 @@ class EncoderConfig:
     # Adam moves every weight by ~lr per step, so a layer's output moves by ~lr x fan-in: the
     # batch-normed conv layers take a larger rate than fc6 (fan-in 25,088) and fc7, which have
     # no normalisation and blow up at rates that suit the convs. fc_lr=0 keeps fc6/fc7 fixed.
-    lr: float = 3e-4
+    lr: float = 1e-3
     fc_lr: float = 0.0
     weight_decay: float = 0.0
     # Stop fine-tuning the CNN after this many epochs (neuraltalk2's finetune window); -1 = never.
@@ -78,13 +79,23 @@ class DecoderConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-4
+    lr: float = 2e-3
     weight_decay: float = 0.0
     # Clip the global gradient norm: gates fix vanishing gradients, not exploding ones.
     grad_clip: float = 5.0
-    # Weight of an auxiliary word-presence loss on the fc7 feature (0 = off). It gives a CNN
-    # trained from scratch a direct signal; with ImageNet weights it is not needed.
+    # Weight of an auxiliary visual-concept loss on fc7 while fine-tuning (0 = off; see
+    # captioner/concepts.py). It gives a CNN trained from scratch a direct signal; with ImageNet
+    # weights it is not needed. Concepts: words (stemmed) that, on the images whose captions use
+    # them, at least `concept_agreement` of the captions use.
     concept_weight: float = 1.0
+    concept_agreement: float = 0.9
+    # Learning rate over the run, per step: "constant", or "onecycle" (Smith & Topin 2018): rise
+    # from lr/25 to each group's lr over the first `warmup` fraction of the steps, then anneal to
+    # ~0 along a cosine. Warm-up allows a higher peak rate; annealing settles the weights.
+    # Measured with benchmarks/encoder_probe.py (450 steps, VGG11-BN from scratch): constant
+    # 3e-4 reached pair-F1 0.68, onecycle at 1e-3 0.91.
+    schedule: str = "onecycle"
+    warmup: float = 0.3
 
 
 @dataclass
@@ -108,7 +119,7 @@ class TrainerConfig:
 class EvalConfig:
     split: str = "test"
     beam_size: int = 3
-    max_length: int = 16
+    max_length: int = 20
     length_penalty: float = 0.0
     batch_size: int = 64
     worst: int = 24
@@ -189,6 +200,7 @@ def to_yaml(config: Config) -> str:
 _CHOICES = {
     "encoder.mode": ("frozen", "finetune"),
     "decoder.cell": ("lstm", "gru", "rnn"),
+    "optim.schedule": ("constant", "onecycle"),
     "trainer.monitor": ("val/bleu4", "val/cider"),
     "trainer.precision": ("auto", "32", "bf16-mixed", "16-mixed"),
 }
@@ -208,4 +220,8 @@ def validate(config: Config) -> Config:
         section, name = key.split(".")
         if data[section][name] < 1:
             raise CaptionerError(f"bad configuration: {key} must be at least 1")
+    if not 0.0 <= config.optim.concept_agreement <= 1.0:
+        raise CaptionerError("bad configuration: optim.concept_agreement must be in [0, 1]")
+    if not 0.0 <= config.optim.warmup < 1.0:
+        raise CaptionerError("bad configuration: optim.warmup must be in [0, 1)")
     return config

@@ -9,19 +9,21 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.optim.lr_scheduler import LambdaLR
 
 from captioner import __version__
 from captioner.config import Config, from_dict
-from captioner.data.vocab import SPECIALS, Vocabulary
+from captioner.data.vocab import Vocabulary
 from captioner.encoder import FEATURE_DIM
 from captioner.metrics import bleu_scores, cider_d
 from captioner.model import CaptionModel, build_model
+from captioner.schedule import one_cycle
 from captioner.search import greedy
 
 
 class CaptionModule(L.LightningModule):
     def __init__(self, config: dict[str, Any], vocab: list[str], pretrained: bool = True,
-                 captioner_version: str = __version__) -> None:
+                 captioner_version: str = __version__, concepts: list[str] | None = None) -> None:
         super().__init__()
         # config and vocabulary travel inside every checkpoint, as plain (weights-only-safe) data.
         self.save_hyperparameters(ignore=["pretrained"])
@@ -30,10 +32,11 @@ class CaptionModule(L.LightningModule):
         self.model: CaptionModel = build_model(self.config, len(self.vocab), self.vocab.pad,
                                                pretrained=pretrained)
         self.finetune = self.config.encoder.mode == "finetune"
-        # Training-only auxiliary head (Fang et al. 2015's "visual concepts"): not part of the
-        # captioning model, so inference never needs it.
-        self.concept_head = (nn.Linear(FEATURE_DIM, len(self.vocab))
-                             if self.config.optim.concept_weight > 0 else None)
+        # Training-only auxiliary head on fc7 (captioner.concepts): not part of the captioning
+        # model, so inference never needs it; useless on frozen features, so only when fine-tuning.
+        self.concept_head = None
+        if self.finetune and self.config.optim.concept_weight > 0 and concepts:
+            self.concept_head = nn.Linear(FEATURE_DIM, len(concepts))
         self._set_encoder_training(self.finetune)
         self.model.encoder.to(memory_format=torch.channels_last)
         self._predictions: list[tuple[int, list[str], list[list[str]]]] = []
@@ -75,12 +78,9 @@ class CaptionModule(L.LightningModule):
                                ignore_index=self.vocab.pad)
 
     def _concept_loss(self, batch: dict, features: Tensor) -> Tensor:
-        """Which words do this image's captions use? A direct signal for a CNN trained from scratch."""
-        present = torch.zeros(features.shape[0], len(self.vocab), device=features.device)
-        present.scatter_(1, batch["captions"].flatten(1), 1.0)
-        present[:, : len(SPECIALS)] = 0.0
+        """Which visual concepts do this image's captions name? A direct signal for the CNN."""
         logits = self.concept_head(features.float())
-        return F.binary_cross_entropy_with_logits(logits, present)
+        return F.binary_cross_entropy_with_logits(logits, batch["concepts"].to(logits.dtype))
 
     def training_step(self, batch: dict | None, batch_idx: int) -> Tensor | None:
         if batch is None:  # every image of the batch was unreadable
@@ -126,21 +126,28 @@ class CaptionModule(L.LightningModule):
         self.log("val/images", float(len(hypotheses)))  # each image once, however many ranks
 
     # -- optimisation ---------------------------------------------------------------------------
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        groups = [{"params": self.model.decoder.parameters(), "lr": self.config.optim.lr,
-                   "weight_decay": self.config.optim.weight_decay}]
+    def configure_optimizers(self) -> Any:
+        # Named groups: the CSV log's learning-rate columns read lr-Adam/decoder, lr-Adam/convs, ...
+        o = self.config.optim
+        groups = [{"name": "decoder", "params": self.model.decoder.parameters(), "lr": o.lr,
+                   "weight_decay": o.weight_decay}]
         if self.concept_head is not None:
-            groups.append({"params": self.concept_head.parameters(), "lr": self.config.optim.lr})
+            groups.append({"name": "concepts", "params": self.concept_head.parameters(), "lr": o.lr})
         if self.finetune:
             encoder, c = self.model.encoder, self.config.encoder
-            groups.append({"params": encoder.features.parameters(), "lr": c.lr,
+            groups.append({"name": "convs", "params": encoder.features.parameters(), "lr": c.lr,
                            "weight_decay": c.weight_decay})
             if c.fc_lr > 0:
-                groups.append({"params": encoder.fc.parameters(), "lr": c.fc_lr,
+                groups.append({"name": "fc", "params": encoder.fc.parameters(), "lr": c.fc_lr,
                                "weight_decay": c.weight_decay})
         # The fused kernel updates VGG's ~130M weights in one pass: several times faster on CPU.
         # (Lightning refuses its own clipping with fused optimisers; we clip ourselves, below.)
-        return torch.optim.Adam(groups, fused=self.device.type in ("cpu", "cuda"))
+        optimizer = torch.optim.Adam(groups, fused=self.device.type in ("cpu", "cuda"))
+        if o.schedule == "constant":
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = LambdaLR(optimizer, one_cycle(total, o.warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
                                     gradient_clip_val: float | None = None,

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from captioner import atomic
 from captioner.checkpoint import load_checkpoint
+from captioner.concepts import visual_concepts
 from captioner.config import Config, load_config, to_dict, to_yaml
 from captioner.data.datamodule import CaptionDataModule, CaptionSet, feature_inputs, image_inputs
 from captioner.data.prepare import PreparedData, build_vocab, prepare
+from captioner.data.tokenize import tokenize
 from captioner.data.vocab import Vocabulary
 from captioner.encoder import VGGEncoder, build_preprocess, fast_bf16
 from captioner.extract import split_features
@@ -43,9 +45,12 @@ def resolve_precision(config: Config) -> str:
     return "bf16-mixed" if fast_bf16(torch.device("cuda" if use_cuda else "cpu")) else "32-true"
 
 
-def datasets(config: Config, data: PreparedData, encoder: VGGEncoder,
-             vocab: Vocabulary, bf16: bool) -> tuple[CaptionSet, CaptionSet]:
-    """Train and val sets: cached fc7 features (frozen encoder) or preprocessed images."""
+def datasets(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Vocabulary,
+             bf16: bool, concepts: list[str] = ()) -> tuple[CaptionSet, CaptionSet]:
+    """Train and val sets: cached fc7 features (frozen encoder) or preprocessed images.
+
+    `concepts`: the auxiliary loss's targets, which only the training set carries.
+    """
     c = config.encoder
     sets = []
     for split in ("train", "val"):
@@ -59,7 +64,8 @@ def datasets(config: Config, data: PreparedData, encoder: VGGEncoder,
         else:
             inputs = image_inputs(build_preprocess(c.arch, c.image_size, c.resize_size))
         sets.append(CaptionSet(records, inputs, vocab, config.data.max_length,
-                               config.data.captions_per_image))
+                               config.data.captions_per_image,
+                               concepts if split == "train" else ()))
     return sets[0], sets[1]
 
 
@@ -71,7 +77,8 @@ def build_trainer(config: Config, folder: Path, callbacks: list[L.Callback], **o
         "devices": int(t.devices) if t.devices.isdigit() else t.devices, "num_nodes": t.num_nodes,
         "strategy": t.strategy,
         "precision": resolve_precision(config),  # CaptionModule clips gradients itself
-        "callbacks": [*callbacks, TQDMProgressBar(refresh_rate=10)],
+        "callbacks": [*callbacks, TQDMProgressBar(refresh_rate=10),
+                      LearningRateMonitor(logging_interval="step")],
         "logger": CSVLogger(folder, name="logs", version=""),
         "limit_train_batches": t.limit_train_batches, "limit_val_batches": t.limit_val_batches,
         "log_every_n_steps": t.log_every_n_steps, "enable_model_summary": False,
@@ -79,13 +86,21 @@ def build_trainer(config: Config, folder: Path, callbacks: list[L.Callback], **o
     return L.Trainer(**(settings | overrides))
 
 
-def _resume_setup(resume: Path, overrides: list[str]) -> tuple[Config, Vocabulary, Path]:
+def training_concepts(config: Config, data: PreparedData, vocab: Vocabulary) -> list[str]:
+    """The auxiliary loss's visual concepts (captioner.concepts), when fine-tuning uses them."""
+    if config.encoder.mode != "finetune" or config.optim.concept_weight <= 0:
+        return []
+    captions = ([tokenize(c) for c in record.captions] for record in data.split("train"))
+    return visual_concepts(captions, vocab, config.optim.concept_agreement)
+
+
+def _resume_setup(resume: Path, overrides: list[str]) -> tuple[Config, Vocabulary, list[str], Path]:
     """Continue a run: its own config (plus overrides, e.g. more epochs), vocabulary and folder."""
     checkpoint = load_checkpoint(resume)
     hparams = checkpoint["hyper_parameters"]
     config = load_config(None, overrides, base=hparams["config"])
     run_dir = run_dir_of(resume) or resume.resolve().parent
-    return config, Vocabulary(hparams["vocab"]), run_dir
+    return config, Vocabulary(hparams["vocab"]), hparams.get("concepts") or [], run_dir
 
 
 def _is_rank_zero() -> bool:
@@ -104,9 +119,9 @@ def _run_dir(config: Config) -> Path:
 def train(config: Config | None, *, resume: Path | None = None, overrides: list[str] | None = None,
           evaluate_after: bool = True) -> TrainResult:
     if resume is not None:
-        config, vocab, run_dir = _resume_setup(resume, overrides or [])
+        config, vocab, concepts, run_dir = _resume_setup(resume, overrides or [])
     else:
-        vocab, run_dir = None, _run_dir(config)
+        vocab, concepts, run_dir = None, None, _run_dir(config)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     data = prepare(config)
     vocab = vocab or build_vocab(data, config.data.min_count)
@@ -114,9 +129,11 @@ def train(config: Config | None, *, resume: Path | None = None, overrides: list[
         atomic.write_text(run_dir / "config.yaml", to_yaml(config))
 
     precision = resolve_precision(config)
-    module = CaptionModule(to_dict(config), vocab.to_list())
+    if concepts is None:
+        concepts = training_concepts(config, data, vocab)
+    module = CaptionModule(to_dict(config), vocab.to_list(), concepts=concepts)
     train_set, val_set = datasets(config, data, module.model.encoder, vocab,
-                                  bf16=precision == "bf16-mixed")
+                                  bf16=precision == "bf16-mixed", concepts=concepts)
     datamodule = CaptionDataModule(train_set, val_set, batch_size=config.data.batch_size,
                                    num_workers=config.data.num_workers)
     t = config.trainer
@@ -130,6 +147,9 @@ def train(config: Config | None, *, resume: Path | None = None, overrides: list[
     print(f"training {config.decoder.cell} decoder on {config.encoder.arch} "
           f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}",
           file=sys.stderr)
+    if concepts:
+        print(f"auxiliary visual concepts ({len(concepts)}, stemmed): " + ", ".join(concepts),
+              file=sys.stderr)
     trainer.fit(module, datamodule, ckpt_path=resume)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, Path(), {}, Path())

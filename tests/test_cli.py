@@ -30,6 +30,8 @@ def test_train_writes_run_folder_checkpoint_and_report(trained_run: Path) -> Non
     hparams = checkpoint["hyper_parameters"]
     assert hparams["vocab"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
     assert hparams["config"]["decoder"]["hidden_dim"] == 32 and hparams["captioner_version"]
+    # the auxiliary loss's concepts travel with the run (a resumed run rebuilds the same head)
+    assert {"circl", "squar", "triangl"} & set(hparams["concepts"])
     metrics = json.loads((run / "eval-test" / "metrics.json").read_text())
     assert set(metrics["metrics"]) >= {"bleu1", "bleu2", "bleu3", "bleu4", "cider"}
     assert (run / "eval-test" / "index.html").is_file()
@@ -76,6 +78,7 @@ def test_resume_continues_where_it_stopped(trained_run: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = load_checkpoint(trained_run / "runs" / "shapes" / "checkpoints" / "last.ckpt")
     assert checkpoint["global_step"] == 4  # 2 more steps after the first 2, not 4 anew
+    assert checkpoint["lr_schedulers"][0]["last_epoch"] == 4  # the schedule continued too
 
 
 @pytest.mark.parametrize(("args", "needle"), [

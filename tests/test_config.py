@@ -34,6 +34,8 @@ def test_overrides_are_typed_and_applied() -> None:
     (["trainer.max_epochs=many"], "trainer.max_epochs"),
     (["decoder.cell=transformer"], "decoder.cell"),
     (["encoder.mode=half"], "encoder.mode"),
+    (["optim.schedule=cosine"], "optim.schedule"),
+    (["optim.warmup=1.5"], "optim.warmup"),
     (["novalue"], "key=value"),
 ])
 def test_bad_overrides_name_the_setting(overrides: list[str], needle: str) -> None:

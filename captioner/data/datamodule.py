@@ -17,6 +17,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from captioner.concepts import concept_targets
 from captioner.data.coco import ImageRecord
 from captioner.data.tokenize import tokenize
 from captioner.data.vocab import Vocabulary
@@ -39,11 +40,14 @@ class CaptionSet(Dataset):
     """(input, encoded captions, tokenised references) per image."""
 
     def __init__(self, records: Sequence[ImageRecord], inputs: Inputs, vocab: Vocabulary,
-                 max_length: int, captions_per_image: int) -> None:
+                 max_length: int, captions_per_image: int, concepts: Sequence[str] = ()) -> None:
         self.records, self.inputs, self.per_image = list(records), inputs, captions_per_image
         self.references = [[tokenize(c) for c in r.captions] for r in self.records]
         self.encoded = [[vocab.encode(t, max_length) for t in refs] for refs in self.references]
         self.pad = vocab.pad
+        # Targets of the auxiliary concept loss (captioner.concepts), from all of an image's captions.
+        self.concepts = ([concept_targets(refs, concepts, vocab) for refs in self.references]
+                         if concepts else None)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -63,8 +67,11 @@ class CaptionSet(Dataset):
         except CaptionerError as err:
             print(f"skipping unreadable image: {err}", file=sys.stderr)
             return None
-        return {"image_id": record.image_id, "input": x, "captions": self._pick(i),
+        item = {"image_id": record.image_id, "input": x, "captions": self._pick(i),
                 "references": self.references[i]}
+        if self.concepts is not None:
+            item["concepts"] = self.concepts[i]
+        return item
 
 
 def collate(items: list[dict | None], pad: int) -> dict | None:
@@ -76,12 +83,15 @@ def collate(items: list[dict | None], pad: int) -> dict | None:
     for b, item in enumerate(items):
         for s, ids in enumerate(item["captions"]):
             captions[b, s, : len(ids)] = torch.tensor(ids)
-    return {
+    batch = {
         "image_id": torch.tensor([item["image_id"] for item in items]),
         "input": torch.stack([item["input"] for item in items]),
         "captions": captions,  # [B, captions_per_image, T]
         "references": [item["references"] for item in items],
     }
+    if "concepts" in items[0]:
+        batch["concepts"] = torch.stack([item["concepts"] for item in items])  # [B, C]
+    return batch
 
 
 class CaptionDataModule(L.LightningDataModule):

@@ -1,0 +1,36 @@
+"""The one-cycle learning-rate multiplier: warm-up, peak, annealing, and resumed runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captioner.schedule import END, START, one_cycle
+
+
+def test_warms_up_to_the_peak_then_anneals_to_almost_zero() -> None:
+    factor = one_cycle(100, warmup=0.3)
+    values = [factor(step) for step in range(101)]
+    assert values[0] == pytest.approx(START) and values[30] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(values[:30], values[1:31]))  # rising
+    assert all(a > b for a, b in zip(values[30:100], values[31:101]))  # falling
+    assert values[100] == pytest.approx(END) and max(values) == pytest.approx(1.0)
+
+
+def test_steps_past_the_end_stay_at_the_floor() -> None:
+    assert one_cycle(10, warmup=0.3)(25) == pytest.approx(END)
+
+
+def test_no_warmup_starts_at_the_peak() -> None:
+    assert one_cycle(50, warmup=0.0)(0) == pytest.approx(1.0)
+
+
+def test_each_parameter_group_follows_its_own_rate() -> None:
+    weights = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    optimizer = torch.optim.Adam([{"params": weights[:1], "lr": 1e-3},
+                                  {"params": weights[1:], "lr": 1e-2}])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle(10, warmup=0.3))
+    for _ in range(3):
+        optimizer.step()
+        schedule.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-2])
