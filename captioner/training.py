@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def resolve_precision(config: Config) -> str:
 
 
 def datasets(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Vocabulary,
-             bf16: bool, concepts: list[str] = ()) -> tuple[CaptionSet, CaptionSet]:
+             bf16: bool, concepts: Sequence[str] = ()) -> tuple[CaptionSet, CaptionSet]:
     """Train and val sets: cached fc7 features (frozen encoder) or preprocessed images.
 
     `concepts`: the auxiliary loss's targets, which only the training set carries.
@@ -150,6 +151,9 @@ def train(config: Config | None, *, resume: Path | None = None, overrides: list[
     if concepts:
         print(f"auxiliary visual concepts ({len(concepts)}, stemmed): " + ", ".join(concepts),
               file=sys.stderr)
+    elif config.encoder.mode == "finetune" and config.optim.concept_weight > 0:
+        print("auxiliary concept loss off: no word reaches optim.concept_agreement="
+              f"{config.optim.concept_agreement} in the training captions", file=sys.stderr)
     trainer.fit(module, datamodule, ckpt_path=resume)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, Path(), {}, Path())
