@@ -92,7 +92,14 @@ def training_concepts(config: Config, data: PreparedData, vocab: Vocabulary) -> 
     if config.encoder.mode != "finetune" or config.optim.concept_weight <= 0:
         return []
     captions = ([tokenize(c) for c in record.captions] for record in data.split("train"))
-    return visual_concepts(captions, vocab, config.optim.concept_agreement)
+    concepts = visual_concepts(captions, vocab, config.optim.concept_agreement)
+    if concepts:
+        print(f"auxiliary visual concepts ({len(concepts)}, stemmed): " + ", ".join(concepts),
+              file=sys.stderr)
+    else:
+        print("auxiliary concept loss off: no word reaches optim.concept_agreement="
+              f"{config.optim.concept_agreement} in the training captions", file=sys.stderr)
+    return concepts
 
 
 def _resume_setup(resume: Path, overrides: list[str]) -> tuple[Config, Vocabulary, list[str], Path]:
@@ -148,12 +155,6 @@ def train(config: Config | None, *, resume: Path | None = None, overrides: list[
     print(f"training {config.decoder.cell} decoder on {config.encoder.arch} "
           f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}",
           file=sys.stderr)
-    if concepts:
-        print(f"auxiliary visual concepts ({len(concepts)}, stemmed): " + ", ".join(concepts),
-              file=sys.stderr)
-    elif config.encoder.mode == "finetune" and config.optim.concept_weight > 0:
-        print("auxiliary concept loss off: no word reaches optim.concept_agreement="
-              f"{config.optim.concept_agreement} in the training captions", file=sys.stderr)
     trainer.fit(module, datamodule, ckpt_path=resume)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, Path(), {}, Path())
