@@ -94,7 +94,7 @@ class OptimConfig:
     # from lr/25 to each group's lr over the first `warmup` fraction of the steps, then anneal to
     # ~0 along a cosine. Warm-up allows a higher peak rate; annealing settles the weights.
     # Measured with benchmarks/encoder_probe.py (450 steps, VGG11-BN from scratch): constant
-    # 3e-4 reached pair-F1 0.68, onecycle at 1e-3 0.91.
+    # 3e-4 reached pair-F1 0.68, onecycle at 1e-3 0.93.
     schedule: str = "onecycle"
     warmup: float = 0.3
 
