@@ -66,7 +66,7 @@ def datasets(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Voc
             inputs = image_inputs(build_preprocess(c.arch, c.image_size, c.resize_size))
         sets.append(CaptionSet(records, inputs, vocab, config.data.max_length,
                                config.data.captions_per_image,
-                               concepts if split == "train" else ()))
+                               concepts if split == "train" else (), config.optim.concept_window))
     return sets[0], sets[1]
 
 
@@ -92,7 +92,8 @@ def training_concepts(config: Config, data: PreparedData, vocab: Vocabulary) -> 
     if config.encoder.mode != "finetune" or config.optim.concept_weight <= 0:
         return []
     captions = ([tokenize(c) for c in record.captions] for record in data.split("train"))
-    concepts = visual_concepts(captions, vocab, config.optim.concept_agreement)
+    concepts = visual_concepts(captions, vocab, config.optim.concept_agreement,
+                               window=config.optim.concept_window)
     if concepts:
         print(f"auxiliary visual concepts ({len(concepts)}, stemmed): " + ", ".join(concepts),
               file=sys.stderr)

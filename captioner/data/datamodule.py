@@ -40,13 +40,15 @@ class CaptionSet(Dataset):
     """(input, encoded captions, tokenised references) per image."""
 
     def __init__(self, records: Sequence[ImageRecord], inputs: Inputs, vocab: Vocabulary,
-                 max_length: int, captions_per_image: int, concepts: Sequence[str] = ()) -> None:
+                 max_length: int, captions_per_image: int, concepts: Sequence[str] = (),
+                 concept_window: int = 2) -> None:
         self.records, self.inputs, self.per_image = list(records), inputs, captions_per_image
         self.references = [[tokenize(c) for c in r.captions] for r in self.records]
         self.encoded = [[vocab.encode(t, max_length) for t in refs] for refs in self.references]
         self.pad = vocab.pad
         # Targets of the auxiliary concept loss (captioner.concepts), from all of an image's captions.
-        self.concepts = ([concept_targets(refs, concepts, vocab) for refs in self.references]
+        self.concepts = ([concept_targets(refs, concepts, vocab, concept_window)
+                          for refs in self.references]
                          if concepts else None)
 
     def __len__(self) -> int:
