@@ -59,6 +59,20 @@ def main() -> int:
     for (_, objects), r in list(zip(scenes, results))[: args.show]:
         print(f"  present {sorted(f'{c} {s}' for c, s in objects)} -> {r.text!r}")
     print("(colour, shape) pairs: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    for count in sorted({len(g) for g in present}):
+        rows = [i for i, g in enumerate(present) if len(g) == count]
+        part = pair_f1([predicted[i] for i in rows], [present[i] for i in rows])
+        print(f"  scenes with {count} distinct pair(s) ({len(rows)}): F1 {part['f1']:.3f}")
+    # Which half of a wrong pair is wrong: its colour is in the scene (the shape was misbound or
+    # misread), its shape is, or neither (something that is not there at all).
+    colours = [{p.split()[0] for p in g} for g in present]
+    shapes = [{p.split()[1] for p in g} for g in present]
+    wrong = [(p.split()[0] in c, p.split()[1] in s)
+             for ps, g, c, s in zip(predicted, present, colours, shapes) for p in ps - g]
+    print(f"  wrong pairs: {len(wrong)}; colour present, shape wrong {sum(c and not s for c, s in wrong)}; "
+          f"both present, not together {sum(c and s for c, s in wrong)}; "
+          f"shape present, colour wrong {sum(s and not c for c, s in wrong)}; "
+          f"neither {sum(not c and not s for c, s in wrong)}")
     return 0
 
 
