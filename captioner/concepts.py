@@ -34,7 +34,7 @@ from captioner.data.vocab import SPECIALS, Vocabulary
 
 _stem = lru_cache(maxsize=None)(PorterStemmer().stem)  # a few thousand distinct words, reused
 
-# Words that say how many, not what: they join no phrase.
+# Articles and words that say how many, not what: they join no phrase.
 _FUNCTION_WORDS = frozenset(_stem(w) for w in (
     "a", "an", "the", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
     "some", "many", "several", "few", "lots", "group", "couple", "pair", "bunch"))

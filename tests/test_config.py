@@ -36,6 +36,8 @@ def test_overrides_are_typed_and_applied() -> None:
     (["encoder.mode=half"], "encoder.mode"),
     (["optim.schedule=cosine"], "optim.schedule"),
     (["optim.warmup=1.5"], "optim.warmup"),
+    (["optim.concept_agreement=2"], "optim.concept_agreement"),
+    (["optim.concept_window=-1"], "optim.concept_window"),
     (["novalue"], "key=value"),
 ])
 def test_bad_overrides_name_the_setting(overrides: list[str], needle: str) -> None:
