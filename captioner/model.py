@@ -17,8 +17,8 @@ class CaptionModel(nn.Module):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
 
-    def forward(self, features: Tensor, inputs: Tensor) -> Tensor:
-        return self.decoder(features, inputs)
+    def forward(self, features: Tensor, inputs: Tensor, repeats: int = 1) -> Tensor:
+        return self.decoder(features, inputs, repeats)
 
 
 def build_model(config: Config, vocab_size: int, pad_id: int, *, pretrained: bool = True) -> CaptionModel:

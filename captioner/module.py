@@ -73,7 +73,7 @@ class CaptionModule(L.LightningModule):
         captions = batch["captions"]  # [B, S, T]: S captions of each image
         batch_size, per_image, length = captions.shape
         captions = captions.reshape(batch_size * per_image, length)
-        logits = self.model(features.repeat_interleave(per_image, dim=0), captions[:, :-1])
+        logits = self.model(features, captions[:, :-1], repeats=per_image)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), captions[:, 1:].reshape(-1),
                                ignore_index=self.vocab.pad)
 

@@ -51,7 +51,7 @@ def test_parameter_counts_follow_the_gate_arithmetic(cell: str, sets: int, layer
 @pytest.mark.parametrize("layers", [1, 2])
 def test_unroll_matches_the_fused_layer(cell: str, layers: int) -> None:
     decoder = _decoder(cell, layers)
-    features, inputs = torch.randn(3, FEATURES), torch.randint(0, VOCAB, (3, 7))
+    features, inputs = torch.randn(3, FEATURES), torch.randint(1, VOCAB, (3, 7))  # 0 is the pad id
     with torch.no_grad():
         run = unroll(decoder, features, inputs)
         torch.testing.assert_close(run.logits, decoder(features, inputs))
