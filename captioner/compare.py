@@ -24,7 +24,7 @@ from torch import Tensor
 from captioner.atomic import write_json, write_text
 from captioner.checkpoint import load_checkpoint, model_state
 from captioner.compare_page import GateTrace, render_compare_page
-from captioner.config import Config, from_dict, to_dict, validate
+from captioner.config import Config, from_dict, monitor_mode, to_dict, validate
 from captioner.data.coco import ImageRecord
 from captioner.data.datamodule import CaptionDataModule, CaptionSet, feature_inputs
 from captioner.data.prepare import PreparedData, build_vocab, prepare
@@ -187,6 +187,7 @@ class Recorder(L.Callback):
         epoch = trainer.current_epoch + 1
         self.val.append({"epoch": epoch, **metrics})
         score = metrics.get(self.monitor, float("-inf"))
+        score = -score if monitor_mode(self.monitor) == "min" else score
         if self.best_state is None or score > self._best:
             self._best, self.best_epoch = score, epoch
             # The decoder is a few MB: kept in memory instead of a 500 MB checkpoint with the VGG.

@@ -112,6 +112,8 @@ class TrainerConfig:
     strategy: str = "auto"
     # "auto": bf16 autocast where the hardware does it fast (AMX CPUs, Ampere+ GPUs), else fp32.
     precision: str = "auto"
+    # The best checkpoint: val/bleu4 or val/cider (greedy captions of the val split, higher is
+    # better) or val/loss (teacher-forced cross-entropy, lower is better).
     monitor: str = "val/bleu4"
     patience: int = 5
     seed: int = 0
@@ -206,9 +208,14 @@ _CHOICES = {
     "encoder.mode": ("frozen", "finetune"),
     "decoder.cell": ("lstm", "gru", "rnn"),
     "optim.schedule": ("constant", "onecycle"),
-    "trainer.monitor": ("val/bleu4", "val/cider"),
+    "trainer.monitor": ("val/bleu4", "val/cider", "val/loss"),
     "trainer.precision": ("auto", "32", "bf16-mixed", "16-mixed"),
 }
+
+
+def monitor_mode(monitor: str) -> str:
+    """"min" for the validation loss, "max" for the caption metrics."""
+    return "min" if monitor == "val/loss" else "max"
 
 
 def validate(config: Config) -> Config:

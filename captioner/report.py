@@ -253,8 +253,8 @@ def _learning_curves(out_dir: Path, metrics_csv: Path | None, notes: list[str]) 
         return [Plot(
             "learning_curves.png", "Learning curves",
             "Validation loss rising while training loss falls means overfitting; the best "
-            "checkpoint is where the monitored validation metric peaks, which can come after "
-            "the lowest validation loss.")]
+            "checkpoint is where the monitored validation metric (trainer.monitor) is best, "
+            "which for a caption metric can come after the lowest validation loss.")]
     else:
         notes.append(f"training log {metrics_csv} has no loss or val/ columns to plot")
     return []

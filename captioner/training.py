@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from captioner import atomic
 from captioner.checkpoint import load_checkpoint
 from captioner.concepts import visual_concepts
-from captioner.config import Config, load_config, to_dict, to_yaml
+from captioner.config import Config, load_config, monitor_mode, to_dict, to_yaml
 from captioner.data.datamodule import CaptionDataModule, CaptionSet, feature_inputs, image_inputs
 from captioner.data.prepare import PreparedData, build_vocab, prepare
 from captioner.data.tokenize import tokenize
@@ -68,6 +68,30 @@ def datasets(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Voc
                                config.data.captions_per_image,
                                concepts if split == "train" else (), config.optim.concept_window))
     return sets[0], sets[1]
+
+
+class BestAndLast(ModelCheckpoint):
+    """best.ckpt by the monitored metric, and last.ckpt holding the latest state.
+
+    Lightning's save_last="link" links last.ckpt to the newest file it saved, which after an
+    epoch that did not improve is an older best: a resume would go back in time. Here last.ckpt
+    links to best.ckpt only when that was written at this very step (saving one 600 MB write),
+    and is a file of its own otherwise.
+    """
+
+    def __init__(self, dirpath: Path, monitor: str) -> None:
+        super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode=monitor_mode(monitor),
+                         save_top_k=1,
+                         save_last="link", enable_version_counter=False, auto_insert_metric_name=False)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if self._last_global_step_saved == trainer.global_step:  # best.ckpt is this very state
+            return super()._save_last_checkpoint(trainer, monitor_candidates)
+        self.save_last = True
+        try:
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+        finally:
+            self.save_last = "link"
 
 
 def build_trainer(config: Config, folder: Path, callbacks: list[L.Callback], **overrides) -> L.Trainer:
@@ -146,12 +170,8 @@ def train(config: Config | None, *, resume: Path | None = None, overrides: list[
     datamodule = CaptionDataModule(train_set, val_set, batch_size=config.data.batch_size,
                                    num_workers=config.data.num_workers)
     t = config.trainer
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=t.monitor, mode="max",
-        save_top_k=1, save_last="link",  # last.ckpt links to best.ckpt when they coincide
-        enable_version_counter=False, auto_insert_metric_name=False,
-    )
-    early_stopping = EarlyStopping(monitor=t.monitor, mode="max", patience=t.patience)
+    checkpoints = BestAndLast(run_dir / "checkpoints", t.monitor)
+    early_stopping = EarlyStopping(monitor=t.monitor, mode=monitor_mode(t.monitor), patience=t.patience)
     trainer = build_trainer(config, run_dir, [checkpoints, early_stopping])
     print(f"training {config.decoder.cell} decoder on {config.encoder.arch} "
           f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}",
