@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -40,14 +41,42 @@ class CaptionModule(L.LightningModule):
         self._set_encoder_training(self.finetune)
         self.model.encoder.to(memory_format=torch.channels_last)
         self._predictions: list[tuple[int, list[str], list[list[str]]]] = []
+        self._fc7: dict[int, Tensor] = {}  # image id -> fc7 once the CNN is frozen (features())
 
     # -- features -------------------------------------------------------------------------------
     def features(self, batch: dict) -> Tensor:
         """Cached fc7 vectors pass through; images go through the CNN (channels_last for speed)."""
         x = batch["input"]
-        if x.dim() == 2:
+        if x is not None and x.dim() == 2:
             return x.float()
-        return self.model.encoder(x.contiguous(memory_format=torch.channels_last)).float()
+        if self.finetune and not self._encoder_trains():
+            return self._frozen_features(batch)
+        return self._encode(x)
+
+    def remembers(self, image_ids: Sequence[int]) -> bool:
+        """Whether features() has every one of these images' fc7 (so needs no image)."""
+        return self.finetune and not self._encoder_trains() and all(i in self._fc7 for i in image_ids)
+
+    def _encode(self, images: Tensor) -> Tensor:
+        return self.model.encoder(images.contiguous(memory_format=torch.channels_last)).float()
+
+    def _frozen_features(self, batch: dict) -> Tensor:
+        """fc7 of a CNN that has stopped training, computed once per image and then remembered.
+
+        After encoder.freeze_after_epoch the CNN's output no longer changes (eval mode, fixed
+        weights), so later epochs train the decoder alone, at about a third of a joint step's
+        cost. Kept in float16, like the on-disk feature cache, and never saved in checkpoints.
+        """
+        ids = batch["image_id"].tolist()
+        new = [k for k, image_id in enumerate(ids) if image_id not in self._fc7]
+        if new and batch["input"] is None:  # SkipRememberedImages only stops loading what we have
+            raise RuntimeError(f"no image and no remembered features for image {ids[new[0]]}")
+        if new:
+            with torch.no_grad():
+                computed = self._encode(batch["input"][new]).to("cpu", torch.float16)
+            self._fc7.update(zip((ids[k] for k in new), computed))
+        with torch.autocast(self.device.type, enabled=False):  # CPU autocast rejects float16 here
+            return torch.stack([self._fc7[i] for i in ids]).to(self.device).float()
 
     def _encoder_trains(self) -> bool:
         after = self.config.encoder.freeze_after_epoch
@@ -88,7 +117,7 @@ class CaptionModule(L.LightningModule):
         features = self.features(batch)
         loss = self._loss(batch, features)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image_id"]))
-        if self.concept_head is not None:
+        if self.concept_head is not None and self._encoder_trains():  # its only job is the CNN's
             concept = self._concept_loss(batch, features)
             self.log("train/concept_loss", concept, batch_size=len(batch["image_id"]))
             loss = loss + self.config.optim.concept_weight * concept
@@ -146,7 +175,13 @@ class CaptionModule(L.LightningModule):
         if o.schedule == "constant":
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
-        schedule = LambdaLR(optimizer, one_cycle(total, o.warmup))
+        # The CNN's groups run their cycle within its fine-tuning window, so that their rate has
+        # annealed by the time it freezes; the decoder's spans the whole run.
+        after = self.config.encoder.freeze_after_epoch
+        window = total * after // self.trainer.max_epochs if 0 < after < self.trainer.max_epochs else total
+        cycles = [one_cycle(total, o.warmup, anneal=o.anneal_decoder) if g["name"] == "decoder"
+                  else one_cycle(window, o.warmup) for g in groups]
+        schedule = LambdaLR(optimizer, cycles)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,

@@ -94,6 +94,22 @@ class BestAndLast(ModelCheckpoint):
             self.save_last = "link"
 
 
+class SkipRememberedImages(L.Callback):
+    """Stop decoding a set's images once the model remembers all their features.
+
+    After encoder.freeze_after_epoch the CaptionModule keeps each image's fc7; from the next
+    epoch on, loading and preprocessing the images would only be thrown away. (Persistent
+    DataLoader workers keep their own copy of the set and go on decoding: slower, not wrong.)
+    """
+
+    def __init__(self, *sets: CaptionSet) -> None:
+        self.sets = sets
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: CaptionModule) -> None:
+        for dataset in self.sets:
+            dataset.load_inputs = not module.remembers(dataset.image_ids)
+
+
 def build_trainer(config: Config, folder: Path, callbacks: list[L.Callback], **overrides) -> L.Trainer:
     """The Trainer every training run uses (CSV logs in folder/logs); `overrides` adjust it."""
     t = config.trainer
@@ -171,8 +187,10 @@ def train(config: Config | None, *, resume: Path | None = None, overrides: list[
                                    num_workers=config.data.num_workers)
     t = config.trainer
     checkpoints = BestAndLast(run_dir / "checkpoints", t.monitor)
-    early_stopping = EarlyStopping(monitor=t.monitor, mode=monitor_mode(t.monitor), patience=t.patience)
-    trainer = build_trainer(config, run_dir, [checkpoints, early_stopping])
+    callbacks: list[L.Callback] = [checkpoints, SkipRememberedImages(train_set, val_set)]
+    if t.patience > 0:
+        callbacks.append(EarlyStopping(monitor=t.monitor, mode=monitor_mode(t.monitor), patience=t.patience))
+    trainer = build_trainer(config, run_dir, callbacks)
     print(f"training {config.decoder.cell} decoder on {config.encoder.arch} "
           f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}",
           file=sys.stderr)

@@ -38,6 +38,8 @@ def test_overrides_are_typed_and_applied() -> None:
     (["optim.warmup=1.5"], "optim.warmup"),
     (["optim.concept_agreement=2"], "optim.concept_agreement"),
     (["optim.concept_window=-1"], "optim.concept_window"),
+    (["trainer.patience=-1"], "trainer.patience"),
+    (["trainer.monitor=val/bleu3"], "trainer.monitor"),
     (["novalue"], "key=value"),
 ])
 def test_bad_overrides_name_the_setting(overrides: list[str], needle: str) -> None:

@@ -34,3 +34,9 @@ def test_each_parameter_group_follows_its_own_rate() -> None:
         optimizer.step()
         schedule.step()
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-2])
+
+
+def test_without_annealing_the_peak_holds_after_warmup() -> None:
+    factor = one_cycle(100, warmup=0.3, anneal=False)
+    assert factor(0) == pytest.approx(START) and factor(15) == one_cycle(100, 0.3)(15)
+    assert [factor(step) for step in (30, 60, 100, 150)] == [1.0] * 4

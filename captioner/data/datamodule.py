@@ -43,6 +43,9 @@ class CaptionSet(Dataset):
                  max_length: int, captions_per_image: int, concepts: Sequence[str] = (),
                  concept_window: int = 2) -> None:
         self.records, self.inputs, self.per_image = list(records), inputs, captions_per_image
+        # False once the model remembers every image's features (CaptionModule.features): items
+        # then carry no input, which skips decoding images that would not be looked at.
+        self.load_inputs = True
         self.references = [[tokenize(c) for c in r.captions] for r in self.records]
         self.encoded = [[vocab.encode(t, max_length) for t in refs] for refs in self.references]
         self.pad = vocab.pad
@@ -53,6 +56,10 @@ class CaptionSet(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [r.image_id for r in self.records]
 
     def _pick(self, i: int) -> list[list[int]]:
         encoded = self.encoded[i]
@@ -65,7 +72,7 @@ class CaptionSet(Dataset):
     def __getitem__(self, i: int) -> dict | None:
         record = self.records[i]
         try:
-            x = self.inputs(record)
+            x = self.inputs(record) if self.load_inputs else None
         except CaptionerError as err:
             print(f"skipping unreadable image: {err}", file=sys.stderr)
             return None
@@ -87,7 +94,7 @@ def collate(items: list[dict | None], pad: int) -> dict | None:
             captions[b, s, : len(ids)] = torch.tensor(ids)
     batch = {
         "image_id": torch.tensor([item["image_id"] for item in items]),
-        "input": torch.stack([item["input"] for item in items]),
+        "input": None if items[0]["input"] is None else torch.stack([item["input"] for item in items]),
         "captions": captions,  # [B, captions_per_image, T]
         "references": [item["references"] for item in items],
     }

@@ -1,0 +1,77 @@
+"""Freezing the fine-tuned CNN mid-run (encoder.freeze_after_epoch): what changes, epoch by epoch.
+
+One real tiny run (VGG11-BN, Lightning Trainer, 3 epochs, the CNN frozen after the first):
+- the CNN's learning rates finish their one-cycle inside its window; the decoder's runs on;
+- the auxiliary concept loss, whose only job is the CNN, stops;
+- the first frozen epoch computes each image's fc7 once; later epochs neither run the CNN nor
+  decode images.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from conftest import TINY
+
+from captioner.config import load_config
+from captioner.data import datamodule
+from captioner.encoder import VGGEncoder
+from captioner.training import RUN_DIR_ENV, train
+
+TRAIN, VAL = 16, 6  # the tiny set: all of each split fits in the epoch (2 batches of 8) / 1 batch
+
+
+@pytest.fixture(scope="module")
+def frozen_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    mp = pytest.MonkeyPatch()
+    encoded, decoded = [], []
+    forward, open_rgb = VGGEncoder.forward, datamodule.open_rgb
+
+    def counting_forward(self, x):
+        encoded.append(x.shape[0])
+        return forward(self, x)
+
+    def counting_open(path):
+        decoded.append(path)
+        return open_rgb(path)
+
+    mp.setattr(VGGEncoder, "forward", counting_forward)
+    mp.setattr(datamodule, "open_rgb", counting_open)
+    mp.delenv(RUN_DIR_ENV, raising=False)  # train() records its run folder there for DDP ranks
+    out = tmp_path_factory.mktemp("frozen")
+    config = load_config(None, [*TINY, "trainer.max_epochs=3", "encoder.freeze_after_epoch=1",
+                                "trainer.log_every_n_steps=1", f"output_dir={out}"])
+    try:
+        result = train(config, evaluate_after=False)
+    finally:
+        mp.undo()
+    rows = list(csv.DictReader((result.run_dir / "logs" / "metrics.csv").open()))
+    return {"encoded": sum(encoded), "decoded": len(decoded), "rows": rows}
+
+
+def _values(rows: list[dict], key: str) -> dict[int, float]:
+    return {int(r["step"]): float(r[key]) for r in rows if r.get(key)}
+
+
+def test_the_cnn_runs_and_images_load_until_every_feature_is_remembered(frozen_run: dict) -> None:
+    # sanity check (VAL), epoch 0 (TRAIN + VAL), epoch 1, frozen: once more to remember; epoch 2: none
+    expected = VAL + 2 * (TRAIN + VAL)
+    assert frozen_run["encoded"] == expected
+    assert frozen_run["decoded"] == expected
+
+
+def test_the_cnns_cycle_ends_at_the_freeze_and_the_decoders_goes_on(frozen_run: dict) -> None:
+    convs = _values(frozen_run["rows"], "lr-Adam/convs")
+    decoder = _values(frozen_run["rows"], "lr-Adam/decoder")
+    steps_per_epoch = 2
+    assert max(convs) == max(decoder) == 3 * steps_per_epoch - 1
+    frozen = [s for s in convs if s >= steps_per_epoch]
+    assert frozen and all(convs[s] < 1e-7 for s in frozen)  # annealed to ~0 by the freeze
+    assert max(decoder[s] for s in frozen) > 1e-4  # still learning
+
+
+def test_the_concept_loss_stops_with_the_cnn(frozen_run: dict) -> None:
+    steps = _values(frozen_run["rows"], "train/concept_loss")
+    assert steps and max(steps) < 2  # logged in epoch 0's two steps only
+    assert max(_values(frozen_run["rows"], "train/loss")) == 5  # while the captions train on
