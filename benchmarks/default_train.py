@@ -2,7 +2,8 @@
 
 Runs exactly what a new user runs (`captioner train`, no arguments) in a scratch folder with a
 private CAPTIONER_CACHE, so dataset generation, training and the final evaluation are all timed;
-then scores the best checkpoint on fresh scenes with benchmarks/shapes_quality.py.
+then scores the best checkpoint (and the last, when it is another file) on fresh scenes with
+benchmarks/shapes_quality.py.
 
     python benchmarks/default_train.py [--keep DIR] [extra overrides...]
 """
@@ -41,8 +42,11 @@ def main() -> int:
     print(f"captioner train: {wall:.0f} s wall-clock (dataset generation, training, evaluation), "
           f"load average {os.getloadavg()[0]:.2f} at end")
     print("test: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    subprocess.run([sys.executable, str(HERE / "shapes_quality.py"), "--checkpoint",
-                    str(run / "checkpoints" / "best.ckpt"), "--n", "300"], cwd=work, env=env, check=True)
+    best, last = run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt"
+    for checkpoint in (best, last) if last.resolve() != best.resolve() else (best,):
+        subprocess.run([sys.executable, str(HERE / "shapes_quality.py"), "--checkpoint", str(checkpoint),
+                        "--n", "300", "--show", "5" if checkpoint == best else "0"],
+                       cwd=work, env=env, check=True)
     return 0
 
 
