@@ -110,13 +110,24 @@ class SkipRememberedImages(L.Callback):
             dataset.load_inputs = not module.remembers(dataset.image_ids)
 
 
+def _strategy(config: Config) -> str:
+    """trainer.strategy, made to tolerate a CNN that stops training mid-run under DDP.
+
+    DDP expects a gradient for every weight it was built with; after encoder.freeze_after_epoch
+    the CNN's (and the concept head's) get none, so DDP must look for unused parameters.
+    """
+    after, t = config.encoder.freeze_after_epoch, config.trainer
+    freezes = config.encoder.mode == "finetune" and 0 < after < t.max_epochs
+    return "ddp_find_unused_parameters_true" if t.strategy == "ddp" and freezes else t.strategy
+
+
 def build_trainer(config: Config, folder: Path, callbacks: list[L.Callback], **overrides) -> L.Trainer:
     """The Trainer every training run uses (CSV logs in folder/logs); `overrides` adjust it."""
     t = config.trainer
     settings = {
         "default_root_dir": folder, "max_epochs": t.max_epochs, "accelerator": t.accelerator,
         "devices": int(t.devices) if t.devices.isdigit() else t.devices, "num_nodes": t.num_nodes,
-        "strategy": t.strategy,
+        "strategy": _strategy(config),
         "precision": resolve_precision(config),  # CaptionModule clips gradients itself
         "callbacks": [*callbacks, TQDMProgressBar(refresh_rate=10),
                       LearningRateMonitor(logging_interval="step")],

@@ -183,3 +183,19 @@ def test_ddp_on_cpu_counts_each_validation_image_once(tmp_path: Path, shapes: Pa
     assert images == [N_VAL]  # gathered across ranks, the padding image de-duplicated
     assert err.count("evaluated 6 test images") == 1  # the test evaluation runs on rank 0 only
     assert "best checkpoint" in out
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_survives_the_cnn_freezing_mid_run(tmp_path: Path, shapes: Path) -> None:
+    # After encoder.freeze_after_epoch the CNN and the concept head get no gradients; plain DDP
+    # would fail on its next step ("parameters that were not used in producing the loss").
+    env = {**os.environ, "CAPTIONER_CACHE": str(tmp_path / "cache")}
+    ddp = ["trainer.strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    tuned = [o for o in TINY_FROZEN if o not in ("encoder.mode=frozen", "trainer.max_epochs=1")]
+    proc = _cli("train", "--no-eval", f"data.root={shapes}", *tuned, *ddp, "encoder.mode=finetune",
+                "trainer.max_epochs=3", "encoder.freeze_after_epoch=1", cwd=tmp_path, env=env)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    with open(tmp_path / "runs" / "shapes" / "logs" / "metrics.csv") as f:
+        epochs = {row["epoch"] for row in csv.DictReader(f) if row["val/images"]}
+    assert epochs == {"0", "1", "2"}
