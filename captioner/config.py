@@ -116,7 +116,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 18
+    max_epochs: int = 16
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1
