@@ -35,6 +35,26 @@ def test_eval_mode_is_deterministic(vgg11: torch.nn.Module) -> None:
     assert torch.equal(encode(vgg11, x, bf16=False), encode(vgg11, x, bf16=False))
 
 
+def test_small_grids_fold_the_pool_into_fc6_exactly(vgg11: torch.nn.Module) -> None:
+    """At 64 px the conv grid is 2x2; fc6 applied to the folded grid equals fc6 after the pool."""
+    def unfolded(x: torch.Tensor) -> torch.Tensor:
+        return vgg11.fc(torch.flatten(vgg11.avgpool(vgg11.features(x)), 1))
+
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(vgg11(x), unfolded(x), rtol=1e-4, atol=1e-5)
+        vgg11.fc[0].weight.mul_(-1.0)  # an in-place update must not leave a stale fold behind
+        try:
+            torch.testing.assert_close(vgg11(x), unfolded(x), rtol=1e-4, atol=1e-5)
+        finally:
+            vgg11.fc[0].weight.mul_(-1.0)
+    # While fc6 trains, the ordinary path runs, so that fc6 gets its gradient.
+    fc6 = vgg11.fc[0].weight
+    vgg11(x).sum().backward()
+    assert fc6.grad is not None and fc6.grad.abs().sum() > 0
+    vgg11.zero_grad(set_to_none=True)
+
+
 def test_vgg16_is_torchvisions_architecture() -> None:
     encoder = build_encoder("vgg16", "none")
     n_params = sum(p.numel() for p in encoder.parameters())
