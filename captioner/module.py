@@ -70,7 +70,7 @@ class CaptionModule(L.LightningModule):
         """
         ids = batch["image_id"].tolist()
         new = [k for k, image_id in enumerate(ids) if image_id not in self._fc7]
-        if new and batch["input"] is None:  # SkipRememberedImages only stops loading what we have
+        if new and batch["input"] is None:  # DecoderOnlyBatches only stops loading what we have
             raise RuntimeError(f"no image and no remembered features for image {ids[new[0]]}")
         if new:
             with torch.no_grad():

@@ -64,9 +64,10 @@ def datasets(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Voc
             inputs = feature_inputs(store)
         else:
             inputs = image_inputs(build_preprocess(c.arch, c.image_size, c.resize_size))
+        train = split == "train"
         sets.append(CaptionSet(records, inputs, vocab, config.data.max_length,
-                               config.data.captions_per_image,
-                               concepts if split == "train" else (), config.optim.concept_window))
+                               config.data.captions_per_image, concepts if train else (),
+                               config.optim.concept_window, by_caption=train and c.mode == "frozen"))
     return sets[0], sets[1]
 
 
@@ -94,20 +95,31 @@ class BestAndLast(ModelCheckpoint):
             self.save_last = "link"
 
 
-class SkipRememberedImages(L.Callback):
-    """Stop decoding a set's images once the model remembers all their features.
+class DecoderOnlyBatches(L.Callback):
+    """Once the model remembers every image's fc7: stop decoding images, and batch by caption.
 
-    After encoder.freeze_after_epoch the CaptionModule keeps each image's fc7; from the next
-    epoch on, loading and preprocessing the images would only be thrown away. (Persistent
-    DataLoader workers keep their own copy of the set and go on decoding: slower, not wrong.)
+    After encoder.freeze_after_epoch the CaptionModule keeps each image's fc7 (computed in the
+    first frozen epoch, training and validation). From the next epoch on, loading and
+    preprocessing the images would only be thrown away, and nothing ties a batch's captions to a
+    few images any more (captioner.data.datamodule). The sets change at an epoch's end, after its
+    validation; Lightning rebuilds the loaders at the next epoch's start
+    (reload_dataloaders_every_n_epochs, which build_trainer sets for runs that freeze).
     """
 
-    def __init__(self, *sets: CaptionSet) -> None:
-        self.sets = sets
+    def __init__(self, train_set: CaptionSet, val_set: CaptionSet) -> None:
+        self.train_set, self.val_set = train_set, val_set
 
-    def on_train_epoch_start(self, trainer: L.Trainer, module: CaptionModule) -> None:
-        for dataset in self.sets:
-            dataset.load_inputs = not module.remembers(dataset.image_ids)
+    def on_train_epoch_end(self, trainer: L.Trainer, module: CaptionModule) -> None:
+        if module.remembers(self.train_set.image_ids):
+            self.train_set.load_inputs, self.train_set.by_caption = False, True
+        if module.remembers(self.val_set.image_ids):
+            self.val_set.load_inputs = False
+
+
+def freezes_mid_run(config: Config) -> bool:
+    """Whether the fine-tuned CNN stops training before the last epoch (encoder.freeze_after_epoch)."""
+    after = config.encoder.freeze_after_epoch
+    return config.encoder.mode == "finetune" and 0 < after < config.trainer.max_epochs
 
 
 def _strategy(config: Config) -> str:
@@ -116,9 +128,8 @@ def _strategy(config: Config) -> str:
     DDP expects a gradient for every weight it was built with; after encoder.freeze_after_epoch
     the CNN's (and the concept head's) get none, so DDP must look for unused parameters.
     """
-    after, t = config.encoder.freeze_after_epoch, config.trainer
-    freezes = config.encoder.mode == "finetune" and 0 < after < t.max_epochs
-    return "ddp_find_unused_parameters_true" if t.strategy == "ddp" and freezes else t.strategy
+    strategy = config.trainer.strategy
+    return "ddp_find_unused_parameters_true" if strategy == "ddp" and freezes_mid_run(config) else strategy
 
 
 def build_trainer(config: Config, folder: Path, callbacks: list[L.Callback], **overrides) -> L.Trainer:
@@ -134,6 +145,8 @@ def build_trainer(config: Config, folder: Path, callbacks: list[L.Callback], **o
         "logger": CSVLogger(folder, name="logs", version=""),
         "limit_train_batches": t.limit_train_batches, "limit_val_batches": t.limit_val_batches,
         "log_every_n_steps": t.log_every_n_steps, "enable_model_summary": False,
+        # DecoderOnlyBatches changes the training set's batching once the CNN is frozen.
+        "reload_dataloaders_every_n_epochs": 1 if freezes_mid_run(config) else 0,
     }
     return L.Trainer(**(settings | overrides))
 
@@ -198,7 +211,7 @@ def train(config: Config | None, *, resume: Path | None = None, overrides: list[
                                    num_workers=config.data.num_workers)
     t = config.trainer
     checkpoints = BestAndLast(run_dir / "checkpoints", t.monitor)
-    callbacks: list[L.Callback] = [checkpoints, SkipRememberedImages(train_set, val_set)]
+    callbacks: list[L.Callback] = [checkpoints, DecoderOnlyBatches(train_set, val_set)]
     if t.patience > 0:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=monitor_mode(t.monitor), patience=t.patience))
     trainer = build_trainer(config, run_dir, callbacks)

@@ -95,3 +95,25 @@ def test_batches_carry_several_captions_per_image(tmp_path: Path) -> None:
     assert batch["input"][:, 0].tolist() == [100.0, 101.0]
     assert len(batch["references"][0]) == 6
     assert collate([None, None], pad=0) is None
+
+
+def test_by_caption_items_cover_every_caption_once(tmp_path: Path) -> None:
+    write_coco_style(tmp_path)
+    records = load_records(tmp_path, "dataset_coco.json", ["annotations/captions_all.json"])
+    from captioner.data.datamodule import CaptionDataModule
+    from captioner.data.tokenize import tokenize
+    from captioner.data.vocab import Vocabulary
+
+    vocab = Vocabulary.build([tokenize(c) for r in records for c in r.captions], min_count=1)
+    dataset = CaptionSet(records, lambda r: torch.full((2,), float(r.image_id)), vocab,
+                         max_length=20, captions_per_image=3, by_caption=True)
+    n_captions = sum(len(r.captions) for r in records)
+    assert len(dataset) == n_captions > len(records)
+    items = [dataset[k] for k in range(len(dataset))]
+    assert all(len(item["captions"]) == 1 for item in items)
+    seen = sorted((item["image_id"], tuple(item["captions"][0])) for item in items)
+    every = sorted((r.image_id, tuple(vocab.encode(tokenize(c), 20))) for r in records for c in r.captions)
+    assert seen == every
+    # A batch holds as many captions as an image-major one (batch_size x captions_per_image).
+    loader = CaptionDataModule(dataset, dataset, batch_size=2, num_workers=0).train_dataloader()
+    assert next(iter(loader))["captions"].shape[:2] == (6, 1)

@@ -4,7 +4,7 @@ One real tiny run (VGG11-BN, Lightning Trainer, 3 epochs, the CNN frozen after t
 - the CNN's learning rates finish their one-cycle inside its window; the decoder's runs on;
 - the auxiliary concept loss, whose only job is the CNN, stops;
 - the first frozen epoch computes each image's fc7 once; later epochs neither run the CNN nor
-  decode images.
+  decode images, and batch captions from distinct images.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from conftest import TINY
 from captioner.config import load_config
 from captioner.data import datamodule
 from captioner.encoder import VGGEncoder
+from captioner.module import CaptionModule
 from captioner.training import RUN_DIR_ENV, train
 
 TRAIN, VAL = 16, 6  # the tiny set: all of each split fits in the epoch (2 batches of 8) / 1 batch
@@ -25,8 +26,14 @@ TRAIN, VAL = 16, 6  # the tiny set: all of each split fits in the epoch (2 batch
 @pytest.fixture(scope="module")
 def frozen_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     mp = pytest.MonkeyPatch()
-    encoded, decoded = [], []
+    encoded, decoded, batches = [], [], []
     forward, open_rgb = VGGEncoder.forward, datamodule.open_rgb
+    training_step = CaptionModule.training_step
+
+    def recording_step(self, batch, batch_idx):
+        batches.append((self.current_epoch, tuple(batch["captions"].shape[:2]),
+                        len(set(batch["image_id"].tolist()))))
+        return training_step(self, batch, batch_idx)
 
     def counting_forward(self, x):
         encoded.append(x.shape[0])
@@ -38,6 +45,7 @@ def frozen_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     mp.setattr(VGGEncoder, "forward", counting_forward)
     mp.setattr(datamodule, "open_rgb", counting_open)
+    mp.setattr(CaptionModule, "training_step", recording_step)
     mp.delenv(RUN_DIR_ENV, raising=False)  # train() records its run folder there for DDP ranks
     out = tmp_path_factory.mktemp("frozen")
     config = load_config(None, [*TINY, "trainer.max_epochs=3", "encoder.freeze_after_epoch=1",
@@ -47,7 +55,7 @@ def frozen_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     finally:
         mp.undo()
     rows = list(csv.DictReader((result.run_dir / "logs" / "metrics.csv").open()))
-    return {"encoded": sum(encoded), "decoded": len(decoded), "rows": rows}
+    return {"encoded": sum(encoded), "decoded": len(decoded), "rows": rows, "batches": batches}
 
 
 def _values(rows: list[dict], key: str) -> dict[int, float]:
@@ -59,6 +67,15 @@ def test_the_cnn_runs_and_images_load_until_every_feature_is_remembered(frozen_r
     expected = VAL + 2 * (TRAIN + VAL)
     assert frozen_run["encoded"] == expected
     assert frozen_run["decoded"] == expected
+
+
+def test_batches_hold_captions_of_distinct_images_once_features_are_remembered(frozen_run: dict) -> None:
+    # data.batch_size=8 images x 5 captions while images load; then the same 40 captions per
+    # batch, one per item, drawn from all 16 images' 80 captions: from more than 8 images.
+    batches = frozen_run["batches"]
+    assert [(shape, ids) for epoch, shape, ids in batches if epoch < 2] == [((8, 5), 8)] * 4
+    assert [shape for epoch, shape, _ in batches if epoch == 2] == [(40, 1)] * 2
+    assert all(ids > 8 for epoch, _, ids in batches if epoch == 2)
 
 
 def test_the_cnns_cycle_ends_at_the_freeze_and_the_decoders_goes_on(frozen_run: dict) -> None:

@@ -1,7 +1,12 @@
-"""Datasets and the LightningDataModule: one item per image, carrying several of its captions.
+"""Datasets and the LightningDataModule: items by image while the CNN trains, by caption after.
 
-Each training item holds `captions_per_image` captions of one image, so a fine-tuned CNN runs
-once per image rather than once per caption (the way self-critical.pytorch batches COCO).
+While a fine-tuned CNN trains, each training item holds `captions_per_image` captions of one
+image, so the CNN runs once per image rather than once per caption (the way self-critical.pytorch
+batches COCO). Once image features are cheap (cached fc7 of a frozen encoder, or remembered after
+encoder.freeze_after_epoch) each item is one caption, and a batch holds as many captions as
+before but from as many different images: a less correlated gradient for the same work. On the
+shapes default this raised fresh-scene pair-F1 from 0.81 to 0.84 (two seeds each) for the same
+decoder-only training time (README, "The built-in dataset and the default model").
 Inputs are either cached fc7 features (frozen encoder) or preprocessed images (fine-tuning).
 """
 
@@ -37,17 +42,20 @@ def feature_inputs(store: FeatureStore) -> Inputs:
 
 
 class CaptionSet(Dataset):
-    """(input, encoded captions, tokenised references) per image."""
+    """(input, encoded captions, tokenised references) per image, or per caption (`by_caption`)."""
 
     def __init__(self, records: Sequence[ImageRecord], inputs: Inputs, vocab: Vocabulary,
                  max_length: int, captions_per_image: int, concepts: Sequence[str] = (),
-                 concept_window: int = 2) -> None:
+                 concept_window: int = 2, by_caption: bool = False) -> None:
         self.records, self.inputs, self.per_image = list(records), inputs, captions_per_image
         # False once the model remembers every image's features (CaptionModule.features): items
         # then carry no input, which skips decoding images that would not be looked at.
         self.load_inputs = True
         self.references = [[tokenize(c) for c in r.captions] for r in self.records]
         self.encoded = [[vocab.encode(t, max_length) for t in refs] for refs in self.references]
+        # (image, caption) of each item when by caption: every caption once per epoch.
+        self._captions = [(i, j) for i, encoded in enumerate(self.encoded) for j in range(len(encoded))]
+        self.by_caption = by_caption
         self.pad = vocab.pad
         # Targets of the auxiliary concept loss (captioner.concepts), from all of an image's captions.
         self.concepts = ([concept_targets(refs, concepts, vocab, concept_window)
@@ -55,7 +63,12 @@ class CaptionSet(Dataset):
                          if concepts else None)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self._captions) if self.by_caption else len(self.records)
+
+    @property
+    def batch_scale(self) -> int:
+        """Items per image-batch slot: a batch of `batch_size` images holds this many items' captions."""
+        return self.per_image if self.by_caption else 1
 
     @property
     def image_ids(self) -> list[int]:
@@ -69,14 +82,16 @@ class CaptionSet(Dataset):
             order = torch.randint(len(encoded), (self.per_image,))
         return [encoded[j] for j in order.tolist()]
 
-    def __getitem__(self, i: int) -> dict | None:
+    def __getitem__(self, k: int) -> dict | None:
+        i, j = self._captions[k] if self.by_caption else (k, None)
         record = self.records[i]
         try:
             x = self.inputs(record) if self.load_inputs else None
         except CaptionerError as err:
             print(f"skipping unreadable image: {err}", file=sys.stderr)
             return None
-        item = {"image_id": record.image_id, "input": x, "captions": self._pick(i),
+        captions = [self.encoded[i][j]] if j is not None else self._pick(i)
+        item = {"image_id": record.image_id, "input": x, "captions": captions,
                 "references": self.references[i]}
         if self.concepts is not None:
             item["concepts"] = self.concepts[i]
@@ -111,7 +126,8 @@ class CaptionDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: CaptionSet, shuffle: bool) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            dataset, batch_size=self.batch_size * dataset.batch_scale, shuffle=shuffle,
+            num_workers=self.num_workers,
             collate_fn=partial(collate, pad=dataset.pad),
             persistent_workers=self.num_workers > 0,
         )
