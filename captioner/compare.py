@@ -143,9 +143,10 @@ def share(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Vocabu
     bf16 = resolve_precision(config) == "bf16-mixed"
     splits = {split: _features(config, data, encoder, split, bf16) for split in ("train", "val", "test")}
     d = config.data
+    # As `captioner train` on frozen features: training batches by caption, validation by image.
     train_set, val_set = (CaptionSet(records, feature_inputs(store), vocab, d.max_length,
-                                     d.captions_per_image)
-                          for records, store in (splits["train"], splits["val"]))
+                                     d.captions_per_image, by_caption=split == "train")
+                          for split, (records, store) in (("train", splits["train"]), ("val", splits["val"])))
     grad_features, grad_ids = long_captions(*splits["val"], vocab, d.max_length)
     return Shared(vocab, train_set, val_set, *splits["test"], grad_features, grad_ids)
 

@@ -66,11 +66,11 @@ class EncoderConfig:
     weight_decay: float = 0.0
     # Stop fine-tuning the CNN after this many epochs (neuraltalk2's finetune window); -1 = never.
     # Its learning rates then finish their one-cycle inside the window, and each image's fc7 is
-    # computed once more and remembered: later epochs train the decoder alone, ~5x faster. On
-    # shapes the CNN has learnt the pairs after 6 epochs (fc7 probe 0.93) but the captions need
-    # many more decoder epochs to name them (pair-F1 0.69 after 6 epochs, 0.80 after 9, 0.91
-    # after 16, in one 18-epoch run frozen after 6, which took 622 s); 5 fit the time budget.
-    freeze_after_epoch: int = 5
+    # computed once more and remembered: later epochs train the decoder alone, ~3x faster. On
+    # shapes (fresh-scene pair-F1, 2000 scenes, benchmarks/default_train.py): 5 CNN + 11 decoder
+    # epochs 0.83 in 518 s, 6 + 9 0.87 in 543 s. Past ~4 minutes of decoder epochs the CNN is
+    # the limit (from the 5-epoch CNN: 0.84 after 2 minutes, 0.87 after 4 and after 6).
+    freeze_after_epoch: int = 6
 
 
 @dataclass
@@ -116,7 +116,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 16
+    max_epochs: int = 15
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1
