@@ -110,7 +110,9 @@ class DecoderOnlyBatches(L.Callback):
         self.train_set, self.val_set = train_set, val_set
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: CaptionModule) -> None:
-        if module.remembers(self.train_set.image_ids):
+        # Under DDP each rank remembers the images of its own shards: switch only when every rank
+        # can, since batching by caption changes the set's length and ranks must agree on it.
+        if trainer.strategy.reduce_boolean_decision(module.remembers(self.train_set.image_ids), all=True):
             self.train_set.load_inputs, self.train_set.by_caption = False, True
         if module.remembers(self.val_set.image_ids):
             self.val_set.load_inputs = False

@@ -10,15 +10,22 @@ One real tiny run (VGG11-BN, Lightning Trainer, 3 epochs, the CNN frozen after t
 from __future__ import annotations
 
 import csv
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import TINY
+from test_data import write_coco_style
 
 from captioner.config import load_config
 from captioner.data import datamodule
+from captioner.data.coco import load_records
+from captioner.data.datamodule import CaptionSet
+from captioner.data.tokenize import tokenize
+from captioner.data.vocab import Vocabulary
 from captioner.encoder import VGGEncoder
 from captioner.module import CaptionModule
-from captioner.training import RUN_DIR_ENV, train
+from captioner.training import RUN_DIR_ENV, DecoderOnlyBatches, train
 
 TRAIN, VAL = 16, 6  # the tiny set: all of each split fits in the epoch (2 batches of 8) / 1 batch
 
@@ -92,3 +99,17 @@ def test_the_concept_loss_stops_with_the_cnn(frozen_run: dict) -> None:
     steps = _values(frozen_run["rows"], "train/concept_loss")
     assert steps and max(steps) < 2  # logged in epoch 0's two steps only
     assert max(_values(frozen_run["rows"], "train/loss")) == 5  # while the captions train on
+
+
+def test_ranks_switch_to_caption_batches_only_together(tmp_path: Path) -> None:
+    """Batching by caption changes the training set's length, which DDP ranks must agree on: one
+    rank that still lacks some features keeps every rank batching by image."""
+    write_coco_style(tmp_path)
+    records = load_records(tmp_path, "dataset_coco.json", ["annotations/captions_all.json"])
+    vocab = Vocabulary.build([tokenize(c) for r in records for c in r.captions], min_count=1)
+    train_set, val_set = (CaptionSet(records, lambda r: None, vocab, 20, 5) for _ in range(2))
+    module = SimpleNamespace(remembers=lambda ids: True)  # this rank has every feature
+    for others_agree in (False, True):
+        strategy = SimpleNamespace(reduce_boolean_decision=lambda mine, all, ok=others_agree: mine and ok)
+        DecoderOnlyBatches(train_set, val_set).on_train_epoch_end(SimpleNamespace(strategy=strategy), module)
+        assert train_set.by_caption is others_agree and train_set.load_inputs is not others_agree
