@@ -178,10 +178,11 @@ class CaptionModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         # The CNN's groups run their cycle within its fine-tuning window, so that their rate has
         # annealed by the time it freezes; the decoder's spans the whole run, and holds its peak
-        # after warm-up unless optim.anneal_decoder.
+        # after warm-up (unless optim.anneal_decoder) until its optim.decoder_cooldown.
         after = self.config.encoder.freeze_after_epoch
         window = total * after // self.trainer.max_epochs if 0 < after < self.trainer.max_epochs else total
-        cycles = [one_cycle(total, o.warmup, anneal=o.anneal_decoder) if g["name"] == "decoder"
+        cycles = [one_cycle(total, o.warmup, anneal=o.anneal_decoder, cooldown=o.decoder_cooldown)
+                  if g["name"] == "decoder"
                   else one_cycle(window, o.warmup) for g in groups]
         schedule = LambdaLR(optimizer, cycles)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -40,3 +40,11 @@ def test_without_annealing_the_peak_holds_after_warmup() -> None:
     factor = one_cycle(100, warmup=0.3, anneal=False)
     assert factor(0) == pytest.approx(START) and factor(15) == one_cycle(100, 0.3)(15)
     assert [factor(step) for step in (30, 60, 100, 150)] == [1.0] * 4
+
+
+def test_held_peak_then_a_linear_cooldown() -> None:
+    factor = one_cycle(100, warmup=0.3, anneal=False, cooldown=0.2)
+    assert factor(30) == factor(79) == 1.0  # held from the end of warm-up...
+    assert factor(90) == pytest.approx(0.5, abs=0.01)  # ...then straight down over the last 20
+    assert factor(100) == pytest.approx(END) and factor(150) == pytest.approx(END)
+    assert one_cycle(100, warmup=0.3, anneal=False)(99) == 1.0  # no cooldown: held to the end
