@@ -67,9 +67,10 @@ class EncoderConfig:
     # Stop fine-tuning the CNN after this many epochs (neuraltalk2's finetune window); -1 = never.
     # Its learning rates then finish their one-cycle inside the window, and each image's fc7 is
     # computed once more and remembered: later epochs train the decoder alone, ~3x faster. On
-    # shapes (fresh-scene pair-F1, 2000 scenes, benchmarks/default_train.py): 5 CNN + 11 decoder
-    # epochs 0.83 in 518 s, 6 + 9 0.87 in 543 s. Past ~4 minutes of decoder epochs the CNN is
-    # the limit (from the 5-epoch CNN: 0.84 after 2 minutes, 0.87 after 4 and after 6).
+    # shapes (fresh-scene pair-F1, 2000 scenes, decoder rate held): 5 CNN + 11 decoder epochs
+    # 0.83 in 518 s, 6 + 9 0.87 in 543 s (benchmarks/default_train.py); past ~4 minutes of
+    # decoder epochs the CNN is the limit (from the 5-epoch CNN: 0.84 after 2 minutes, 0.87 after
+    # 4 and after 6). 6 + 9 with decoder_cooldown: 0.89, 561 s in a fresh virtualenv.
     freeze_after_epoch: int = 6
 
 
