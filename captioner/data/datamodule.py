@@ -67,7 +67,8 @@ class CaptionSet(Dataset):
 
     @property
     def batch_scale(self) -> int:
-        """Items per image-batch slot: a batch of `batch_size` images holds this many items' captions."""
+        """Items per image in a batch: a batch of data.batch_size images' worth holds this many
+        items per image (captions_per_image when items are captions), so steps keep their size."""
         return self.per_image if self.by_caption else 1
 
     @property
