@@ -143,10 +143,14 @@ def share(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Vocabu
     bf16 = resolve_precision(config) == "bf16-mixed"
     splits = {split: _features(config, data, encoder, split, bf16) for split in ("train", "val", "test")}
     d = config.data
-    # As `captioner train` on frozen features: training batches by caption, validation by image.
-    train_set, val_set = (CaptionSet(records, feature_inputs(store), vocab, d.max_length,
-                                     d.captions_per_image, by_caption=split == "train")
-                          for split, (records, store) in (("train", splits["train"]), ("val", splits["val"])))
+
+    def caption_set(split: str) -> CaptionSet:
+        # As `captioner train` on frozen features: training batches by caption, validation by image.
+        records, store = splits[split]
+        return CaptionSet(records, feature_inputs(store), vocab, d.max_length, d.captions_per_image,
+                          by_caption=split == "train")
+
+    train_set, val_set = caption_set("train"), caption_set("val")
     grad_features, grad_ids = long_captions(*splits["val"], vocab, d.max_length)
     return Shared(vocab, train_set, val_set, *splits["test"], grad_features, grad_ids)
 

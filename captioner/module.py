@@ -64,8 +64,8 @@ class CaptionModule(L.LightningModule):
         """fc7 of a CNN that has stopped training, computed once per image and then remembered.
 
         After encoder.freeze_after_epoch the CNN's output no longer changes (eval mode, fixed
-        weights), so later epochs train the decoder alone, at about a fifth of a joint epoch's
-        cost (13 s against 60 s on the shapes default, 2 CPU cores). Kept in float16, like the
+        weights), so later epochs train the decoder alone, at about a third of a joint epoch's
+        cost (~15 s against ~50 s on the shapes default, 2 CPU cores). Kept in float16, like the
         on-disk feature cache, and never saved in checkpoints.
         """
         ids = batch["image_id"].tolist()

@@ -213,7 +213,9 @@ def train(config: Config | None, *, resume: Path | None = None, overrides: list[
                                    num_workers=config.data.num_workers)
     t = config.trainer
     checkpoints = BestAndLast(run_dir / "checkpoints", t.monitor)
-    callbacks: list[L.Callback] = [checkpoints, DecoderOnlyBatches(train_set, val_set)]
+    callbacks: list[L.Callback] = [checkpoints]
+    if freezes_mid_run(config):  # the condition under which build_trainer reloads the loaders
+        callbacks.append(DecoderOnlyBatches(train_set, val_set))
     if t.patience > 0:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=monitor_mode(t.monitor), patience=t.patience))
     trainer = build_trainer(config, run_dir, callbacks)
