@@ -223,7 +223,8 @@ def test_ensure_shapes_regenerates_an_incomplete_dataset(
     assert ensure_shapes(TINY, cache_dir=tmp_path) == root
     assert "generating" in capsys.readouterr().err
     assert (root / "annotations" / "captions_train.json").read_bytes() == reference
-    assert [p.name for p in tmp_path.joinpath("shapes").iterdir()] == [root.name]
+    assert [p.name for p in tmp_path.joinpath("shapes").iterdir() if not p.name.startswith(".")] == [
+        root.name]
 
 
 def test_refuses_to_replace_a_folder_that_is_not_a_shapes_dataset(tmp_path: Path) -> None:
@@ -232,3 +233,18 @@ def test_refuses_to_replace_a_folder_that_is_not_a_shapes_dataset(tmp_path: Path
     with pytest.raises(CaptionerError, match="not a shapes dataset"):
         generate_shapes(tmp_path / "mine", TINY)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_rewriting_a_dataset_replaces_only_what_the_generator_wrote(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    generate_shapes(out, replace(TINY, num_train=6))
+    (out / "notes.txt").write_text("mine")
+    (out / "images" / "train" / "my_photo.png").write_bytes(b"mine too")
+    generate_shapes(out, TINY)  # fewer training images than before
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "images" / "train" / "my_photo.png").read_bytes() == b"mine too"
+    generated = sorted(p.name for p in (out / "images" / "train").glob("shapes_*.png"))
+    assert len(generated) == TINY.num_train  # the earlier generation's extra image is gone
+    fresh = generate_shapes(tmp_path / "fresh", TINY)
+    for name in ("dataset_shapes.json", "COMPLETE", "annotations/captions_train.json"):
+        assert (out / name).read_bytes() == (fresh / name).read_bytes()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 import uuid
@@ -24,6 +25,7 @@ from PIL import Image, ImageDraw
 from captioner.atomic import write_json
 from captioner.data.tokenize import tokenize
 from captioner.errors import CaptionerError
+from captioner.locks import flock
 from captioner.paths import default_cache_dir
 
 # Bump whenever the output for a given spec changes, so cached datasets are regenerated.
@@ -117,28 +119,34 @@ class _Object:
 def ensure_shapes(spec: ShapesSpec, cache_dir: Path | None = None) -> Path:
     """The cached dataset folder for `spec`, generated first if missing or incomplete."""
     out_dir = Path(cache_dir or default_cache_dir()) / "shapes" / _spec_hash(spec)
-    if not (out_dir / _COMPLETE).is_file():
-        total = sum(spec.split_sizes().values())
-        print(f"generating the built-in shapes dataset ({total} images) into {out_dir}",
-              file=sys.stderr, flush=True)
-        generate_shapes(out_dir, spec)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with flock(out_dir.with_name(f".{out_dir.name}.lock"), wait=True):  # DDP ranks, parallel runs
+        if not (out_dir / _COMPLETE).is_file():
+            total = sum(spec.split_sizes().values())
+            print(f"generating the built-in shapes dataset ({total} images) into {out_dir}",
+                  file=sys.stderr, flush=True)
+            generate_shapes(out_dir, spec)
     return out_dir
 
 
 def generate_shapes(out_dir: Path, spec: ShapesSpec) -> Path:
-    """Write the whole dataset to `out_dir`, replacing an earlier shapes dataset there."""
+    """Write the whole dataset to `out_dir`, replacing only the files an earlier generation wrote.
+
+    Built beside the target first; the COMPLETE marker goes last, so an interrupted run leaves a
+    folder that reads as incomplete (and is regenerated), never a half dataset that passes as whole.
+    """
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and renamed into place, so an interrupted run never leaves a
-    # half dataset where a complete one is expected.
     tmp = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         _write_dataset(tmp, spec)
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
+        if out_dir.exists():
+            _replace_generated(tmp, out_dir)
+        else:
+            tmp.rename(out_dir)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -154,17 +162,38 @@ def _check_replaceable(out_dir: Path) -> None:
         raise CaptionerError(f"shapes: {out_dir} exists and is not a folder")
     looks_like_shapes = (out_dir / _COMPLETE).exists() or (out_dir / KARPATHY_FILE).exists()
     if any(out_dir.iterdir()) and not looks_like_shapes:
-        raise CaptionerError(f"shapes: refusing to replace {out_dir}: not a shapes dataset")
+        raise CaptionerError(f"shapes: refusing to write into {out_dir}: not a shapes dataset")
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        tmp.rename(out_dir)
-        return
-    old = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:8]}.old")
-    out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old)
+def _replace_generated(new: Path, out_dir: Path) -> None:
+    """Remove what the previous generation wrote into out_dir, then move the new files in."""
+    old = _generated_files(out_dir)
+    (out_dir / _COMPLETE).unlink(missing_ok=True)  # from here on the folder reads as incomplete
+    for path in old:
+        path.unlink(missing_ok=True)
+    for path in sorted(p for p in new.rglob("*") if p.is_file() and p.name != _COMPLETE):
+        target = out_dir / path.relative_to(new)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    os.replace(new / _COMPLETE, out_dir / _COMPLETE)
+
+
+def _generated_files(out_dir: Path) -> list[Path]:
+    """The files an earlier generation wrote: listed in its marker, or (markers of version 1 list
+    none) those named as this generator names them."""
+    marker = out_dir / _COMPLETE
+    if marker.is_file():
+        try:
+            listed = json.loads(marker.read_text(encoding="utf-8")).get("files")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            listed = None
+        if isinstance(listed, list):
+            return [out_dir / name for name in listed if isinstance(name, str) and ".." not in name]
+    files = [out_dir / KARPATHY_FILE]
+    for split in SPLITS:
+        files += [out_dir / "annotations" / f"{kind}_{split}.json" for kind in ("captions", "instances")]
+        files += sorted((out_dir / "images" / split).glob(f"shapes_{split}_*.png"))
+    return files
 
 
 def _write_dataset(root: Path, spec: ShapesSpec) -> None:
@@ -210,8 +239,10 @@ def _write_dataset(root: Path, spec: ShapesSpec) -> None:
         _write_compact(root / "annotations" / f"instances_{split}.json",
                        {**header, "annotations": instances, "categories": categories})
     _write_compact(root / KARPATHY_FILE, {"dataset": "shapes", "images": karpathy})
-    # Written last: its presence is what says the folder is complete.
-    write_json(root / _COMPLETE, {"generator_version": GENERATOR_VERSION, "spec": asdict(spec)})
+    # Written last: its presence says the folder is complete, and it lists what was generated.
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    write_json(root / _COMPLETE, {"generator_version": GENERATOR_VERSION, "spec": asdict(spec),
+                                  "files": files})
 
 
 def _info(spec: ShapesSpec) -> dict[str, Any]:
