@@ -20,7 +20,7 @@ from machine import describe  # benchmarks/ is on sys.path as a script
 from torch.nn import functional as F
 
 from captioner.decoder import Decoder
-from captioner.encoder import fast_bf16
+from captioner.hardware import fast_bf16
 
 VOCAB, IMAGES, PER_IMAGE = 60, 32, 5
 

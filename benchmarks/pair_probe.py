@@ -7,6 +7,7 @@ benchmarks/shapes_quality.py it tells where a shortfall lives: a probe far above
 F1 means the information is there and a later stage loses it; a low probe at fc7 means the CNN.
 
     python benchmarks/pair_probe.py --checkpoint runs/shapes/checkpoints/best.ckpt [--at fc7|h0|c0]
+    python benchmarks/pair_probe.py --encoder runs/shapes-pretrain/encoder.pth   # fc7 of a pretrained encoder
 """
 
 from __future__ import annotations
@@ -24,28 +25,45 @@ from fresh_scenes import render_scenes  # noqa: E402
 from machine import describe  # noqa: E402
 
 from captioner.data.shapes import COLOURS, SHAPES  # noqa: E402
+from captioner.encoder import build_encoder, build_preprocess, encode  # noqa: E402
 from captioner.inference import Captioner  # noqa: E402
 from captioner.runs import latest_checkpoint  # noqa: E402
 
 PAIRS = [f"{c} {s}" for c in COLOURS for s in SHAPES]
 
 
-def representation(captioner: Captioner, images: list, at: str) -> torch.Tensor:
-    fc7 = captioner.encode(torch.stack([captioner.load(im) for im in images])).float()
-    if at == "fc7":
-        return fc7
-    state = captioner.model.decoder.initial_state(fc7)
-    if at == "c0" and len(state) < 2:
-        raise SystemExit(f"--at c0: a {captioner.config.decoder.cell} decoder has no cell state")
-    return state[0 if at == "h0" else 1][-1].float()
+class Encoder:
+    """fc7 (and the decoder's initial state, from a checkpoint) of PIL images, in fp32."""
+
+    def __init__(self, checkpoint: Path | None, encoder: Path | None) -> None:
+        if encoder is not None:
+            meta = torch.load(encoder, map_location="cpu", weights_only=True)["captioner"]
+            self.captioner = None
+            self.encoder = build_encoder(meta["arch"], str(encoder)).eval()
+            self.preprocess = build_preprocess(meta["arch"], meta["image_size"], meta["resize_size"])
+        else:
+            self.captioner = Captioner.from_checkpoint(checkpoint or latest_checkpoint(), device="cpu")
+
+    def __call__(self, images: list, at: str) -> torch.Tensor:
+        if self.captioner is None:
+            if at != "fc7":
+                raise SystemExit(f"--at {at}: an encoder file has no decoder; use --checkpoint")
+            return encode(self.encoder, torch.stack([self.preprocess(im) for im in images]), bf16=False)
+        captioner = self.captioner
+        fc7 = captioner.encode(torch.stack([captioner.load(im) for im in images])).float()
+        if at == "fc7":
+            return fc7
+        state = captioner.model.decoder.initial_state(fc7)
+        if at == "c0" and len(state) < 2:
+            raise SystemExit(f"--at c0: a {captioner.config.decoder.cell} decoder has no cell state")
+        return state[0 if at == "h0" else 1][-1].float()
 
 
-def features_and_labels(captioner: Captioner, n: int, seed: int, size: int,
+def features_and_labels(model: Encoder, n: int, seed: int, size: int,
                         at: str) -> tuple[torch.Tensor, torch.Tensor]:
     scenes = render_scenes(n, seed=seed, size=size)
     with torch.inference_mode():
-        x = torch.cat([representation(captioner, [im for im, _ in scenes[i:i + 100]], at)
-                       for i in range(0, n, 100)])
+        x = torch.cat([model([im for im, _ in scenes[i:i + 100]], at) for i in range(0, n, 100)])
     y = torch.zeros(n, len(PAIRS))
     for row, (_, objects) in enumerate(scenes):
         for colour, shape in objects:
@@ -60,20 +78,21 @@ def f1(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--checkpoint", type=Path, help="default: the latest run's best checkpoint")
+    parser.add_argument("--encoder", type=Path, help="an encoder file from `captioner pretrain`")
+    parser.add_argument("--size", type=int, default=128, help="scene size in pixels")
     parser.add_argument("--train", type=int, default=3000, help="fresh scenes to fit the probe on")
     parser.add_argument("--test", type=int, default=500, help="fresh scenes to score it on")
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--at", choices=("fc7", "h0", "c0"), default="fc7")
     args = parser.parse_args()
-    checkpoint = args.checkpoint or latest_checkpoint()
-    captioner = Captioner.from_checkpoint(checkpoint, device="cpu")
-    size = captioner.config.data.shapes.size
+    model = Encoder(args.checkpoint, args.encoder)
     start = time.perf_counter()
-    x_train, y_train = features_and_labels(captioner, args.train, 1, size, args.at)
-    x_test, y_test = features_and_labels(captioner, args.test, 2, size, args.at)
+    x_train, y_train = features_and_labels(model, args.train, 1, args.size, args.at)
+    x_test, y_test = features_and_labels(model, args.test, 2, args.size, args.at)
     print(f"machine: {describe()}")
-    print(f"checkpoint: {checkpoint}; {args.at} of {args.train}+{args.test} fresh scenes in "
+    print(f"{args.encoder or args.checkpoint or 'latest run'}: {args.at} of {args.train}+{args.test} "
+          "fresh scenes in "
           f"{time.perf_counter() - start:.0f} s")
     torch.manual_seed(0)
     probe = torch.nn.Linear(x_train.shape[1], len(PAIRS))

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, Interrupted
 
 if TYPE_CHECKING:
     from captioner.inference import CaptionResult
@@ -35,6 +35,15 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
                    help="extract only this split (repeatable; default: train, val and eval.split)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override any config value, e.g. data.num_workers=16 eval.batch_size=256")
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="train the encoder as a classifier of the dataset's objects and "
+                                        "save it without its classifier (for encoder.weights=PATH)")
+    p.add_argument("--config", type=Path, help="YAML config (default: built-in shapes settings)")
+    p.add_argument("--resume", type=Path, metavar="CKPT", help="continue an interrupted pretraining")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override any config value, e.g. pretrain.epochs=8 encoder.weights=imagenet")
 
 
 def _add_caption(sub: argparse._SubParsersAction) -> None:
@@ -104,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show-and-tell image captioning: VGG fc7 features into an LSTM/GRU decoder.")
     parser.add_argument("--version", action="version", version=f"captioner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_extract, _add_caption, _add_evaluate, _add_data, _add_compare):
+    for add in (_add_train, _add_pretrain, _add_extract, _add_caption, _add_evaluate, _add_data,
+                _add_compare):
         add(sub)
     return parser
 
@@ -143,6 +153,16 @@ def _checkpoint(args: argparse.Namespace) -> Path:
     checkpoint = latest_checkpoint(args.runs)
     print(f"using {checkpoint}", file=sys.stderr)
     return checkpoint
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from captioner.pretrain import pretrain
+
+    result = pretrain(args.config, args.overrides, resume=args.resume)
+    print(f"encoder weights: {result.weights}")
+    print(f"validation F1 {result.f1:.3f}, images with every object right {result.exact:.3f}")
+    print(f"train on them with: captioner train encoder.weights={result.weights}")
+    return 0
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -208,9 +228,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from captioner.config import load_config
+    from captioner.data.prepare import prepare
     from captioner.extract import extract
+    from captioner.training import configured_encoder
 
-    for result in extract(load_config(args.config, args.overrides), args.splits):
+    config = load_config(args.config, args.overrides)
+    data = prepare(config)
+    for result in extract(config, data, configured_encoder(config, data), args.splits):
         skipped = result.images - len(result.store.ids)
         note = f" ({skipped} unreadable, skipped)" if skipped else ""
         print(f"{result.split}: {len(result.store.ids)} images{note} -> {result.store.folder}")
@@ -250,17 +274,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "extract": cmd_extract, "caption": cmd_caption, "evaluate": cmd_evaluate,
-            "data": cmd_data, "compare": cmd_compare}
+COMMANDS = {"train": cmd_train, "pretrain": cmd_pretrain, "extract": cmd_extract, "caption": cmd_caption,
+            "evaluate": cmd_evaluate, "data": cmd_data, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except Interrupted as err:
+        print(err, file=sys.stderr)
+        return err.exit_code
     except CaptionerError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

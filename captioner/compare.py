@@ -9,7 +9,6 @@ the gates do along a caption. Results go to DIR/compare.json and the page DIR/in
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -34,15 +33,17 @@ from captioner.decoder import Decoder
 from captioner.encoder import VGGEncoder, build_encoder
 from captioner.errors import CaptionerError
 from captioner.evaluation import caption_split
-from captioner.extract import frozen_encoder, split_features
+from captioner.extract import split_features
 from captioner.features import FeatureStore
+from captioner.hardware import resolve_precision
 from captioner.inference import Captioner
 from captioner.metrics import score_captions
 from captioner.model import CaptionModel
 from captioner.module import CaptionModule
 from captioner.runs import LATEST, latest_checkpoint
 from captioner.search import greedy
-from captioner.training import build_trainer, resolve_precision
+from captioner.trainer import build_trainer
+from captioner.training import configured_encoder
 from captioner.unroll import GATES, gate_trace, hidden_gradient_norms, parameter_counts
 
 CELLS = ("rnn", "lstm", "gru")
@@ -76,8 +77,9 @@ def config_encoder(config: Config, data: PreparedData) -> EncoderSource:
     """The config's encoder, built as `captioner train encoder.mode=frozen` builds it (random
     weights seeded alike), so that both read the same cached features."""
     c = config.encoder
-    encoder = frozen_encoder(cell_config(config, config.decoder.cell))
-    initialised = " (random initialisation, seeded)" if c.weights == "none" else ""
+    encoder = configured_encoder(cell_config(config, config.decoder.cell), data)
+    initialised = {"none": " (random initialisation, seeded)",
+                   "pretrain": " (a classifier pretrained on the dataset's objects)"}.get(c.weights, "")
     return EncoderSource(encoder, c.arch, c.image_size, c.resize_size,
                          f"the config's encoder: {c.arch}, encoder.weights={c.weights}{initialised}, "
                          "no trained run to take one from", None)
@@ -148,7 +150,7 @@ def share(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Vocabu
         # As `captioner train` on frozen features: training batches by caption, validation by image.
         records, store = splits[split]
         return CaptionSet(records, feature_inputs(store), vocab, d.max_length, d.captions_per_image,
-                          by_caption=split == "train")
+                          by_caption=split == "train", random_captions=split == "train")
 
     train_set, val_set = caption_set("train"), caption_set("val")
     grad_features, grad_ids = long_captions(*splits["val"], vocab, d.max_length)
@@ -242,7 +244,7 @@ def run_cell(config: Config, shared: Shared, encoder: VGGEncoder, folder: Path) 
     """Train one cell on the shared features; measure it before and after."""
     seed, cell = config.trainer.seed, config.decoder.cell
     L.seed_everything(seed, workers=True, verbose=False)
-    module = CaptionModule(to_dict(config), shared.vocab.to_list(), pretrained=False)
+    module = CaptionModule(to_dict(config), shared.vocab.to_list())
     module.model.encoder = encoder  # the one the features came from; frozen, never trained here
     decoder = module.model.decoder
     counts = parameter_counts(decoder)
@@ -253,13 +255,13 @@ def run_cell(config: Config, shared: Shared, encoder: VGGEncoder, folder: Path) 
     # must see the same batches and the same captions of each image.
     L.seed_everything(seed, workers=True, verbose=False)
     recorder = Recorder(config.trainer.monitor)
-    shutil.rmtree(folder / "logs", ignore_errors=True)  # an earlier comparison's log, not appended to
     # One device, no checkpoints or early stopping: every cell gets the same epochs, in-process.
-    trainer = build_trainer(config, folder, [recorder], devices=1, num_nodes=1, strategy="auto",
-                            enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer = build_trainer(config, folder, [recorder], monitor=config.trainer.monitor, what=cell,
+                            checkpoints=False, devices=1, num_nodes=1, strategy="auto",
+                            num_sanity_val_steps=0)
     trainer.fit(module, CaptionDataModule(shared.train_set, shared.val_set,
                                           batch_size=config.data.batch_size,
-                                          num_workers=config.data.num_workers))
+                                          num_workers=config.data.num_workers, seed=seed))
     device = next(decoder.parameters()).device
     end = hidden_gradient_norms(decoder, *(x.to(device) for x in grad_batch))
     if recorder.best_state is not None:
@@ -304,8 +306,6 @@ def compare(config: Config, cells: Sequence[str], out_dir: Path, *,
     unknown = [c for c in cells if c not in CELLS]
     if not cells or unknown:
         raise CaptionerError(f"--cells: choose among {', '.join(CELLS)} (got {', '.join(cells)})")
-    if config.trainer.max_epochs < 1:
-        raise CaptionerError("compare: trainer.max_epochs (--max-epochs) must be at least 1")
     checkpoint = encoder_checkpoint(config, encoder_from)
     source = checkpoint_encoder(checkpoint) if checkpoint is not None else None
     data = prepare(config)

@@ -1,11 +1,13 @@
 """Typed configuration: dataclass defaults (= the built-in shapes run), YAML files, dotted overrides.
 
 OmegaConf merges the three and rejects unknown keys and ill-typed values, so a typo in a config
-file or on the command line is an error naming the key, not a silently ignored setting.
+file or on the command line is an error naming the key, not a silently ignored setting. Each
+setting carries its one-sentence meaning, which `captioner config show` prints beside its value.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,153 +19,120 @@ from omegaconf.errors import OmegaConfBaseException
 from captioner.errors import CaptionerError
 
 
+def setting(default: Any = None, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
+    """A config field and its one-sentence meaning (shown by `captioner config show`)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ShapesConfig:
-    """Size of the built-in synthetic dataset (generated on first use)."""
-
-    num_train: int = 3000
-    num_val: int = 250
-    num_test: int = 250
-    size: int = 128
-    seed: int = 0
+    num_train: int = setting(3000, "Training images of the built-in synthetic dataset.")
+    num_val: int = setting(250, "Validation images.")
+    num_test: int = setting(250, "Test images.")
+    size: int = setting(128, "Side of each square image, in pixels.")
+    seed: int = setting(0, "Seed of the generator: the same seed and sizes give byte-identical files.")
 
 
 @dataclass
 class DataConfig:
-    # "shapes" generates the built-in set; anything else reads `root` as a COCO-style dataset.
-    dataset: str = "shapes"
-    root: str | None = None
-    # Karpathy-format split file (relative to root): which image is train/restval/val/test.
-    karpathy_json: str = "dataset_shapes.json"
-    # COCO caption/instance annotation files (relative to root), read with pycocotools.
-    # Without caption files the captions come from the Karpathy file's sentences.
-    captions_json: list[str] = field(default_factory=list)
-    instances_json: list[str] = field(default_factory=list)
-    train_splits: list[str] = field(default_factory=lambda: ["train", "restval"])
-    min_count: int = 5
-    # Words per caption (longer ones are cut): the shapes captions run to 17 words; COCO uses 16.
-    max_length: int = 20
-    captions_per_image: int = 5
-    batch_size: int = 32
-    num_workers: int = 0
+    dataset: str = setting("shapes", "\"shapes\" generates the built-in set; any other name reads data.root.")
+    root: str | None = setting(None, "Folder of a COCO-style dataset (split file, images, annotations).")
+    karpathy_json: str = setting("dataset_shapes.json", "Karpathy-format split file, relative to root.")
+    captions_json: list[str] = setting(
+        factory=list, help="COCO caption files (relative to root); none: the split file's sentences.")
+    instances_json: list[str] = setting(
+        factory=list, help="COCO instances files (relative to root): labels for pretraining and CHAIR.")
+    train_splits: list[str] = setting(
+        factory=lambda: ["train", "restval"], help="Splits of the split file that training uses.")
+    min_count: int = setting(5, "Words seen fewer times in the training captions become <unk>.")
+    max_length: int = setting(20, "Words per caption; longer captions are cut.")
+    captions_per_image: int = setting(5, "Captions per image and step while the CNN trains (finetune).")
+    batch_size: int = setting(32, "Images per step; on cached features, captions per step / 5.")
+    num_workers: int = setting(0, "DataLoader worker processes (0: load in the main process).")
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
 
 
 @dataclass
 class EncoderConfig:
-    arch: str = "vgg11_bn"
-    # "imagenet" (torchvision's weights API), "none" (random init) or a path to a .pth file.
-    weights: str = "none"
-    # "frozen": fc7 features extracted once and cached; "finetune": the CNN trains too.
-    mode: str = "finetune"
-    image_size: int = 64
-    resize_size: int = 64
-    # Adam moves every weight by ~lr per step, so a layer's output moves by ~lr x fan-in: the
-    # batch-normed conv layers take a larger rate than fc6 (fan-in 25,088) and fc7, which have
-    # no normalisation and blow up at rates that suit the convs. fc_lr=0 keeps fc6/fc7 fixed.
-    lr: float = 1e-3
-    fc_lr: float = 0.0
-    weight_decay: float = 0.0
-    # Stop fine-tuning the CNN after this many epochs (neuraltalk2's finetune window); -1 = never.
-    # Its learning rates then finish their one-cycle inside the window, and each image's fc7 is
-    # computed once more and remembered: later epochs train the decoder alone, ~3x faster. On
-    # shapes (fresh-scene pair-F1, 2000 scenes, decoder rate held): 5 CNN + 11 decoder epochs
-    # 0.83 in 518 s, 6 + 9 0.87 in 543 s (benchmarks/default_train.py); past ~4 minutes of
-    # decoder epochs the CNN is the limit (from the 5-epoch CNN: 0.84 after 2 minutes, 0.87 after
-    # 4 and after 6). 6 + 9 with decoder_cooldown: 0.89, 561 s in a fresh virtualenv.
-    freeze_after_epoch: int = 6
+    arch: str = setting("vgg11_bn", "A torchvision VGG: vgg11, vgg11_bn, ... vgg19_bn.")
+    weights: str = setting(
+        "pretrain", "\"pretrain\" (a classifier of the dataset's objects, trained once and cached), "
+                    "\"imagenet\", \"none\" (random) or a .pth file.")
+    mode: str = setting("frozen", "\"frozen\": fc7 cached once, only the decoder trains; \"finetune\": the "
+                                  "CNN trains too.")
+    image_size: int = setting(64, "Side of the centre crop fed to the CNN, in pixels.")
+    resize_size: int = setting(64, "Shorter side each image is resized to before the crop.")
+    lr: float = setting(1e-5, "Learning rate of the CNN when it trains (encoder.mode=finetune).")
+    weight_decay: float = setting(0.0, "L2 weight decay of the CNN when it trains.")
+
+
+@dataclass
+class PretrainConfig:
+    targets: str = setting(
+        "objects", "Targets from the instances files: \"objects\" (categories; on shapes, colour-shape "
+                   "pairs) or \"objects+counts\" (also: is there more than one).")
+    epochs: int = setting(5, "Passes over the training images.")
+    lr: float = setting(1e-3, "Peak learning rate (Adam) of the one-cycle schedule.")
+    warmup: float = setting(0.3, "Share of the steps warming up from lr/25 to lr; the rest anneals to ~0.")
+    batch_size: int = setting(32, "Images per step.")
+    train_fc: bool = setting(False, "Whether fc6 and fc7 train too (fixed, they project the convolutions).")
 
 
 @dataclass
 class DecoderConfig:
-    cell: str = "lstm"
-    embed_dim: int = 256
-    hidden_dim: int = 512
-    num_layers: int = 1
-    dropout: float = 0.3
+    cell: str = setting("lstm", "Recurrent cell: lstm, gru or rnn (plain tanh).")
+    embed_dim: int = setting(256, "Size of the word embeddings.")
+    hidden_dim: int = setting(512, "Size of the recurrent state, which fc7 initialises.")
+    num_layers: int = setting(1, "Stacked recurrent layers.")
+    dropout: float = setting(0.3, "Dropout on fc7, between layers and before the output layer.")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    # Clip the global gradient norm: gates fix vanishing gradients, not exploding ones.
-    grad_clip: float = 5.0
-    # Weight of an auxiliary visual-concept loss on fc7 while fine-tuning (0 = off; see
-    # captioner/concepts.py). It gives a CNN trained from scratch a direct signal; with ImageNet
-    # weights it is not needed. Concepts: words (stemmed) that, on the images whose captions use
-    # them, at least `concept_agreement` of the captions use, and ordered pairs of those words at
-    # most `concept_window` positions apart ("red circl"; 0 = words only), by the same rule.
-    # Default run's fresh-scene pair-F1 by weight (words only): 1 -> 0.57, 3 -> 0.66, 10 -> 0.63
-    # (benchmarks/default_train.py); at weight 3 with window 2: 0.68, and its fc7 holds the pairs
-    # (linear probe 0.85 -> 0.93, benchmarks/pair_probe.py).
-    concept_weight: float = 3.0
-    concept_agreement: float = 0.9
-    concept_window: int = 2
-    # Learning rate over the run, per step: "constant", or "onecycle" (Smith & Topin 2018): rise
-    # from lr/25 to each group's lr over the first `warmup` fraction of the steps, then anneal to
-    # ~0 along a cosine (the decoder: see anneal_decoder). Warm-up allows a higher peak rate;
-    # annealing settles the weights.
-    # Measured with benchmarks/encoder_probe.py (450 steps, VGG11-BN from scratch): constant
-    # 3e-4 reached pair-F1 0.68, onecycle at 1e-3 0.93.
-    schedule: str = "onecycle"
-    warmup: float = 0.3
-    # Whether the decoder's rate anneals after its warm-up (onecycle) or holds its peak. With the
-    # CNN frozen after a few epochs the decoder trains alone, on a budget, and annealing stalled it
-    # (14 epochs: val loss flat over the last 4, pair-F1 0.80 annealed, 0.82 held; 18 epochs,
-    # frozen after 5: 0.83 annealed, 0.84 held). The CNN's groups always anneal, in their window.
-    anneal_decoder: bool = False
-    # With the decoder's rate held: over this last fraction of the run's steps it decays linearly
-    # to ~0 (warmup-stable-decay), so the run ends on settled weights. On shapes the held rate
-    # left the validation loss flat and noisy over the last epochs while pair-F1 still rose, so
-    # best.ckpt (lowest validation loss) was an earlier, worse state than last.ckpt (pair-F1
-    # 0.867 against 0.874, and 0.828 against 0.853 with another seed). The decay itself cost no
-    # pair-F1 (from one CNN state, two seeds: 0.849 and 0.841 with it, 0.851 and 0.835 without).
-    decoder_cooldown: float = 0.2
+    lr: float = setting(2e-3, "Learning rate of the decoder (Adam).")
+    weight_decay: float = setting(0.0, "L2 weight decay of the decoder.")
+    grad_clip: float = setting(5.0, "Gradient-norm limit (0: off); gates fix vanishing, not exploding.")
+    cooldown: float = setting(0.2, "Share of the last steps over which the learning rates decay to ~0.")
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 15
-    accelerator: str = "auto"
-    devices: str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    # "auto": bf16 autocast where the hardware does it fast (AMX CPUs, Ampere+ GPUs), else fp32.
-    precision: str = "auto"
-    # The best checkpoint: val/bleu4 or val/cider (greedy captions of the val split, higher is
-    # better) or val/loss (teacher-forced cross-entropy, lower is better). On shapes, BLEU-4 of
-    # 250 greedy captions swings with phrasing from epoch to epoch (0.65-0.69 while pair-F1 rose
-    # 0.85 -> 0.91) and picked the 11th of 18 epochs (pair-F1 0.85); the loss moved smoothly and
-    # was lowest at the 15th (0.90). With the decoder's rate held it is noisier too.
-    monitor: str = "val/loss"
-    # Stop after this many validations without a better `monitor`; 0 = run every epoch. A run
-    # on a schedule should not stop early: the CNN anneals and freezes on it, the decoder trains on.
-    patience: int = 0
-    seed: int = 0
-    limit_train_batches: float = 1.0
-    limit_val_batches: float = 1.0
-    log_every_n_steps: int = 10
+    max_epochs: int = setting(15, "Passes over the training captions.")
+    accelerator: str = setting("auto", "auto, cpu or gpu.")
+    devices: str = setting("auto", "Devices per node: auto or a number.")
+    num_nodes: int = setting(1, "Machines taking part (Lightning DDP).")
+    strategy: str = setting("auto", "Lightning strategy: auto, ddp, ...")
+    precision: str = setting("auto", "auto (bf16 where it is fast), 32, bf16-mixed or 16-mixed.")
+    monitor: str = setting("val/loss", "What picks best.ckpt: val/loss (lowest), val/bleu4, val/cider.")
+    patience: int = setting(0, "Stop after this many validations without a better monitor (0: never).")
+    seed: int = setting(0, "Seed of initialisation, data order and dropout.")
+    limit_train_batches: float = setting(1.0, "Share (or, above 1, number) of training batches per epoch.")
+    limit_val_batches: float = setting(1.0, "Share (or, above 1, number) of validation batches per epoch.")
+    log_every_n_steps: int = setting(10, "Log training figures every this many steps.")
 
 
 @dataclass
 class EvalConfig:
-    split: str = "test"
-    beam_size: int = 3
-    max_length: int = 20
-    length_penalty: float = 0.0
-    batch_size: int = 64
-    worst: int = 24
-    meteor: bool = True
+    split: str = setting("test", "Split the final evaluation scores.")
+    beam_size: int = setting(3, "Beam width of the evaluation's captions.")
+    max_length: int = setting(20, "Most words a generated caption may have.")
+    length_penalty: float = setting(0.0, "GNMT length penalty alpha for beam search (0: none).")
+    batch_size: int = setting(64, "Images per batch when extracting features and captioning.")
+    worst: int = setting(24, "Images in the report's gallery of failures.")
+    meteor: bool = setting(True, "Whether to compute METEOR (needs Java).")
 
 
 @dataclass
 class Config:
-    name: str = "shapes"
-    output_dir: str = "runs"
-    cache_dir: str | None = None
+    name: str = setting("shapes", "Run name: the run folder is output_dir/name (name-2, -3... when taken).")
+    output_dir: str = setting("runs", "Where run folders go.")
+    cache_dir: str | None = setting(None, "Datasets, features and encoders (default: $CAPTIONER_CACHE, else "
+                                          "~/.cache/captioner).")
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -182,16 +151,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if base is not None:
             merged = _merge(merged, OmegaConf.create(base), "checkpoint config")
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise CaptionerError(f"config file not found: {path}")
-            try:
-                loaded = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as err:
-                raise CaptionerError(f"{path}: not valid YAML ({_yaml_line(err)})") from err
-            if not isinstance(loaded, dict):
-                raise CaptionerError(f"{path}: expected a mapping of settings at the top level")
-            merged = _merge(merged, OmegaConf.create(loaded), str(path))
+            merged = _merge(merged, OmegaConf.create(read_yaml(Path(path))), str(path))
         for item in overrides or []:
             if "=" not in item:
                 raise CaptionerError(f"override {item!r} is not of the form key=value")
@@ -200,6 +160,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except OmegaConfBaseException as err:
         raise CaptionerError(f"bad configuration: {_one_line(err)}") from err
     return validate(config)  # type: ignore[arg-type]
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping, read as UTF-8 whatever the locale."""
+    if not path.is_file():
+        raise CaptionerError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise CaptionerError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from err
+    except yaml.YAMLError as err:
+        raise CaptionerError(f"{path}: not valid YAML ({_yaml_line(err)})") from err
+    if not isinstance(loaded, dict):
+        raise CaptionerError(f"{path}: expected a mapping of settings at the top level")
+    return loaded
 
 
 def _yaml_line(err: yaml.YAMLError) -> str:
@@ -230,10 +205,30 @@ def to_yaml(config: Config) -> str:
 
 _CHOICES = {
     "encoder.mode": ("frozen", "finetune"),
+    "pretrain.targets": ("objects", "objects+counts"),
     "decoder.cell": ("lstm", "gru", "rnn"),
-    "optim.schedule": ("constant", "onecycle"),
     "trainer.monitor": ("val/bleu4", "val/cider", "val/loss"),
     "trainer.precision": ("auto", "32", "bf16-mixed", "16-mixed"),
+}
+# Lowest allowed value of each numeric setting (and the highest, where there is one).
+_RANGES: dict[str, tuple[float, float | None]] = {
+    "data.min_count": (1, None), "data.max_length": (1, None), "data.captions_per_image": (1, None),
+    "data.batch_size": (1, None), "data.num_workers": (0, None),
+    "data.shapes.num_train": (1, None), "data.shapes.num_val": (1, None),
+    "data.shapes.num_test": (1, None), "data.shapes.size": (32, None),
+    "encoder.image_size": (32, None), "encoder.resize_size": (32, None), "encoder.lr": (0, None),
+    "encoder.weight_decay": (0, None),
+    "pretrain.epochs": (1, None), "pretrain.lr": (0, None), "pretrain.warmup": (0, 0.99),
+    "pretrain.batch_size": (1, None),
+    "decoder.embed_dim": (1, None), "decoder.hidden_dim": (1, None), "decoder.num_layers": (1, None),
+    "decoder.dropout": (0, 0.99),
+    "optim.lr": (0, None), "optim.weight_decay": (0, None), "optim.grad_clip": (0, None),
+    "optim.cooldown": (0, 1),
+    "trainer.max_epochs": (1, None), "trainer.num_nodes": (1, None), "trainer.patience": (0, None),
+    "trainer.limit_train_batches": (0, None), "trainer.limit_val_batches": (0, None),
+    "trainer.log_every_n_steps": (1, None),
+    "eval.beam_size": (1, None), "eval.max_length": (1, None), "eval.batch_size": (1, None),
+    "eval.worst": (0, None), "eval.length_penalty": (0, None),
 }
 
 
@@ -242,28 +237,30 @@ def monitor_mode(monitor: str) -> str:
     return "min" if monitor == "val/loss" else "max"
 
 
+def setting(data: dict[str, Any], key: str) -> Any:
+    """The value of a dotted key ("data.shapes.size") in a config dict."""
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
 def validate(config: Config) -> Config:
-    """Reject values that parse but mean nothing, naming the setting."""
+    """Reject values that parse but mean nothing, naming the setting and what it accepts."""
     data = to_dict(config)
     for key, allowed in _CHOICES.items():
-        section, name = key.split(".")
-        value = data[section][name]
-        if value not in allowed:
-            raise CaptionerError(f"bad configuration: {key}={value!r}; choose one of {list(allowed)}")
+        if setting(data, key) not in allowed:
+            raise CaptionerError(f"bad configuration: {key}={setting(data, key)!r}; "
+                                 f"choose one of {list(allowed)}")
+    for key, (low, high) in _RANGES.items():
+        value = setting(data, key)
+        if value < low or (high is not None and value > high):
+            span = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+            raise CaptionerError(f"bad configuration: {key}={value!r}; it must be {span}")
     if not config.encoder.arch.startswith("vgg"):
         raise CaptionerError(f"bad configuration: encoder.arch={config.encoder.arch!r} is not a VGG")
-    for key in ("data.batch_size", "data.max_length", "data.captions_per_image", "eval.beam_size"):
-        section, name = key.split(".")
-        if data[section][name] < 1:
-            raise CaptionerError(f"bad configuration: {key} must be at least 1")
-    if not 0.0 <= config.optim.concept_agreement <= 1.0:
-        raise CaptionerError("bad configuration: optim.concept_agreement must be in [0, 1]")
-    if config.optim.concept_window < 0:
-        raise CaptionerError("bad configuration: optim.concept_window must be 0 or more")
-    if config.trainer.patience < 0:
-        raise CaptionerError("bad configuration: trainer.patience must be 0 (off) or more")
-    if not 0.0 <= config.optim.warmup < 1.0:
-        raise CaptionerError("bad configuration: optim.warmup must be in [0, 1)")
-    if not 0.0 <= config.optim.decoder_cooldown < 1.0:
-        raise CaptionerError("bad configuration: optim.decoder_cooldown must be in [0, 1)")
+    if config.encoder.resize_size < config.encoder.image_size:
+        raise CaptionerError("bad configuration: encoder.resize_size must be at least encoder.image_size")
+    devices = config.trainer.devices
+    if devices != "auto" and not (devices.isdigit() and int(devices) >= 1):
+        raise CaptionerError(f"bad configuration: trainer.devices={devices!r}; use auto or a number >= 1")
     return config

@@ -13,9 +13,11 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from captioner.atomic import atomic_path
 from captioner.errors import CaptionerError
 
 FEATURE_DIM = 4096
+_FC8 = "classifier.6."  # the classification layer, absent from pretrained encoder files
 VGG_ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 
 
@@ -88,14 +90,18 @@ def _load_file(path: Path) -> dict[str, Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CaptionerError(f"encoder.weights: {path} is not a readable weights file ({err})") from err
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CaptionerError(f"encoder.weights: {path} holds no state dict of tensors")
+    return state
 
 
 def build_encoder(arch: str = "vgg16", weights: str = "imagenet", seed: int = 0) -> VGGEncoder:
     """A VGG fc7 extractor. `weights`: "imagenet", "none" (random init) or a path to a .pth.
 
     Random weights are drawn from `seed` alone, not the global RNG state, so the same config
-    always builds the same encoder and the feature cache (keyed by its weights) is reused.
+    always builds the same encoder and the feature cache (keyed by its weights) is reused. A .pth
+    may lack the classifier's last layer (fc8), which the encoder does not use.
     """
     if arch not in VGG_ARCHS:
         raise CaptionerError(f"encoder.arch={arch!r}: choose one of {', '.join(VGG_ARCHS)}")
@@ -105,25 +111,35 @@ def build_encoder(arch: str = "vgg16", weights: str = "imagenet", seed: int = 0)
     if weights == "imagenet":
         vgg.load_state_dict(_load_imagenet(arch))
     elif weights != "none":
-        try:
-            vgg.load_state_dict(_load_file(Path(weights).expanduser()))
-        except RuntimeError as err:
-            raise CaptionerError(f"encoder.weights: {weights} does not fit {arch}") from err
+        _load_into(vgg, Path(weights).expanduser(), arch)
     return VGGEncoder(vgg)
+
+
+def _load_into(vgg: torchvision.models.VGG, path: Path, arch: str) -> None:
+    state = _load_file(path)
+    expected = vgg.state_dict()
+    wrong = [k for k, v in state.items() if k not in expected or expected[k].shape != v.shape]
+    missing = [k for k in expected if k not in state and not k.startswith(_FC8)]
+    if wrong or missing:
+        raise CaptionerError(f"encoder.weights: {path} does not fit {arch} "
+                             f"({(wrong or missing)[0]} {'does not fit' if wrong else 'is missing'})")
+    vgg.load_state_dict(state, strict=False)
+
+
+def export_weights(encoder: VGGEncoder, path: Path, meta: dict) -> None:
+    """Save the encoder as a torchvision VGG state dict without fc8, plus `meta`, atomically."""
+    state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("fc.")}
+    for index in (0, 3):  # VGGEncoder.fc = classifier[:5]: fc6 is classifier.0, fc7 classifier.3
+        for name in ("weight", "bias"):
+            state[f"classifier.{index}.{name}"] = encoder.fc[index].state_dict()[name]
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()},
+                    "captioner": meta}, tmp)
 
 
 def build_preprocess(arch: str, image_size: int, resize_size: int) -> Callable[[Image.Image], Tensor]:
     """The weights' own transforms (resize, centre crop, ImageNet normalisation) at our sizes."""
     return imagenet_weights(arch).transforms(crop_size=image_size, resize_size=resize_size)
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast pays off here: CUDA with bf16, or a CPU with AMX / AVX512-BF16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    return False
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

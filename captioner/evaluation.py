@@ -11,6 +11,7 @@ import torch
 from captioner.data.coco import ImageRecord
 from captioner.data.prepare import cache_dir, prepare
 from captioner.features import FeatureStore, load_or_extract
+from captioner.hardware import fast_bf16, uses_bf16
 from captioner.inference import Captioner
 from captioner.report import ImageResult, write_report
 from captioner.runs import run_dir_of
@@ -48,11 +49,13 @@ def evaluate(
     data = prepare(config)
     records = data.split(split)[:limit] if limit else data.split(split)
 
-    # Features go through the cache: evaluating again (another beam size, say) skips the CNN.
+    # Features go through the cache: evaluating again (another beam size, say) skips the CNN, and
+    # a frozen run's test features were extracted like its training features, in its precision.
     store = load_or_extract(
         captioner.model.encoder, captioner.preprocess, records, cache_dir(config), split=split,
         arch=config.encoder.arch, image_size=config.encoder.image_size, dataset=str(data.root),
-        batch_size=config.eval.batch_size, num_workers=config.data.num_workers, bf16=captioner.bf16,
+        batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
+        bf16=uses_bf16(config) and fast_bf16(captioner.device),
     )
     records = [r for r in records if r.image_id in store.row]
     predictions = caption_split(captioner, records, store, beam_size)

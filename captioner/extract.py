@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from captioner.config import Config
-from captioner.data.prepare import PreparedData, cache_dir, prepare
-from captioner.encoder import VGGEncoder, build_encoder, build_preprocess, fast_bf16
+from captioner.data.prepare import PreparedData, cache_dir
+from captioner.encoder import VGGEncoder, build_preprocess
 from captioner.errors import CaptionerError
 from captioner.features import FeatureStore, load_or_extract
+from captioner.hardware import uses_bf16, wants_cuda
 
 
 @dataclass
@@ -42,8 +43,7 @@ def launch_rank() -> tuple[int, int]:
 
 def extraction_device(accelerator: str) -> torch.device:
     """The device this process trains on: its own GPU (LOCAL_RANK) if training uses GPUs, else the CPU."""
-    wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if not wants_gpu:
+    if not wants_cuda(accelerator):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise CaptionerError(f"trainer.accelerator={accelerator}: CUDA is not available on this machine")
@@ -61,23 +61,17 @@ def split_features(config: Config, data: PreparedData, encoder: VGGEncoder, spli
         encoder, build_preprocess(c.arch, c.image_size, c.resize_size), data.split(split),
         cache_dir(config), split=split, arch=c.arch, image_size=c.image_size, dataset=str(data.root),
         device=device, batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
-        bf16=fast_bf16(device) if bf16 is None else bf16, rank=rank, world_size=world_size,
+        bf16=uses_bf16(config) if bf16 is None else bf16, rank=rank, world_size=world_size,
     )
 
 
-def frozen_encoder(config: Config) -> VGGEncoder:
-    """The encoder `captioner train` builds from this config (so both key the cache identically)."""
-    return build_encoder(config.encoder.arch, config.encoder.weights, seed=config.trainer.seed)
-
-
-
-def extract(config: Config, splits: Sequence[str] | None = None) -> list[SplitFeatures]:
+def extract(config: Config, data: PreparedData, encoder: VGGEncoder,
+            splits: Sequence[str] | None = None) -> list[SplitFeatures]:
     """Features of `splits` (default: training, validation and evaluation splits) in the cache."""
     if config.encoder.mode != "frozen":
         raise CaptionerError("encoder.mode is 'finetune': training computes features as it goes; "
                              "cached features serve encoder.mode=frozen")
-    data = prepare(config)
-    encoder = frozen_encoder(config).to(memory_format=torch.channels_last)
+    encoder = encoder.to(memory_format=torch.channels_last)
     results = []
     for split in dict.fromkeys(splits or ("train", "val", config.eval.split)):
         store = split_features(config, data, encoder, split)

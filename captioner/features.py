@@ -20,14 +20,12 @@ launcher starts ranks 1.. only once rank 0 reaches `fit`, after its extraction).
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
+import re
 import shutil
 import sys
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +41,9 @@ from captioner.data.coco import ImageRecord
 from captioner.encoder import FEATURE_DIM, VGGEncoder, encode
 from captioner.errors import CaptionerError
 from captioner.images import open_rgb
+from captioner.locks import flock
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ROW_BYTES = FEATURE_DIM * 2  # float16
 
 
@@ -105,27 +104,6 @@ def _collate(items: list[tuple[int, Tensor | None, str | None]]):
     bad = [(i, e) for i, x, e in items if x is None]
     images = torch.stack([x for _, x in good]) if good else None
     return [i for i, _ in good], images, bad
-
-
-@contextmanager
-def _flock(path: Path, *, wait: bool) -> Iterator[bool]:
-    """Hold an exclusive lock on `path` (yield True), or yield False at once if it is taken and not `wait`.
-
-    Closing the file, or the process dying, releases the lock: there are no stale locks to clean up.
-    """
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            locked = True
-        except BlockingIOError:
-            locked = False
-        except OSError as err:
-            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            warnings.warn(f"{path.parent}: this file system has no file locks; processes extracting "
-                          "into one cache folder at once may repeat work", stacklevel=3)
-            locked = True
-        yield locked
 
 
 def _shard(folder: Path, k: int, suffix: str) -> Path:
@@ -201,8 +179,11 @@ def extract_features(
             if k not in own:
                 progress.total += len(parts[k])
                 progress.refresh()
+            # A generator of its own: extracting draws nothing from the global random stream, so
+            # a run that finds its features cached trains exactly like one that extracted them.
             loader = DataLoader(_ImageFiles(parts[k], preprocess), batch_size=batch_size,
-                                num_workers=num_workers, collate_fn=_collate, pin_memory=pin)
+                                num_workers=num_workers, collate_fn=_collate, pin_memory=pin,
+                                generator=torch.Generator())
             _write_shard(encoder, loader, parts[k], folder, k, bf16, progress)
             done.append(k)
     return done
@@ -218,7 +199,7 @@ def _claimed(folder: Path, order: Sequence[int]) -> Iterator[int]:
         for k in order:
             if _finished(folder, k) or _merged(folder):
                 continue
-            with _flock(_shard(folder, k, ".lock"), wait=wait) as locked:
+            with flock(_shard(folder, k, ".lock"), wait=wait) as locked:
                 if locked and not _finished(folder, k) and not _merged(folder):
                     yield k
 
@@ -263,6 +244,12 @@ def cached_store(folder: Path, key: dict) -> FeatureStore | None:
     return None
 
 
+def _describe(preprocess: Callable[[Image.Image], Tensor]) -> str:
+    """The preprocessing as its repr says it (torchvision's names resize, crop and normalisation),
+    on one line, without the memory addresses a plain function's repr holds."""
+    return re.sub(r" at 0x[0-9a-f]+", "", " ".join(repr(preprocess).split()))
+
+
 def feature_folder(cache_dir: Path, key: dict) -> Path:
     name = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=8).hexdigest()
     return cache_dir / "features" / f"{key['split']}-{key['arch']}-{key['image_size']}px-{name}"
@@ -278,13 +265,19 @@ def load_or_extract(
     arch: str,
     image_size: int,
     dataset: str,
+    bf16: bool,
     device: torch.device | None = None,
     **extract_options,
 ) -> FeatureStore:
-    """Features for `records` from the cache, extracting (on `device`) and caching them first if needed."""
+    """Features for `records` from the cache, extracting (on `device`) and caching them first if needed.
+
+    The key holds everything that changes the numbers: the encoder's weights, the preprocessing
+    (its repr names the resize, the crop and the normalisation), the precision, and the images.
+    """
     key = {
         "version": FORMAT_VERSION, "dataset": dataset, "split": split, "arch": arch,
-        "image_size": image_size, "encoder": encoder_fingerprint(encoder),
+        "image_size": image_size, "transforms": _describe(preprocess),
+        "precision": "bf16" if bf16 else "fp32", "encoder": encoder_fingerprint(encoder),
         "images": records_fingerprint(records), "count": len(records),
     }
     folder = feature_folder(cache_dir, key)
@@ -296,9 +289,9 @@ def load_or_extract(
     print(f"extracting {arch} fc7 features of split {split!r}: {len(records)} images, "
           f"{image_size}px, on {device} -> {folder}", file=sys.stderr)
     try:
-        extract_features(encoder.to(device), preprocess, records, folder, key=key,
+        extract_features(encoder.to(device), preprocess, records, folder, key=key, bf16=bf16,
                          desc=f"features {split}", **extract_options)
-        with _flock(folder / "merge.lock", wait=True):
+        with flock(folder / "merge.lock", wait=True):
             store = cached_store(folder, key)
             return store if store is not None else merge_shards(folder, key)
     except OSError as err:

@@ -22,13 +22,13 @@ from PIL import Image
 from torch import Tensor
 
 from captioner import search
-from captioner.checkpoint import load_checkpoint, model_state, saved_by
-from captioner.config import Config, from_dict
+from captioner.checkpoint import check_weights_fit, checkpoint_config, load_checkpoint, model_state
+from captioner.config import Config
 from captioner.data.vocab import Vocabulary
 from captioner.encoder import build_preprocess, encode
 from captioner.errors import CaptionerError
 from captioner.images import limit_aspect, list_images, open_rgb, to_rgb
-from captioner.model import CaptionModel, build_model
+from captioner.model import CaptionModel
 
 ImageInput = str | os.PathLike[str] | Image.Image
 PRECISIONS = ("fp32", "bf16")
@@ -134,23 +134,14 @@ class Captioner:
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "auto",
                         *, precision: str = "fp32") -> Captioner:
         target = resolve_device(device)  # before reading a file of possibly gigabytes
+        path = Path(path)
         checkpoint = load_checkpoint(path)
-        hparams, version = checkpoint["hyper_parameters"], saved_by(checkpoint)
-        try:
-            config, vocab = from_dict(hparams["config"]), Vocabulary(hparams["vocab"])
-        except Exception as err:  # OmegaConf's or the vocabulary's complaint, whatever its type
-            raise CaptionerError(f"{path}: its config or vocabulary does not fit this captioner "
-                                 f"(written by captioner {version}): {_brief(err)}") from err
-        # Built on the meta device and filled straight from the checkpoint: initialising VGG's
-        # weights only to overwrite them would cost seconds at start-up.
-        with torch.device("meta"):
-            model = build_model(config, len(vocab), vocab.pad, pretrained=False)
-        model = model.to_empty(device=target)
-        try:
-            model.load_state_dict(model_state(checkpoint))
-        except RuntimeError as err:
-            raise CaptionerError(f"{path}: weights do not match its own config (written by "
-                                 f"captioner {version}): {_brief(err)}") from err
+        config, vocab, _ = checkpoint_config(checkpoint, path)
+        # Built on the meta device, checked against the file's weights, then filled straight from
+        # them: no memory for a layer the file does not hold, and no seconds spent initialising
+        # VGG's weights only to overwrite them.
+        model = check_weights_fit(config, vocab, model_state(checkpoint), path).to_empty(device=target)
+        model.load_state_dict(model_state(checkpoint))
         return cls(model, vocab, config, target, Path(path), precision=precision)
 
     # -- images -> features -----------------------------------------------------------------------
@@ -250,11 +241,6 @@ def _ieee_fp32_convs() -> Iterator[None]:
 
 def _name(item: ImageInput, n: int) -> str:
     return f"<image {n}>" if isinstance(item, Image.Image) else os.fspath(item)
-
-
-def _brief(err: BaseException) -> str:
-    """An exception's message on one line, cut short."""
-    return " ".join(str(err).split())[:300] or type(err).__name__
 
 
 def expand_inputs(paths: Sequence[str]) -> list[str]:

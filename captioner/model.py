@@ -21,12 +21,12 @@ class CaptionModel(nn.Module):
         return self.decoder(features, inputs, repeats)
 
 
-def build_model(config: Config, vocab_size: int, pad_id: int, *, pretrained: bool = True) -> CaptionModel:
-    """`pretrained=False` skips loading encoder weights (a checkpoint's state dict follows)."""
+def build_model(config: Config, vocab_size: int, pad_id: int, *,
+                encoder_weights: str = "none") -> CaptionModel:
+    """`encoder_weights`: "none" (random; a checkpoint's state dict follows), "imagenet" or a .pth path."""
     d = config.decoder
     decoder = Decoder(vocab_size, cell=d.cell, feature_dim=FEATURE_DIM, embed_dim=d.embed_dim,
                       hidden_dim=d.hidden_dim, num_layers=d.num_layers, dropout=d.dropout,
                       pad_id=pad_id)
-    weights = config.encoder.weights if pretrained else "none"
-    encoder = build_encoder(config.encoder.arch, weights, seed=config.trainer.seed)
+    encoder = build_encoder(config.encoder.arch, encoder_weights, seed=config.trainer.seed)
     return CaptionModel(encoder, decoder)

@@ -219,21 +219,30 @@ def kind_of(categories: Iterable[Mapping[str, Any]]) -> Kind:
 
 def load_object_index(instances_files: Sequence[Path], kind: Kind | None = None) -> ObjectIndex:
     """The objects of every image in COCO instances files; `kind` is detected when None."""
+    kind, labels = instance_labels(instances_files, kind)
+    images = {image_id: frozenset(names) for image_id, names in labels.items()}
+    return ShapeObjects(images) if kind == "shapes" else CocoObjects(images)
+
+
+def instance_labels(instances_files: Sequence[Path],
+                    kind: Kind | None = None) -> tuple[Kind, dict[int, list[str]]]:
+    """The label of every annotated object (repeats kept), by image, for every image the files
+    list (an image without objects has an empty list); `kind` is detected when None."""
     if not instances_files:
         raise CaptionerError("objects: no instances files given")
     datasets = [_load_instances(Path(path)) for path in instances_files]
     if kind is None:
         kind = kind_of(c for coco in datasets for c in coco.dataset.get("categories", []))
-    images: dict[int, frozenset[str]] = {}
+    labels: dict[int, list[str]] = {}
     for path, coco in zip(instances_files, datasets, strict=True):
         names = {c["id"]: c["name"] for c in coco.dataset.get("categories", [])}
         for image_id in coco.getImgIds():
             annotations = coco.imgToAnns.get(image_id, [])
             if kind == "shapes":
-                images[image_id] = frozenset(_shape_label(a, names, path) for a in annotations)
+                labels[image_id] = [_shape_label(a, names, path) for a in annotations]
             else:
-                images[image_id] = frozenset(names[a["category_id"]] for a in annotations)
-    return ShapeObjects(images) if kind == "shapes" else CocoObjects(images)
+                labels[image_id] = [names[a["category_id"]] for a in annotations]
+    return kind, labels
 
 
 def _load_instances(path: Path) -> COCO:

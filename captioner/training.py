@@ -1,30 +1,42 @@
-"""`captioner train`: data -> model -> Lightning fit -> best checkpoint -> test-split report."""
+"""`captioner train`: data -> encoder -> features -> Lightning fit -> best checkpoint -> report.
+
+The default run is the classic show-and-tell pipeline end to end: a VGG pretrained as a
+classifier (captioner.pretrain, the stand-in for ImageNet) loses its classifier, its fc7 of every
+image is extracted once into the feature cache, and the decoder trains on those features; the
+best checkpoint is scored on the test split and the report written. The COCO configs run the same
+path with ImageNet weights.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import EarlyStopping
 
 from captioner import atomic
-from captioner.checkpoint import load_checkpoint
-from captioner.concepts import visual_concepts
-from captioner.config import Config, load_config, monitor_mode, to_dict, to_yaml
+from captioner.checkpoint import load_checkpoint, model_state, resume_config
+from captioner.config import Config, monitor_mode, to_dict, to_yaml
 from captioner.data.datamodule import CaptionDataModule, CaptionSet, feature_inputs, image_inputs
 from captioner.data.prepare import PreparedData, build_vocab, prepare
-from captioner.data.tokenize import tokenize
 from captioner.data.vocab import Vocabulary
-from captioner.encoder import VGGEncoder, build_preprocess, fast_bf16
+from captioner.encoder import VGGEncoder, build_encoder, build_preprocess
 from captioner.extract import split_features
+from captioner.hardware import resolve_precision
 from captioner.module import CaptionModule
-from captioner.runs import best_checkpoint, mark_latest, new_run_dir, run_dir_of
+from captioner.pretrain import cached_encoder
+from captioner.runs import (
+    best_checkpoint,
+    claim_run_dir,
+    global_rank,
+    kept_on_failure,
+    mark_latest,
+    run_dir_of,
+)
+from captioner.trainer import build_trainer
 
 RUN_DIR_ENV = "CAPTIONER_RUN_DIR"
 
@@ -37,22 +49,22 @@ class TrainResult:
     report: Path
 
 
-def resolve_precision(config: Config) -> str:
-    """bf16 autocast where it is fast (AMX/AVX512-BF16 CPUs, recent GPUs), else full fp32."""
-    if config.trainer.precision != "auto":
-        return config.trainer.precision
-    accelerator = config.trainer.accelerator
-    use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if fast_bf16(torch.device("cuda" if use_cuda else "cpu")) else "32-true"
+def encoder_weights(config: Config, data: PreparedData) -> str:
+    """What encoder.weights names, with "pretrain" resolved to the cached classifier's weights."""
+    if config.encoder.weights == "pretrain":
+        return str(cached_encoder(config, data))
+    return config.encoder.weights
+
+
+def configured_encoder(config: Config, data: PreparedData) -> VGGEncoder:
+    """The encoder a run with this config starts from (pretrained first if it asks for that)."""
+    return build_encoder(config.encoder.arch, encoder_weights(config, data), seed=config.trainer.seed)
 
 
 def datasets(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Vocabulary,
-             bf16: bool, concepts: Sequence[str] = ()) -> tuple[CaptionSet, CaptionSet]:
-    """Train and val sets: cached fc7 features (frozen encoder) or preprocessed images.
-
-    `concepts`: the auxiliary loss's targets, which only the training set carries.
-    """
-    c = config.encoder
+             bf16: bool) -> tuple[CaptionSet, CaptionSet]:
+    """Train and val sets: cached fc7 features (frozen encoder) or preprocessed images."""
+    c, d = config.encoder, config.data
     sets = []
     for split in ("train", "val"):
         records = data.split(split)
@@ -65,172 +77,110 @@ def datasets(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Voc
         else:
             inputs = image_inputs(build_preprocess(c.arch, c.image_size, c.resize_size))
         train = split == "train"
-        sets.append(CaptionSet(records, inputs, vocab, config.data.max_length,
-                               config.data.captions_per_image, concepts if train else (),
-                               config.optim.concept_window, by_caption=train and c.mode == "frozen"))
+        sets.append(CaptionSet(records, inputs, vocab, d.max_length, d.captions_per_image,
+                               by_caption=train and c.mode == "frozen", random_captions=train))
     return sets[0], sets[1]
 
 
-class BestAndLast(ModelCheckpoint):
-    """best.ckpt by the monitored metric, and last.ckpt holding the latest state.
+@dataclass
+class RunStart:
+    config: Config
+    run_dir: Path
+    vocab: Vocabulary | None  # a resumed run's; None: built from the data
+    resume: Path | None
+    resume_step: int | None
+    claimed: bool  # whether this process created run_dir (and may remove it if nothing is kept)
+    weights: dict | None = None  # a resumed run's model weights
 
-    Lightning's save_last="link" links last.ckpt to the newest file it saved, which after an
-    epoch that did not improve is an older best: a resume would go back in time. Here last.ckpt
-    links to best.ckpt only when that was written at this very step (saving one 600 MB write),
-    and is a file of its own otherwise.
+
+def new_run(config: Config) -> RunStart:
+    """A new run folder (rank 0), or the one rank 0 claimed (ranks Lightning's launcher started)."""
+    if global_rank() != 0:
+        # Only rank 0 writes into the run folder; the other ranks learn it from the launcher's
+        # environment where there is one, and otherwise never need it.
+        fallback = Path(config.output_dir) / config.name
+        return RunStart(config, Path(os.environ.get(RUN_DIR_ENV, fallback)), None, None, None, False)
+    run_dir = claim_run_dir(Path(config.output_dir), config.name)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # Lightning's launcher copies the environment to the ranks
+    return RunStart(config, run_dir, None, None, None, True)
+
+
+def _resumed_run(resume: Path, overrides: list[str]) -> RunStart:
+    """Continue a run: its own config (plus overrides, e.g. more epochs), vocabulary and folder.
+
+    A checkpoint outside a run folder (a copy in ~/Downloads, say) continues in a new run folder
+    rather than turning the folder it lies in into one.
     """
-
-    def __init__(self, dirpath: Path, monitor: str) -> None:
-        super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode=monitor_mode(monitor),
-                         save_top_k=1,
-                         save_last="link", enable_version_counter=False, auto_insert_metric_name=False)
-
-    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
-        if self._last_global_step_saved == trainer.global_step:  # best.ckpt is this very state
-            return super()._save_last_checkpoint(trainer, monitor_candidates)
-        self.save_last = True
-        try:
-            super()._save_last_checkpoint(trainer, monitor_candidates)
-        finally:
-            self.save_last = "link"
-
-
-class DecoderOnlyBatches(L.Callback):
-    """Once the model remembers every image's fc7: stop decoding images, and batch by caption.
-
-    After encoder.freeze_after_epoch the CaptionModule keeps each image's fc7 (computed in the
-    first frozen epoch, training and validation). From the next epoch on, loading and
-    preprocessing the images would only be thrown away, and nothing ties a batch's captions to a
-    few images any more (captioner.data.datamodule). The sets change at an epoch's end, after its
-    validation; Lightning rebuilds the loaders at the next epoch's start
-    (reload_dataloaders_every_n_epochs, which build_trainer sets for runs that freeze).
-    """
-
-    def __init__(self, train_set: CaptionSet, val_set: CaptionSet) -> None:
-        self.train_set, self.val_set = train_set, val_set
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: CaptionModule) -> None:
-        # Under DDP each rank remembers the images of its own shards: switch only when every rank
-        # can, since batching by caption changes the set's length and ranks must agree on it.
-        if trainer.strategy.reduce_boolean_decision(module.remembers(self.train_set.image_ids), all=True):
-            self.train_set.load_inputs, self.train_set.by_caption = False, True
-        if module.remembers(self.val_set.image_ids):
-            self.val_set.load_inputs = False
-
-
-def freezes_mid_run(config: Config) -> bool:
-    """Whether the fine-tuned CNN stops training before the last epoch (encoder.freeze_after_epoch)."""
-    after = config.encoder.freeze_after_epoch
-    return config.encoder.mode == "finetune" and 0 < after < config.trainer.max_epochs
-
-
-def _strategy(config: Config) -> str:
-    """trainer.strategy, made to tolerate a CNN that stops training mid-run under DDP.
-
-    DDP expects a gradient for every weight it was built with; after encoder.freeze_after_epoch
-    the CNN's (and the concept head's) get none, so DDP must look for unused parameters.
-    """
-    strategy = config.trainer.strategy
-    return "ddp_find_unused_parameters_true" if strategy == "ddp" and freezes_mid_run(config) else strategy
-
-
-def build_trainer(config: Config, folder: Path, callbacks: list[L.Callback], **overrides) -> L.Trainer:
-    """The Trainer every training run uses (CSV logs in folder/logs); `overrides` adjust it."""
-    t = config.trainer
-    settings = {
-        "default_root_dir": folder, "max_epochs": t.max_epochs, "accelerator": t.accelerator,
-        "devices": int(t.devices) if t.devices.isdigit() else t.devices, "num_nodes": t.num_nodes,
-        "strategy": _strategy(config),
-        "precision": resolve_precision(config),  # CaptionModule clips gradients itself
-        "callbacks": [*callbacks, TQDMProgressBar(refresh_rate=10),
-                      LearningRateMonitor(logging_interval="step")],
-        "logger": CSVLogger(folder, name="logs", version=""),
-        "limit_train_batches": t.limit_train_batches, "limit_val_batches": t.limit_val_batches,
-        "log_every_n_steps": t.log_every_n_steps, "enable_model_summary": False,
-        # DecoderOnlyBatches changes the training set's batching once the CNN is frozen.
-        "reload_dataloaders_every_n_epochs": 1 if freezes_mid_run(config) else 0,
-    }
-    return L.Trainer(**(settings | overrides))
-
-
-def training_concepts(config: Config, data: PreparedData, vocab: Vocabulary) -> list[str]:
-    """The auxiliary loss's visual concepts (captioner.concepts), when fine-tuning uses them."""
-    if config.encoder.mode != "finetune" or config.optim.concept_weight <= 0:
-        return []
-    captions = ([tokenize(c) for c in record.captions] for record in data.split("train"))
-    concepts = visual_concepts(captions, vocab, config.optim.concept_agreement,
-                               window=config.optim.concept_window)
-    if concepts:
-        print(f"auxiliary visual concepts ({len(concepts)}, stemmed): " + ", ".join(concepts),
-              file=sys.stderr)
-    else:
-        print("auxiliary concept loss off: no word reaches optim.concept_agreement="
-              f"{config.optim.concept_agreement} in the training captions", file=sys.stderr)
-    return concepts
-
-
-def _resume_setup(resume: Path, overrides: list[str]) -> tuple[Config, Vocabulary, list[str], Path]:
-    """Continue a run: its own config (plus overrides, e.g. more epochs), vocabulary and folder."""
     checkpoint = load_checkpoint(resume)
-    hparams = checkpoint["hyper_parameters"]
-    config = load_config(None, overrides, base=hparams["config"])
-    run_dir = run_dir_of(resume) or resume.resolve().parent
-    return config, Vocabulary(hparams["vocab"]), hparams.get("concepts") or [], run_dir
-
-
-def _is_rank_zero() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-
-
-def _run_dir(config: Config) -> Path:
-    """A new runs/<name>; DDP ranks that Lightning's launcher starts reuse rank 0's folder."""
-    if not _is_rank_zero() and os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
-    run_dir = new_run_dir(Path(config.output_dir), config.name)
-    os.environ[RUN_DIR_ENV] = str(run_dir)  # the launcher copies the environment to the ranks
-    return run_dir
+    config, vocab = resume_config(checkpoint, resume, overrides)
+    run_dir = run_dir_of(resume)
+    start = new_run(config) if run_dir is None else RunStart(config, run_dir, vocab, None, None, False)
+    if run_dir is None and global_rank() == 0:
+        print(f"{resume} is not inside a run folder: continuing it in {start.run_dir}", file=sys.stderr)
+    start.vocab, start.resume, start.resume_step = vocab, resume, int(checkpoint["global_step"])
+    start.weights = model_state(checkpoint)
+    return start
 
 
 def train(config: Config | None, *, resume: Path | None = None, overrides: list[str] | None = None,
           evaluate_after: bool = True) -> TrainResult:
-    if resume is not None:
-        config, vocab, concepts, run_dir = _resume_setup(resume, overrides or [])
-    else:
-        vocab, concepts, run_dir = None, None, _run_dir(config)
-    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    data = prepare(config)
-    vocab = vocab or build_vocab(data, config.data.min_count)
-    if _is_rank_zero():
-        atomic.write_text(run_dir / "config.yaml", to_yaml(config))
-
-    precision = resolve_precision(config)
-    if concepts is None:
-        concepts = training_concepts(config, data, vocab)
-    module = CaptionModule(to_dict(config), vocab.to_list(), concepts=concepts)
-    train_set, val_set = datasets(config, data, module.model.encoder, vocab,
-                                  bf16=precision == "bf16-mixed", concepts=concepts)
-    datamodule = CaptionDataModule(train_set, val_set, batch_size=config.data.batch_size,
-                                   num_workers=config.data.num_workers)
-    t = config.trainer
-    checkpoints = BestAndLast(run_dir / "checkpoints", t.monitor)
-    callbacks: list[L.Callback] = [checkpoints]
-    if freezes_mid_run(config):  # the condition under which build_trainer reloads the loaders
-        callbacks.append(DecoderOnlyBatches(train_set, val_set))
-    if t.patience > 0:
-        callbacks.append(EarlyStopping(monitor=t.monitor, mode=monitor_mode(t.monitor), patience=t.patience))
-    trainer = build_trainer(config, run_dir, callbacks)
-    print(f"training {config.decoder.cell} decoder on {config.encoder.arch} "
-          f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}",
-          file=sys.stderr)
-    trainer.fit(module, datamodule, ckpt_path=resume)
-    if not trainer.is_global_zero:
-        return TrainResult(run_dir, Path(), {}, Path())
-    best = best_checkpoint(run_dir)
-    mark_latest(run_dir)
+    """Train a captioner (or continue one from `resume`) and, on rank 0, evaluate its best checkpoint."""
+    start = _resumed_run(resume, overrides or []) if resume is not None else new_run(config)
+    with kept_on_failure(start.run_dir, start.claimed, "captioner train"):
+        best = _fit(start)
+    if best is None:  # not rank 0
+        return TrainResult(start.run_dir, Path(), {}, Path())
     if not evaluate_after:
-        return TrainResult(run_dir, best, {}, Path())
+        return TrainResult(start.run_dir, best, {}, Path())
     from captioner.evaluation import evaluate
 
-    metrics, report = evaluate(best, split=config.eval.split)
-    return TrainResult(run_dir, best, metrics, report)
+    metrics, report = evaluate(best, split=start.config.eval.split)
+    return TrainResult(start.run_dir, best, metrics, report)
 
+
+def _fit(start: RunStart) -> Path | None:
+    """Build everything and fit; the best checkpoint on rank 0, None elsewhere."""
+    config, run_dir = start.config, start.run_dir
+    data = prepare(config)
+    vocab = start.vocab or build_vocab(data, config.data.min_count)
+    if global_rank() == 0:
+        atomic.write_text(run_dir / "config.yaml", to_yaml(config))
+    precision = resolve_precision(config)
+    # A resumed run takes every weight from its checkpoint: no pretraining, no ImageNet file.
+    weights = "none" if start.resume is not None else encoder_weights(config, data)
+    # Seeded here, after any pretraining, so the decoder starts the same whether or not this
+    # process pretrained the encoder first.
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    module = CaptionModule(to_dict(config), vocab.to_list(), encoder_weights=weights)
+    if start.weights is not None:  # now, not at fit: a frozen run's features come from this encoder
+        module.model.load_state_dict(start.weights)
+    train_set, val_set = datasets(config, data, module.model.encoder, vocab, bf16=precision == "bf16-mixed")
+    datamodule = CaptionDataModule(train_set, val_set, batch_size=config.data.batch_size,
+                                   num_workers=config.data.num_workers, seed=config.trainer.seed)
+    t = config.trainer
+    callbacks: list[L.Callback] = []
+    if t.patience > 0:
+        callbacks.append(EarlyStopping(monitor=t.monitor, mode=monitor_mode(t.monitor), patience=t.patience))
+    trainer = build_trainer(config, run_dir, callbacks, monitor=t.monitor, what="training",
+                            resume_step=start.resume_step)
+    print(f"training {config.decoder.cell} decoder on {config.encoder.arch} "
+          f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}",
+          file=sys.stderr, flush=True)
+    _fit_or_interrupt(trainer, module, datamodule, start.resume)
+    if not trainer.is_global_zero:
+        return None
+    mark_latest(run_dir)
+    return best_checkpoint(run_dir)
+
+
+def _fit_or_interrupt(trainer: L.Trainer, module: CaptionModule, datamodule: CaptionDataModule,
+                      resume: Path | None) -> None:
+    """trainer.fit, with Ctrl-C raised as KeyboardInterrupt (Lightning turns it into exit(1))."""
+    try:
+        trainer.fit(module, datamodule, ckpt_path=resume)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    if trainer.interrupted:
+        raise KeyboardInterrupt

@@ -19,7 +19,7 @@ TINY = [
     "data.shapes.size=64", "data.batch_size=8", "data.min_count=1",
     "encoder.image_size=32", "encoder.resize_size=32", "decoder.embed_dim=32",
     "decoder.hidden_dim=32", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-    "eval.meteor=false", "eval.batch_size=8",
+    "eval.meteor=false", "eval.batch_size=8", "pretrain.epochs=1",
 ]
 
 

@@ -250,5 +250,42 @@ def test_checkpoints_from_another_version_say_so(best: Path, tmp_path: Path) -> 
         Captioner.from_checkpoint(tmp_path / "newer.ckpt", device="cpu")
     torch.save({"state_dict": {"model.decoder.out.bias": torch.zeros(3)}, "hyper_parameters": hparams},
                tmp_path / "partial.ckpt")
-    with pytest.raises(CaptionerError, match="weights do not match its own config.*Missing key"):
+    with pytest.raises(CaptionerError, match="weights do not match its own config.*missing"):
         Captioner.from_checkpoint(tmp_path / "partial.ckpt", device="cpu")
+
+
+def _rewritten(best: Path, path: Path, **config_changes: dict) -> Path:
+    """A copy of `best` whose config has the given sections changed."""
+    checkpoint = dict(load_checkpoint(best))
+    hparams = dict(checkpoint["hyper_parameters"])
+    config = dict(hparams["config"])
+    for section, values in config_changes.items():
+        config[section] = dict(config[section], **values) if isinstance(config[section], dict) else values
+    checkpoint["hyper_parameters"] = dict(hparams, config=config)
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_a_config_larger_than_its_weights_is_refused_before_allocating(best: Path, tmp_path: Path) -> None:
+    crafted = _rewritten(best, tmp_path / "huge.ckpt", decoder={"hidden_dim": 10**6})
+    with pytest.raises(CaptionerError, match=r"decoder.init_h.weight has shape .* the config gives "
+                                             r"\(1000000, 4096\)"):
+        Captioner.from_checkpoint(crafted, device="cpu")
+
+
+def test_interpolations_in_a_checkpoint_config_are_refused(best: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET", "hunter2")
+    crafted = _rewritten(best, tmp_path / "env.ckpt", name="${oc.env:SECRET}")
+    with pytest.raises(CaptionerError, match=r"refused: its config setting name holds an interpolation"):
+        Captioner.from_checkpoint(crafted, device="cpu")
+
+
+def test_a_checkpoint_of_the_earlier_recipe_still_captions(best: Path, tmp_path: Path,
+                                                           images: list[Image.Image]) -> None:
+    legacy = _rewritten(best, tmp_path / "v01.ckpt",
+                        encoder={"fc_lr": 0.0, "freeze_after_epoch": 6},
+                        optim={"concept_weight": 3.0, "schedule": "onecycle", "decoder_cooldown": 0.2})
+    old = Captioner.from_checkpoint(legacy, device="cpu").caption(images[:2])
+    new = Captioner.from_checkpoint(best, device="cpu").caption(images[:2])
+    assert [r.text for r in old] == [r.text for r in new]

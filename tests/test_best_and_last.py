@@ -1,14 +1,18 @@
-"""best.ckpt keeps the best epoch; last.ckpt always holds the latest state, whatever the metric did."""
+"""best.ckpt keeps the best epoch; last.ckpt always holds the latest state; nothing writes through
+a link or across file systems, and a moved run folder still knows its best score."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from captioner.training import BestAndLast
+from captioner.checkpointing import AtomicCheckpointIO, RunCheckpoints
 
 SCORES = [0.3, 0.5, 0.4, 0.45, 0.6, 0.2]  # a validation metric by epoch: best at 1, then at 4
 
@@ -22,25 +26,49 @@ def _epoch(path: Path) -> int:
     return torch.load(path, map_location="cpu", weights_only=False)["epoch"]
 
 
-def _fit(folder: Path, epochs: int) -> tuple[Path, Path]:
-    trainer = L.Trainer(max_epochs=epochs, callbacks=[BestAndLast(folder, "val/bleu4")], logger=False,
+def _fit(folder: Path, epochs: int, resume: Path | None = None) -> tuple[Path, Path]:
+    trainer = L.Trainer(max_epochs=epochs, callbacks=[RunCheckpoints(folder, "val/bleu4")], logger=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2,
-                        limit_val_batches=1, num_sanity_val_steps=0)
-    trainer.fit(Scripted())
+                        limit_val_batches=1, num_sanity_val_steps=0, enable_checkpointing=False,
+                        plugins=[AtomicCheckpointIO()])
+    trainer.fit(Scripted(), ckpt_path=resume)
     return folder / "best.ckpt", folder / "last.ckpt"
 
 
 def test_last_is_the_latest_epoch_even_when_it_is_not_the_best(tmp_path: Path) -> None:
     best, last = _fit(tmp_path, epochs=3)
     assert _epoch(best) == 1 and _epoch(last) == 2
-    assert not last.is_symlink()
+    assert not last.is_symlink() and not best.is_symlink()
 
 
-def test_last_links_to_best_when_the_latest_epoch_is_the_best(tmp_path: Path) -> None:
+def test_best_is_the_latest_epoch_when_that_is_the_best(tmp_path: Path) -> None:
     best, last = _fit(tmp_path, epochs=5)  # epoch 4 is a new best, after two that were not
-    assert _epoch(best) == 4 and last.is_symlink() and last.resolve() == best.resolve()
+    assert _epoch(best) == 4 and _epoch(last) == 4
+    assert best.read_bytes() == last.read_bytes()
 
 
-def test_a_later_worse_epoch_leaves_the_best_file_alone(tmp_path: Path) -> None:
-    best, last = _fit(tmp_path, epochs=6)
-    assert _epoch(best) == 4 and _epoch(last) == 5 and not last.is_symlink()
+def test_a_later_worse_epoch_leaves_the_best_file_alone_across_file_systems(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Temporary files in a tmpfs other than the run's disk: a copy-and-rename there followed the
+    # link last.ckpt -> best.ckpt and wrote the worse epoch into best.ckpt.
+    elsewhere = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path / "other"
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    best, last = _fit(tmp_path / "run", epochs=6)
+    assert _epoch(best) == 4 and _epoch(last) == 5
+
+
+def test_a_link_in_the_way_is_replaced_not_written_through(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.ckpt"
+    precious.write_bytes(b"a checkpoint the user keeps elsewhere")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.ckpt").symlink_to(precious)  # e.g. left by captioner 0.1
+    _, last = _fit(tmp_path / "run", epochs=2)
+    assert precious.read_bytes() == b"a checkpoint the user keeps elsewhere"
+    assert not last.is_symlink() and _epoch(last) == 1
+
+
+def test_a_moved_run_folder_resumes_with_its_best_score(tmp_path: Path) -> None:
+    _fit(tmp_path / "run", epochs=2)  # best: epoch 1 (0.5)
+    shutil.copytree(tmp_path / "run", tmp_path / "moved")
+    best, last = _fit(tmp_path / "moved", epochs=4, resume=tmp_path / "moved" / "last.ckpt")
+    assert _epoch(best) == 1 and _epoch(last) == 3  # 0.4 and 0.45 did not beat 0.5

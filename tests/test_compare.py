@@ -113,7 +113,7 @@ def test_missing_encoder_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
 def test_cells_and_epochs_are_checked_before_any_work(tmp_path: Path) -> None:
     from captioner.compare import compare
 
-    with pytest.raises(CaptionerError, match="max-epochs"):
+    with pytest.raises(CaptionerError, match="trainer.max_epochs=0; it must be at least 1"):
         compare(load_config(None, [*TINY, "trainer.max_epochs=0"]), ["rnn"], tmp_path)
     with pytest.raises(CaptionerError, match="--cells"):
         compare(load_config(None, TINY), ["lstm", "transformer"], tmp_path)

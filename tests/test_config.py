@@ -34,10 +34,15 @@ def test_overrides_are_typed_and_applied() -> None:
     (["trainer.max_epochs=many"], "trainer.max_epochs"),
     (["decoder.cell=transformer"], "decoder.cell"),
     (["encoder.mode=half"], "encoder.mode"),
-    (["optim.schedule=cosine"], "optim.schedule"),
-    (["optim.warmup=1.5"], "optim.warmup"),
-    (["optim.concept_agreement=2"], "optim.concept_agreement"),
-    (["optim.concept_window=-1"], "optim.concept_window"),
+    (["optim.schedule=cosine"], "optim.schedule"),  # a setting of captioner 0.1, gone
+    (["pretrain.warmup=1.5"], "pretrain.warmup=1.5; it must be between 0 and 0.99"),
+    (["pretrain.targets=words"], "pretrain.targets"),
+    (["optim.cooldown=2"], "optim.cooldown=2"),
+    (["trainer.max_epochs=-1"], "trainer.max_epochs=-1; it must be at least 1"),
+    (["eval.beam_size=0"], "eval.beam_size=0"),
+    (["data.batch_size=0"], "data.batch_size=0"),
+    (["trainer.devices=two"], "trainer.devices='two'"),
+    (["encoder.resize_size=40", "encoder.image_size=64"], "encoder.resize_size must be at least"),
     (["trainer.patience=-1"], "trainer.patience"),
     (["trainer.monitor=val/bleu3"], "trainer.monitor"),
     (["novalue"], "key=value"),
@@ -62,3 +67,24 @@ def test_bad_yaml_key_names_file_and_key(tmp_path: Path) -> None:
 def test_yaml_round_trip() -> None:
     config = load_config(None, ["decoder.cell=rnn"])
     assert to_dict(load_config(None, base=yaml.safe_load(to_yaml(config)))) == to_dict(config)
+
+
+def test_yaml_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "accents.yaml"
+    path.write_text("# réglages: café\nname: crème\n", encoding="utf-8")
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0", "PYTHONPATH": str(CONFIGS.parent)}
+    code = f"from captioner.config import load_config; print(ascii(load_config({str(path)!r}).name))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert result.stdout.decode().strip() == ascii("crème")
+
+
+def test_a_bad_byte_in_a_yaml_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: cr\xe8me\n".encode("latin-1"))
+    with pytest.raises(CaptionerError, match="latin1.yaml: not UTF-8 text"):
+        load_config(path)

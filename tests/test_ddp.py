@@ -54,7 +54,7 @@ def _slow(seconds: float, seen: Counter | None = None) -> Callable[[Image.Image]
 def test_ranks_share_the_shards_and_merge_once(tmp_path: Path, vgg11: torch.nn.Module) -> None:
     records, seen = random_image_records(tmp_path, 12), Counter()
     options = {"split": "val", "arch": "vgg11", "image_size": 32, "dataset": "t", "shard_size": 2,
-               "world_size": 2}
+               "world_size": 2, "bf16": False}
 
     def rank(r: int):
         return load_or_extract(vgg11, _slow(0.05, seen), records, tmp_path / "cache", rank=r, **options)
@@ -138,7 +138,7 @@ TINY_FROZEN = [
     "data.dataset=shapes", "data.batch_size=4", "data.min_count=1", "encoder.mode=frozen",
     "encoder.image_size=32", "encoder.resize_size=32", "decoder.embed_dim=32",
     "decoder.hidden_dim=32", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
-    "eval.meteor=false", "eval.batch_size=8",
+    "eval.meteor=false", "eval.batch_size=8", "pretrain.epochs=1",
 ]
 N_VAL = 5  # odd: a 2-rank DistributedSampler pads the validation set with a repeated image
 
@@ -186,16 +186,15 @@ def test_ddp_on_cpu_counts_each_validation_image_once(tmp_path: Path, shapes: Pa
 
 
 @pytest.mark.slow
-def test_ddp_on_cpu_survives_the_cnn_freezing_mid_run(tmp_path: Path, shapes: Path) -> None:
-    # After encoder.freeze_after_epoch the CNN and the concept head get no gradients; plain DDP
-    # would fail on its next step ("parameters that were not used in producing the loss").
+def test_ddp_on_cpu_fine_tunes_the_cnn(tmp_path: Path, shapes: Path) -> None:
+    # The CNN trains with the decoder on every rank: plain DDP, every weight gets its gradient.
     env = {**os.environ, "CAPTIONER_CACHE": str(tmp_path / "cache")}
     ddp = ["trainer.strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     tuned = [o for o in TINY_FROZEN if o not in ("encoder.mode=frozen", "trainer.max_epochs=1")]
     proc = _cli("train", "--no-eval", f"data.root={shapes}", *tuned, *ddp, "encoder.mode=finetune",
-                "trainer.max_epochs=3", "encoder.freeze_after_epoch=1", cwd=tmp_path, env=env)
+                "trainer.max_epochs=2", cwd=tmp_path, env=env)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     with open(tmp_path / "runs" / "shapes" / "logs" / "metrics.csv") as f:
         epochs = {row["epoch"] for row in csv.DictReader(f) if row["val/images"]}
-    assert epochs == {"0", "1", "2"}
+    assert epochs == {"0", "1"}

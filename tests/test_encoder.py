@@ -11,7 +11,7 @@ import torch
 from conftest import random_image_records
 from PIL import Image
 
-from captioner.encoder import build_encoder, build_preprocess, encode, weights_file
+from captioner.encoder import build_encoder, build_preprocess, encode, export_weights, weights_file
 from captioner.errors import CaptionerError
 from captioner.features import load_or_extract
 
@@ -79,12 +79,25 @@ def test_weights_from_a_file(tmp_path: Path) -> None:
     torch.save(vgg.state_dict(), tmp_path / "vgg11.pth")
     encoder = build_encoder("vgg11", str(tmp_path / "vgg11.pth"))
     assert torch.equal(encoder.fc[3].weight, vgg.classifier[3].weight)
+    with pytest.raises(CaptionerError, match="does not fit vgg13"):
+        build_encoder("vgg13", str(tmp_path / "vgg11.pth"))
+
+
+def test_an_exported_encoder_loads_without_its_classifier(tmp_path: Path) -> None:
+    encoder = build_encoder("vgg11", "none", seed=3)
+    export_weights(encoder, tmp_path / "encoder.pth", {"arch": "vgg11"})
+    state = torch.load(tmp_path / "encoder.pth", weights_only=True)
+    assert not any(k.startswith("classifier.6") for k in state["state_dict"])  # fc8 removed
+    loaded = build_encoder("vgg11", str(tmp_path / "encoder.pth"))
+    for (name, a), b in zip(encoder.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_feature_cache_reuse_and_invalidation(tmp_path: Path, vgg11: torch.nn.Module) -> None:
     records = random_image_records(tmp_path, 5)
     preprocess = build_preprocess("vgg11_bn", 32, 32)
-    options = {"split": "val", "arch": "vgg11_bn", "image_size": 32, "dataset": "t", "batch_size": 2}
+    options = {"split": "val", "arch": "vgg11_bn", "image_size": 32, "dataset": "t", "batch_size": 2,
+               "bf16": False}
     store = load_or_extract(vgg11, preprocess, records, tmp_path / "cache", shard_size=2, **options)
     assert store.ids == [1, 2, 3, 4, 5] and store.array.dtype == np.float16
     expected = encode(vgg11, preprocess(Image.open(records[2].path).convert("RGB"))[None], False)[0]
@@ -103,6 +116,14 @@ def test_feature_cache_reuse_and_invalidation(tmp_path: Path, vgg11: torch.nn.Mo
     rebuilt = load_or_extract(vgg11, preprocess, records, tmp_path / "cache", **options)
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 3
     assert not np.array_equal(rebuilt.array[0], store.array[0])
+
+    # Everything else that changes the numbers has its own cache too: the precision and the
+    # resize before the crop (the crop size alone would not tell these apart).
+    load_or_extract(vgg11, preprocess, records, tmp_path / "cache", **(options | {"bf16": True}))
+    assert len(list((tmp_path / "cache" / "features").iterdir())) == 4
+    resized = build_preprocess("vgg11_bn", 32, 40)
+    load_or_extract(vgg11, resized, records, tmp_path / "cache", **options)
+    assert len(list((tmp_path / "cache" / "features").iterdir())) == 5
 
 
 def test_extraction_resumes_and_skips_unreadable(tmp_path: Path, vgg11: torch.nn.Module) -> None:

@@ -1,13 +1,14 @@
-"""Datasets and the LightningDataModule: items by image while the CNN trains, by caption after.
+"""Datasets and the LightningDataModule: training items by image or by caption.
 
 While a fine-tuned CNN trains, each training item holds `captions_per_image` captions of one
 image, so the CNN runs once per image rather than once per caption (the way self-critical.pytorch
-batches COCO). Once image features are cheap (cached fc7 of a frozen encoder, or remembered after
-encoder.freeze_after_epoch) each item is one caption, and a batch holds as many captions as
-before but from as many different images: a less correlated gradient for the same work. On the
-shapes default this raised fresh-scene pair-F1 from 0.81 to 0.84 (two seeds each) for the same
-decoder-only training time (README, "The built-in dataset and the default model").
-Inputs are either cached fc7 features (frozen encoder) or preprocessed images (fine-tuning).
+batches COCO). On cached fc7 features (encoder.mode=frozen) an item is one caption, and a batch
+holds as many captions as it would by image, from as many different images: a less correlated
+gradient for the same work. Validation items are images with their first captions, always the
+same ones, so the validation loss is comparable from epoch to epoch.
+
+The training order comes from the DataModule's own random generator, whose state travels in
+every checkpoint: a resumed run sees the batches the interrupted one would have seen.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import lightning as L
 import torch
@@ -22,7 +24,6 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from captioner.concepts import concept_targets
 from captioner.data.coco import ImageRecord
 from captioner.data.tokenize import tokenize
 from captioner.data.vocab import Vocabulary
@@ -42,25 +43,22 @@ def feature_inputs(store: FeatureStore) -> Inputs:
 
 
 class CaptionSet(Dataset):
-    """(input, encoded captions, tokenised references) per image, or per caption (`by_caption`)."""
+    """(input, encoded captions, tokenised references) per image, or per caption (`by_caption`).
+
+    `random_captions`: an image item draws its captions at random (training) instead of taking
+    its first ones (validation).
+    """
 
     def __init__(self, records: Sequence[ImageRecord], inputs: Inputs, vocab: Vocabulary,
-                 max_length: int, captions_per_image: int, concepts: Sequence[str] = (),
-                 concept_window: int = 2, by_caption: bool = False) -> None:
+                 max_length: int, captions_per_image: int, *, by_caption: bool = False,
+                 random_captions: bool = False) -> None:
         self.records, self.inputs, self.per_image = list(records), inputs, captions_per_image
-        # False once the model remembers every image's features (CaptionModule.features): items
-        # then carry no input, which skips decoding images that would not be looked at.
-        self.load_inputs = True
         self.references = [[tokenize(c) for c in r.captions] for r in self.records]
         self.encoded = [[vocab.encode(t, max_length) for t in refs] for refs in self.references]
         # (image, caption) of each item when by caption: every caption once per epoch.
         self._captions = [(i, j) for i, encoded in enumerate(self.encoded) for j in range(len(encoded))]
-        self.by_caption = by_caption
+        self.by_caption, self.random_captions = by_caption, random_captions
         self.pad = vocab.pad
-        # Targets of the auxiliary concept loss (captioner.concepts), from all of an image's captions.
-        self.concepts = ([concept_targets(refs, concepts, vocab, concept_window)
-                          for refs in self.references]
-                         if concepts else None)
 
     def __len__(self) -> int:
         return len(self._captions) if self.by_caption else len(self.records)
@@ -71,32 +69,27 @@ class CaptionSet(Dataset):
         items per image (captions_per_image when items are captions), so steps keep their size."""
         return self.per_image if self.by_caption else 1
 
-    @property
-    def image_ids(self) -> list[int]:
-        return [r.image_id for r in self.records]
-
     def _pick(self, i: int) -> list[list[int]]:
         encoded = self.encoded[i]
-        if len(encoded) >= self.per_image:
-            order = torch.randperm(len(encoded))[: self.per_image]
+        if not self.random_captions:
+            order = [j % len(encoded) for j in range(self.per_image)]
+        elif len(encoded) >= self.per_image:
+            order = torch.randperm(len(encoded))[: self.per_image].tolist()
         else:  # fewer captions than slots: sample with replacement
-            order = torch.randint(len(encoded), (self.per_image,))
-        return [encoded[j] for j in order.tolist()]
+            order = torch.randint(len(encoded), (self.per_image,)).tolist()
+        return [encoded[j] for j in order]
 
     def __getitem__(self, k: int) -> dict | None:
         i, j = self._captions[k] if self.by_caption else (k, None)
         record = self.records[i]
         try:
-            x = self.inputs(record) if self.load_inputs else None
+            x = self.inputs(record)
         except CaptionerError as err:
             print(f"skipping unreadable image: {err}", file=sys.stderr)
             return None
         captions = [self.encoded[i][j]] if j is not None else self._pick(i)
-        item = {"image_id": record.image_id, "input": x, "captions": captions,
+        return {"image_id": record.image_id, "input": x, "captions": captions,
                 "references": self.references[i]}
-        if self.concepts is not None:
-            item["concepts"] = self.concepts[i]
-        return item
 
 
 def collate(items: list[dict | None], pad: int) -> dict | None:
@@ -108,29 +101,30 @@ def collate(items: list[dict | None], pad: int) -> dict | None:
     for b, item in enumerate(items):
         for s, ids in enumerate(item["captions"]):
             captions[b, s, : len(ids)] = torch.tensor(ids)
-    batch = {
+    return {
         "image_id": torch.tensor([item["image_id"] for item in items]),
-        "input": None if items[0]["input"] is None else torch.stack([item["input"] for item in items]),
+        "input": torch.stack([item["input"] for item in items]),
         "captions": captions,  # [B, captions_per_image, T]
         "references": [item["references"] for item in items],
     }
-    if "concepts" in items[0]:
-        batch["concepts"] = torch.stack([item["concepts"] for item in items])  # [B, C]
-    return batch
 
 
 class CaptionDataModule(L.LightningDataModule):
-    def __init__(self, train: CaptionSet, val: CaptionSet, *, batch_size: int, num_workers: int):
+    def __init__(self, train: CaptionSet, val: CaptionSet, *, batch_size: int, num_workers: int,
+                 seed: int = 0) -> None:
         super().__init__()
         self.train_set, self.val_set = train, val
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.generator = torch.Generator().manual_seed(seed)
 
     def _loader(self, dataset: CaptionSet, shuffle: bool) -> DataLoader:
         return DataLoader(
             dataset, batch_size=self.batch_size * dataset.batch_scale, shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=partial(collate, pad=dataset.pad),
-            persistent_workers=self.num_workers > 0,
+            num_workers=self.num_workers, collate_fn=partial(collate, pad=dataset.pad),
+            # Training workers start afresh each epoch, seeded from the generator, so a resumed
+            # run's workers draw what the interrupted run's would have.
+            generator=self.generator if shuffle else None,
+            persistent_workers=self.num_workers > 0 and not shuffle,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -140,3 +134,8 @@ class CaptionDataModule(L.LightningDataModule):
         # Lightning swaps in a DistributedSampler under DDP; evaluation de-duplicates its padding.
         return self._loader(self.val_set, shuffle=False)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,69 @@
+"""Run folders: claimed atomically, created by rank 0 only, removed when a run fails before its
+first checkpoint; and atomic writes that reach the disk."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import TINY, run_cli
+
+from captioner import atomic
+from captioner.runs import claim_run_dir, global_rank
+
+
+def test_runs_started_together_get_a_folder_each(tmp_path: Path) -> None:
+    with ProcessPoolExecutor(max_workers=8) as pool:
+        folders = list(pool.map(claim_run_dir, [tmp_path] * 16, ["shapes"] * 16))
+    assert len(set(folders)) == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["shapes", *(f"shapes-{n}" for n in range(2, 17))])
+
+
+@pytest.mark.parametrize(("env", "rank"), [
+    ({}, 0), ({"RANK": "3"}, 3), ({"SLURM_PROCID": "5"}, 5), ({"LOCAL_RANK": "1"}, 1),
+    ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, 1), ({"RANK": "0", "LOCAL_RANK": "0", "NODE_RANK": "2"}, 0),
+])
+def test_global_rank_reads_every_launcher(env: dict[str, str], rank: int,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert global_rank() == rank
+
+
+def test_only_global_rank_zero_claims_a_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from captioner.config import load_config
+    from captioner.training import RUN_DIR_ENV, new_run
+
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    config = load_config(None, [f"output_dir={tmp_path / 'runs'}"])
+    monkeypatch.setenv("RANK", "4")  # torchrun's fifth process, on another node say
+    start = new_run(config)
+    assert not start.claimed and not (tmp_path / "runs").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert new_run(config).claimed and (tmp_path / "runs" / "shapes").is_dir()
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path: Path) -> None:
+    result = run_cli("train", *TINY, "data.dataset=coco", f"data.root={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert result.returncode == 1 and "data.root: no such folder" in result.stderr
+    assert not (tmp_path / "runs" / "shapes").exists()
+    assert not (tmp_path / "runs" / "LATEST").exists()
+
+
+def test_atomic_writes_reach_the_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic.write_json(tmp_path / "done.json", {"ok": True})
+    assert any(".done.json." in path for path in synced)  # the file, before its rename
+    assert str(tmp_path) in synced  # and the folder, after it
