@@ -278,8 +278,20 @@ COMMANDS = {"train": cmd_train, "pretrain": cmd_pretrain, "extract": cmd_extract
             "evaluate": cmd_evaluate, "data": cmd_data, "compare": cmd_compare}
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `key=value` overrides may come before or after the options."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    overrides = [x for x in extras if "=" in x and not x.startswith("-")]
+    if extras and (len(overrides) < len(extras) or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(x for x in extras if x not in overrides) or extras[0]}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return COMMANDS[args.command](args)
     except Interrupted as err:

@@ -149,8 +149,9 @@ def share(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Vocabu
     def caption_set(split: str) -> CaptionSet:
         # As `captioner train` on frozen features: training batches by caption, validation by image.
         records, store = splits[split]
+        train = split == "train"
         return CaptionSet(records, feature_inputs(store), vocab, d.max_length, d.captions_per_image,
-                          by_caption=split == "train", random_captions=split == "train")
+                          training=train, by_caption=train, tokens=data.tokens)
 
     train_set, val_set = caption_set("train"), caption_set("val")
     grad_features, grad_ids = long_captions(*splits["val"], vocab, d.max_length)

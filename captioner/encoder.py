@@ -105,25 +105,27 @@ def build_encoder(arch: str = "vgg16", weights: str = "imagenet", seed: int = 0)
     """
     if arch not in VGG_ARCHS:
         raise CaptionerError(f"encoder.arch={arch!r}: choose one of {', '.join(VGG_ARCHS)}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    if weights == "none":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return VGGEncoder(getattr(torchvision.models, arch)(weights=None))
+    state = _load_imagenet(arch) if weights == "imagenet" else _load_file(Path(weights).expanduser())
+    # Built on the meta device and given the file's tensors: no seconds spent drawing random
+    # weights that would be overwritten.
+    with torch.device("meta"):
         vgg = getattr(torchvision.models, arch)(weights=None)
-    if weights == "imagenet":
-        vgg.load_state_dict(_load_imagenet(arch))
-    elif weights != "none":
-        _load_into(vgg, Path(weights).expanduser(), arch)
+    _check_fits(vgg, state, weights, arch)
+    vgg.load_state_dict(state, strict=False, assign=True)
     return VGGEncoder(vgg)
 
 
-def _load_into(vgg: torchvision.models.VGG, path: Path, arch: str) -> None:
-    state = _load_file(path)
+def _check_fits(vgg: torchvision.models.VGG, state: dict[str, Tensor], source: str, arch: str) -> None:
     expected = vgg.state_dict()
     wrong = [k for k, v in state.items() if k not in expected or expected[k].shape != v.shape]
     missing = [k for k in expected if k not in state and not k.startswith(_FC8)]
     if wrong or missing:
-        raise CaptionerError(f"encoder.weights: {path} does not fit {arch} "
+        raise CaptionerError(f"encoder.weights: {source} does not fit {arch} "
                              f"({(wrong or missing)[0]} {'does not fit' if wrong else 'is missing'})")
-    vgg.load_state_dict(state, strict=False)
 
 
 def export_weights(encoder: VGGEncoder, path: Path, meta: dict) -> None:

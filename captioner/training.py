@@ -77,8 +77,8 @@ def datasets(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Voc
         else:
             inputs = image_inputs(build_preprocess(c.arch, c.image_size, c.resize_size))
         train = split == "train"
-        sets.append(CaptionSet(records, inputs, vocab, d.max_length, d.captions_per_image,
-                               by_caption=train and c.mode == "frozen", random_captions=train))
+        sets.append(CaptionSet(records, inputs, vocab, d.max_length, d.captions_per_image, training=train,
+                               by_caption=train and c.mode == "frozen", tokens=data.tokens))
     return sets[0], sets[1]
 
 

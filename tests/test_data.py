@@ -88,13 +88,18 @@ def test_batches_carry_several_captions_per_image(tmp_path: Path) -> None:
 
     vocab = Vocabulary.build([tokenize(c) for r in records for c in r.captions], min_count=1)
     dataset = CaptionSet(records, lambda r: torch.full((2,), float(r.image_id)), vocab,
-                         max_length=4, captions_per_image=3)
+                         max_length=4, captions_per_image=3, training=False)
     batch = collate([dataset[0], dataset[1]], pad=vocab.pad)
     assert batch["captions"].shape == (2, 3, 6)  # <start> + 4 words + <end>
     assert (batch["captions"][:, :, 0] == vocab.start).all()
     assert batch["input"][:, 0].tolist() == [100.0, 101.0]
     assert len(batch["references"][0]) == 6
+    # Validation takes each image's first captions, every epoch the same ones.
+    assert collate([dataset[0]], pad=vocab.pad)["captions"].equal(batch["captions"][:1])
     assert collate([None, None], pad=0) is None
+    training = CaptionSet(records, lambda r: torch.full((2,), float(r.image_id)), vocab,
+                          max_length=4, captions_per_image=3, training=True)
+    assert "references" not in collate([training[0]], pad=vocab.pad)  # only validation scores them
 
 
 def test_by_caption_items_cover_every_caption_once(tmp_path: Path) -> None:
@@ -106,7 +111,7 @@ def test_by_caption_items_cover_every_caption_once(tmp_path: Path) -> None:
 
     vocab = Vocabulary.build([tokenize(c) for r in records for c in r.captions], min_count=1)
     dataset = CaptionSet(records, lambda r: torch.full((2,), float(r.image_id)), vocab,
-                         max_length=20, captions_per_image=3, by_caption=True)
+                         max_length=20, captions_per_image=3, training=True, by_caption=True)
     n_captions = sum(len(r.captions) for r in records)
     assert len(dataset) == n_captions > len(records)
     items = [dataset[k] for k in range(len(dataset))]

@@ -43,21 +43,25 @@ def feature_inputs(store: FeatureStore) -> Inputs:
 
 
 class CaptionSet(Dataset):
-    """(input, encoded captions, tokenised references) per image, or per caption (`by_caption`).
+    """Training items (input, encoded captions) per image or per caption (`by_caption`), or
+    validation items per image, which also carry the tokenised references for BLEU and CIDEr.
 
-    `random_captions`: an image item draws its captions at random (training) instead of taking
-    its first ones (validation).
+    A training image item draws its captions at random; a validation item takes its first ones.
+    Training items carry no references: Lightning walks every batch's contents on each step, and
+    thousands of word strings per batch cost more than the decoder's step on cached features.
     """
 
     def __init__(self, records: Sequence[ImageRecord], inputs: Inputs, vocab: Vocabulary,
-                 max_length: int, captions_per_image: int, *, by_caption: bool = False,
-                 random_captions: bool = False) -> None:
+                 max_length: int, captions_per_image: int, *, training: bool, by_caption: bool = False,
+                 tokens: Callable[[ImageRecord], list[list[str]]] | None = None) -> None:
         self.records, self.inputs, self.per_image = list(records), inputs, captions_per_image
-        self.references = [[tokenize(c) for c in r.captions] for r in self.records]
-        self.encoded = [[vocab.encode(t, max_length) for t in refs] for refs in self.references]
+        tokens = tokens or (lambda record: [tokenize(c) for c in record.captions])
+        references = [tokens(r) for r in self.records]
+        self.references = None if training else references
+        self.encoded = [[vocab.encode(t, max_length) for t in refs] for refs in references]
         # (image, caption) of each item when by caption: every caption once per epoch.
         self._captions = [(i, j) for i, encoded in enumerate(self.encoded) for j in range(len(encoded))]
-        self.by_caption, self.random_captions = by_caption, random_captions
+        self.by_caption, self.training = by_caption, training
         self.pad = vocab.pad
 
     def __len__(self) -> int:
@@ -71,7 +75,7 @@ class CaptionSet(Dataset):
 
     def _pick(self, i: int) -> list[list[int]]:
         encoded = self.encoded[i]
-        if not self.random_captions:
+        if not self.training:
             order = [j % len(encoded) for j in range(self.per_image)]
         elif len(encoded) >= self.per_image:
             order = torch.randperm(len(encoded))[: self.per_image].tolist()
@@ -88,8 +92,10 @@ class CaptionSet(Dataset):
             print(f"skipping unreadable image: {err}", file=sys.stderr)
             return None
         captions = [self.encoded[i][j]] if j is not None else self._pick(i)
-        return {"image_id": record.image_id, "input": x, "captions": captions,
-                "references": self.references[i]}
+        item = {"image_id": record.image_id, "input": x, "captions": captions}
+        if self.references is not None:
+            item["references"] = self.references[i]
+        return item
 
 
 def collate(items: list[dict | None], pad: int) -> dict | None:
@@ -101,12 +107,14 @@ def collate(items: list[dict | None], pad: int) -> dict | None:
     for b, item in enumerate(items):
         for s, ids in enumerate(item["captions"]):
             captions[b, s, : len(ids)] = torch.tensor(ids)
-    return {
+    batch = {
         "image_id": torch.tensor([item["image_id"] for item in items]),
         "input": torch.stack([item["input"] for item in items]),
         "captions": captions,  # [B, captions_per_image, T]
-        "references": [item["references"] for item in items],
     }
+    if "references" in items[0]:
+        batch["references"] = [item["references"] for item in items]
+    return batch
 
 
 class CaptionDataModule(L.LightningDataModule):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from captioner.config import Config
@@ -44,6 +44,7 @@ class PreparedData:
     records: list[ImageRecord]
     train_splits: Sequence[str]
     instances: list[Path]
+    _tokens: dict[int, list[list[str]]] = field(default_factory=dict, repr=False)
 
     def split(self, name: str) -> list[ImageRecord]:
         """Records of one split; "train" means every split the config trains on (train + restval)."""
@@ -52,8 +53,15 @@ class PreparedData:
             raise CaptionerError(f"split {name!r} has no images in {self.root}")
         return records
 
+    def tokens(self, record: ImageRecord) -> list[list[str]]:
+        """The record's captions as coco-caption tokens, tokenised once per image (the vocabulary
+        and the datasets both need them; tokenising COCO's 600k captions takes a minute)."""
+        if record.image_id not in self._tokens:
+            self._tokens[record.image_id] = [tokenize(c) for c in record.captions]
+        return self._tokens[record.image_id]
+
     def train_tokens(self) -> list[list[str]]:
-        return [tokenize(c) for r in self.split("train") for c in r.captions]
+        return [tokens for r in self.split("train") for tokens in self.tokens(r)]
 
 
 def prepare(config: Config) -> PreparedData:
