@@ -284,7 +284,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args, extras = parser.parse_known_args(argv)
     overrides = [x for x in extras if "=" in x and not x.startswith("-")]
     if extras and (len(overrides) < len(extras) or not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(x for x in extras if x not in overrides) or extras[0]}")
+        unknown = [x for x in extras if x not in overrides] or extras
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if overrides:
         args.overrides = [*args.overrides, *overrides]
     return args
