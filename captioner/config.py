@@ -155,6 +155,10 @@ class EvalConfig:
     batch_size: int = 64
     worst: int = 24
     meteor: bool = True
+    # Resamples of the images behind each metric's 95% bootstrap interval (0 = no intervals).
+    # At 1000, the fewest allowed, each 2.5% tail rests on 25 resamples. Cost: see
+    # benchmarks/bootstrap_speed.py.
+    bootstrap: int = 1000
 
 
 @dataclass
@@ -260,6 +264,8 @@ def validate(config: Config) -> Config:
         raise CaptionerError("bad configuration: optim.concept_agreement must be in [0, 1]")
     if config.optim.concept_window < 0:
         raise CaptionerError("bad configuration: optim.concept_window must be 0 or more")
+    if config.eval.bootstrap != 0 and config.eval.bootstrap < 1000:
+        raise CaptionerError("bad configuration: eval.bootstrap must be 0 (off) or at least 1000")
     if config.trainer.patience < 0:
         raise CaptionerError("bad configuration: trainer.patience must be 0 (off) or more")
     if not 0.0 <= config.optim.warmup < 1.0:
