@@ -34,12 +34,12 @@ body { font: 15px/1.45 system-ui, sans-serif; color: #222; margin: 0 auto; max-w
 h1 { margin: 24px 0 4px; } h2 { margin-top: 36px; border-bottom: 2px solid #ddd; }
 nav a { margin-right: 14px; } .muted { color: #666; }
 .top { display: flex; flex-wrap: wrap; gap: 0 40px; }
-.top section:first-child { flex: 0 1 400px; } .top section:last-child { flex: 1 1 560px; }
+.top section:first-child { flex: 0 1 470px; } .top section:last-child { flex: 1 1 560px; }
 table { border-collapse: collapse; background: #fff; }
 th, td { padding: 5px 12px; border-bottom: 1px solid #e4e4e4; text-align: left;
          vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.headline td.num { font-size: 1.15em; font-weight: 600; }
+.headline td.num { font-size: 1.15em; font-weight: 600; } .headline th:first-child { white-space: nowrap; }
 .notes li { color: #8a5a00; }
 figure { margin: 16px 0; background: #fff; padding: 12px; border: 1px solid #e4e4e4; }
 figure img { max-width: 100%; } figcaption { margin-top: 6px; }
