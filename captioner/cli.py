@@ -288,7 +288,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     for name, m in result["metrics"].items():
         a, b, delta = ("n/a" if m[k] is None else format(m[k], spec)
                        for k, spec in (("a", ".3f"), ("b", ".3f"), ("delta", "+.3f")))
-        interval = ("not resampled" if m["interval"] is None
+        interval = ("n/a" if m["delta"] is None else "not resampled" if m["interval"] is None
                     else f"[{m['interval'][0]:+.3f}, {m['interval'][1]:+.3f}]")
         wins = "" if m["b_wins"] is None else f"{100 * m['b_wins']:.1f}%"
         print(f"{name:9}{a:>9}{b:>9}{delta:>9}   {interval:<22}{wins:>11}")

@@ -75,7 +75,7 @@ def _metrics(result: Mapping[str, Any]) -> str:
     for key, m in result["metrics"].items():
         rows.append(
             f"<tr><th>{escape(_NAMES.get(key, key))}</th>{_num(m['a'])}{_num(m['b'])}"
-            f"{_num(m['delta'], signed=True)}<td class=num>{_interval(m['interval'])}</td>"
+            f"{_num(m['delta'], signed=True)}<td class=num>{_interval(m)}</td>"
             f"<td class=num>{_share(m['b_wins'])}</td></tr>")
     b = result["bootstrap"]
     notes = "".join(f"<li>{escape(n)}</li>" for n in result["notes"])
@@ -101,7 +101,11 @@ def _share(fraction: float | None) -> str:
     return "" if fraction is None else f"{100 * fraction:.1f}%"
 
 
-def _interval(interval: Sequence[float] | None) -> str:
+def _interval(metric: Mapping[str, Any]) -> str:
+    """The interval of B - A; n/a where the metric is undefined (CHAIR_i without mentions)."""
+    if metric["delta"] is None:
+        return "n/a"
+    interval = metric["interval"]
     return "not resampled" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
 
 
