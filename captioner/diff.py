@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,10 @@ def load_evaluation(folder: Path) -> Evaluation:
             raise CaptionerError(f"{folder}: not an evaluation folder (no {name}); "
                                  "run `captioner evaluate` first")
     metrics = _read_json(folder / "metrics.json", (folder / "metrics.json").read_text())
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("summary"), dict):
-        raise CaptionerError(f"{folder / 'metrics.json'}: not a captioner metrics.json (no summary)")
+    if not isinstance(metrics, dict) or not all(isinstance(metrics.get(k), dict)
+                                                for k in ("metrics", "summary")):
+        raise CaptionerError(f"{folder / 'metrics.json'}: not a captioner metrics.json "
+                             "(no 'metrics' or 'summary')")
     records = []
     path = folder / "per_image.jsonl"
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -66,6 +69,9 @@ def load_evaluation(folder: Path) -> Evaluation:
             records.append(_record(f"{path}:{number}", line))
     if not records:
         raise CaptionerError(f"{path}: no images")
+    twice = [i for i, n in Counter(r["image_id"] for r in records).items() if n > 1]
+    if twice:
+        raise CaptionerError(f"{path}: image {twice[0]} appears twice")
     return Evaluation(folder, metrics, sorted(records, key=lambda r: r["image_id"]))
 
 
@@ -81,6 +87,8 @@ def _record(where: str, line: str) -> dict[str, Any]:
     missing = [k for k in _RECORD_FIELDS if not isinstance(record, dict) or k not in record]
     if missing:
         raise CaptionerError(f"{where}: not a per-image record (no {missing[0]!r})")
+    if not isinstance(record["image_id"], int):
+        raise CaptionerError(f"{where}: image_id {record['image_id']!r} is not a number")
     if not isinstance(record["scores"], dict) or "cider" not in record["scores"]:
         raise CaptionerError(f"{where}: no per-image CIDEr-D under 'scores'")
     if not record["references"]:

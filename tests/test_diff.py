@@ -148,8 +148,27 @@ def test_bad_inputs_are_one_line_errors(folders: tuple[Path, Path], tmp_path: Pa
     (broken / "per_image.jsonl").write_text("\n".join([*lines[:2], "{not json", *lines[3:]]))
     with pytest.raises(CaptionerError, match=r"per_image.jsonl:3: not valid JSON"):
         diff_paths(folders[0], broken)
+    (broken / "per_image.jsonl").write_text("\n".join([*lines, lines[0]]))
+    with pytest.raises(CaptionerError, match="image 1 appears twice"):
+        diff_paths(folders[0], broken)
     with pytest.raises(CaptionerError, match="at least 1000"):
         diff_paths(*folders, resamples=100)
+
+
+def test_meteor_is_compared_but_not_resampled(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    copies = []
+    for folder, meteor in zip(folders, (0.20, 0.25)):
+        copy = tmp_path / folder.name
+        shutil.copytree(folder, copy)
+        metrics = json.loads((copy / "metrics.json").read_text())
+        metrics["metrics"]["meteor"] = meteor
+        (copy / "metrics.json").write_text(json.dumps(metrics))
+        copies.append(copy)
+    found = diff_paths(*copies)
+    assert list(found["metrics"]) == [*METRICS[:6], "meteor", *METRICS[6:]]
+    assert found["metrics"]["meteor"] == {"a": 0.20, "b": 0.25, "delta": pytest.approx(0.05),
+                                          "interval": None, "b_wins": None}
+    assert any("METEOR" in note and "not resampled" in note for note in found["notes"])
 
 
 @pytest.mark.slow
