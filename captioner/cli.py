@@ -72,7 +72,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, help="default: the latest run's best checkpoint")
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--split", default=None, help="default: the checkpoint's eval.split (test)")
-    p.add_argument("--out", type=Path, help="report folder (default: <run>/eval-<split>)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default: <run>/eval-<split>)")
     p.add_argument("--beam-size", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--worst", type=int, default=None, help="failure-gallery size (default 24)")
@@ -105,6 +105,34 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override any config value")
 
 
+def _add_diff(sub: argparse._SubParsersAction) -> None:
+    purpose = ("compare two evaluations of the same images: paired bootstrap intervals of each "
+               "metric's difference, the images that changed most, failure tags")
+    p = sub.add_parser(
+        "diff", help=purpose, description=purpose[0].upper() + purpose[1:] + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  captioner diff runs/a/eval-test runs/b/eval-test --out diff-a-b\n"
+               "  captioner diff runs/a/eval-test runs/b/checkpoints/best.ckpt --out diff-a-b\n"
+               "  captioner diff runs/a/eval-test runs/b/eval-test   # the table only\n"
+               "exit status: 0 done, 1 refused (different images or references, bad folder)")
+    p.add_argument("a", type=Path, metavar="A", help="evaluation folder or checkpoint")
+    p.add_argument("b", type=Path, metavar="B", help="evaluation folder or checkpoint")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="folder for diff.json and index.html (and a checkpoint's evaluation, in "
+                        "DIR/a or DIR/b); default: print the table only")
+    p.add_argument("--split", default=None, help="split to evaluate a checkpoint on (default: the "
+                                                 "other side's split, else A's eval.split)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate a checkpoint on the first N images only (as evaluate --limit)")
+    p.add_argument("--device", default="auto", help="for evaluating checkpoints (default: auto)")
+    p.add_argument("--show", type=int, default=12,
+                   help="images per direction in the page's most-changed lists (default: 12)")
+    p.add_argument("--resamples", type=int, default=1000,
+                   help="paired bootstrap resamples, at least 1000 (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resamples (default: 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from captioner import __version__
 
@@ -114,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"captioner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_pretrain, _add_extract, _add_caption, _add_evaluate, _add_data,
-                _add_compare):
+                _add_compare, _add_diff):
         add(sub)
     return parser
 
@@ -274,8 +302,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from captioner.diff import diff_paths
+
+    result = diff_paths(args.a, args.b, out_dir=args.out, split=args.split, limit=args.limit,
+                        device=args.device, resamples=args.resamples, seed=args.seed, show=args.show)
+    print(f"{'metric':9}{'A':>9}{'B':>9}{'B-A':>9}   {'95% interval of B-A':<22}{'B better in':>11}")
+    for name, m in result["metrics"].items():
+        a, b, delta = ("n/a" if m[k] is None else format(m[k], spec)
+                       for k, spec in (("a", ".3f"), ("b", ".3f"), ("delta", "+.3f")))
+        interval = ("n/a" if m["delta"] is None else "not resampled" if m["interval"] is None
+                    else f"[{m['interval'][0]:+.3f}, {m['interval'][1]:+.3f}]")
+        wins = "" if m["b_wins"] is None else f"{100 * m['b_wins']:.1f}%"
+        print(f"{name:9}{a:>9}{b:>9}{delta:>9}   {interval:<22}{wins:>11}")
+    print(f"{result['images']} images, {args.resamples} paired resamples; CHAIR: lower is better")
+    if args.out is not None:
+        print(f"report: {(args.out / 'index.html').resolve()}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "pretrain": cmd_pretrain, "extract": cmd_extract, "caption": cmd_caption,
-            "evaluate": cmd_evaluate, "data": cmd_data, "compare": cmd_compare}
+            "evaluate": cmd_evaluate, "data": cmd_data, "compare": cmd_compare, "diff": cmd_diff}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from captioner.errors import CaptionerError
 from captioner.images import open_rgb
-from captioner.report_page import _STYLE, _figure, _section
+from captioner.report_page import STYLE, figure, section
 from captioner.report_plots import Plot
 
 COLOURS = {"rnn": "#c44e52", "lstm": "#4c72b0", "gru": "#55a868"}
@@ -55,11 +55,11 @@ def render_compare_page(result: Mapping[str, Any], gates: Sequence[GateTrace]) -
     ]
     names = ", ".join(cells)
     sections = [
-        _section("setup", "Setup", _setup(result)),
-        _section("cells", "Cells side by side", _table(cells, settings)),
-        _section("plots", "Training and gradient flow", "".join(_figure(p) for p in plots)),
-        _section("gates", "Gates along one caption", _gates(gates, set(cells))),
-        _section("files", "Data", '<p><a href="compare.json">compare.json</a> holds every number '
+        section("setup", "Setup", _setup(result)),
+        section("cells", "Cells side by side", _table(cells, settings)),
+        section("plots", "Training and gradient flow", "".join(figure(p) for p in plots)),
+        section("gates", "Gates along one caption", _gates(gates, set(cells))),
+        section("files", "Data", '<p><a href="compare.json">compare.json</a> holds every number '
                  "on this page; each cell's Lightning log is in <code>&lt;cell&gt;/logs/"
                  "metrics.csv</code>.</p>"),
     ]
@@ -68,7 +68,7 @@ def render_compare_page(result: Mapping[str, Any], gates: Sequence[GateTrace]) -
         f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">\n'
         '<meta name=viewport content="width=device-width, initial-scale=1">\n'
         f"<title>Recurrent cells compared: {escape(names)}</title>\n"
-        f"<style>{_STYLE}{_EXTRA_STYLE}</style></head>\n<body>\n"
+        f"<style>{STYLE}{_EXTRA_STYLE}</style></head>\n<body>\n"
         f"<h1>Recurrent cells compared: {escape(names)}</h1>\n"
         + "\n".join(sections) + "\n</body></html>\n"
     )
@@ -147,7 +147,7 @@ def _gates(traces: Sequence[GateTrace], cells: set[str]) -> str:
              "words each step emitted.")
     if "rnn" in cells:
         intro += " The plain RNN has no gates: its whole state is rewritten at every step."
-    figures = "".join(_figure(_gate_plot(t)) for t in traces)
+    figures = "".join(figure(_gate_plot(t)) for t in traces)
     return intro + "</p>" + figures
 
 

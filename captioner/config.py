@@ -122,6 +122,7 @@ class EvalConfig:
     batch_size: int = setting(64, "Images per batch when extracting features and captioning.")
     worst: int = setting(24, "Images in the report's gallery of failures.")
     meteor: bool = setting(True, "Whether to compute METEOR (needs Java).")
+    bootstrap: int = setting(1000, "Resamples behind each metric's 95% interval (0: none; else 1000+).")
 
 
 @dataclass
@@ -237,7 +238,7 @@ def monitor_mode(monitor: str) -> str:
     return "min" if monitor == "val/loss" else "max"
 
 
-def setting(data: dict[str, Any], key: str) -> Any:
+def value_at(data: dict[str, Any], key: str) -> Any:
     """The value of a dotted key ("data.shapes.size") in a config dict."""
     for part in key.split("."):
         data = data[part]
@@ -248,11 +249,11 @@ def validate(config: Config) -> Config:
     """Reject values that parse but mean nothing, naming the setting and what it accepts."""
     data = to_dict(config)
     for key, allowed in _CHOICES.items():
-        if setting(data, key) not in allowed:
-            raise CaptionerError(f"bad configuration: {key}={setting(data, key)!r}; "
+        if value_at(data, key) not in allowed:
+            raise CaptionerError(f"bad configuration: {key}={value_at(data, key)!r}; "
                                  f"choose one of {list(allowed)}")
     for key, (low, high) in _RANGES.items():
-        value = setting(data, key)
+        value = value_at(data, key)
         if value < low or (high is not None and value > high):
             span = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
             raise CaptionerError(f"bad configuration: {key}={value!r}; it must be {span}")
@@ -263,4 +264,6 @@ def validate(config: Config) -> Config:
     devices = config.trainer.devices
     if devices != "auto" and not (devices.isdigit() and int(devices) >= 1):
         raise CaptionerError(f"bad configuration: trainer.devices={devices!r}; use auto or a number >= 1")
+    if config.eval.bootstrap != 0 and config.eval.bootstrap < 1000:
+        raise CaptionerError("bad configuration: eval.bootstrap must be 0 (off) or at least 1000")
     return config

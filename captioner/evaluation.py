@@ -73,7 +73,7 @@ def evaluate(
     metrics = write_report(
         out_dir, results, train_captions=train_captions, objects=objects,
         metrics_csv=metrics_csv if metrics_csv and metrics_csv.exists() else None,
-        worst=worst or config.eval.worst, meteor=config.eval.meteor,
+        worst=worst or config.eval.worst, meteor=config.eval.meteor, bootstrap=config.eval.bootstrap,
         extra={"checkpoint": str(checkpoint), "split": split, "beam_size": beam_size,
                "images": len(results)},
     )

@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from captioner.atomic import atomic_path, write_json, write_text
+from captioner.bootstrap import RESAMPLES, report_entries
 from captioner.data.tokenize import tokenize
 from captioner.errors import CaptionerError
 from captioner.metrics import METRIC_DEFINITIONS, SCALE, Scores, score_captions
@@ -78,12 +79,15 @@ def write_report(
     best: int = 12,
     meteor: bool = True,
     extra: Mapping[str, Any] | None = None,
+    bootstrap: int = RESAMPLES,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Score `results` and write the report into `out_dir`; returns what metrics.json holds.
 
     `train_captions` (raw or tokenised) lets the report count novel captions; `objects` enables
     the hallucination analysis; `metrics_csv` is Lightning's CSVLogger log for learning curves;
-    `extra` (checkpoint, split, beam size...) is stored under "run".
+    `extra` (checkpoint, split, beam size...) is stored under "run". Each metric gets a 95%
+    interval from `bootstrap` resamples of the images drawn with `seed` (0: none).
     """
     out_dir = Path(out_dir)
     _check(results)
@@ -107,6 +111,8 @@ def write_report(
     thumbnails = _write_thumbnails(out_dir, results, [*worst_records, *best_records], notes)
     metrics = {
         "metrics": scores.corpus,
+        **report_entries(records, list(scores.corpus), chair=objects is not None,
+                         resamples=bootstrap, seed=seed, tokens=tokens),
         "scale": SCALE,
         "definitions": {k: METRIC_DEFINITIONS[k] for k in [*scores.corpus, "bleu4_smoothed"]},
         "summary": summary,
@@ -285,7 +291,7 @@ def _write_thumbnails(
     unreadable = []
     for image_id in dict.fromkeys(r["image_id"] for r in records):
         relative = f"thumbs/{image_id}.jpg"
-        if _write_thumbnail(files[image_id], out_dir / relative):
+        if write_thumbnail(files[image_id], out_dir / relative):
             thumbnails[image_id] = relative
         else:
             unreadable.append(files[image_id])
@@ -294,7 +300,8 @@ def _write_thumbnails(
     return thumbnails
 
 
-def _write_thumbnail(source: Path, target: Path) -> bool:
+def write_thumbnail(source: Path, target: Path) -> bool:
+    """A small JPEG of `source` at `target`; False when the image cannot be read."""
     try:
         with Image.open(source) as image:
             # JPEG decodes straight to a reduced scale: a large COCO photo costs little.

@@ -17,8 +17,8 @@ from typing import Any
 
 from captioner.report_plots import Plot
 
-_HEADLINE = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
-             "cider": "CIDEr-D", "rouge_l": "ROUGE-L", "meteor": "METEOR"}
+HEADLINE = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
+            "cider": "CIDEr-D", "rouge_l": "ROUGE-L", "meteor": "METEOR"}
 _DATA_FILES = ("metrics.json", "predictions.json", "per_image.jsonl")
 # Records on <body> how many images loaded, so a headless browser can check the gallery.
 _SCRIPT = (
@@ -28,18 +28,18 @@ _SCRIPT = (
     " document.body.dataset.imagesLoaded = loaded;"
     " document.body.dataset.imagesTotal = images.length; });"
 )
-_STYLE = """
+STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; color: #222; margin: 0 auto; max-width: 1280px;
        padding: 0 24px 48px; background: #fafafa; }
 h1 { margin: 24px 0 4px; } h2 { margin-top: 36px; border-bottom: 2px solid #ddd; }
 nav a { margin-right: 14px; } .muted { color: #666; }
 .top { display: flex; flex-wrap: wrap; gap: 0 40px; }
-.top section:first-child { flex: 0 1 400px; } .top section:last-child { flex: 1 1 560px; }
+.top section:first-child { flex: 0 1 470px; } .top section:last-child { flex: 1 1 560px; }
 table { border-collapse: collapse; background: #fff; }
 th, td { padding: 5px 12px; border-bottom: 1px solid #e4e4e4; text-align: left;
          vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.headline td.num { font-size: 1.15em; font-weight: 600; }
+.headline td.num { font-size: 1.15em; font-weight: 600; } .headline th:first-child { white-space: nowrap; }
 .notes li { color: #8a5a00; }
 figure { margin: 16px 0; background: #fff; padding: 12px; border: 1px solid #e4e4e4; }
 figure img { max-width: 100%; } figcaption { margin-top: 6px; }
@@ -74,16 +74,17 @@ def render_page(
     summary = metrics["summary"]
     # The two tables side by side, so the worst images are on the first screen or the next.
     sections = [
-        "<div class=top>" + _section("metrics", "Metrics", _headline(metrics))
-        + _section("summary", "Captions at a glance", _summary_table(summary, tags)) + "</div>",
-        _section("worst", f"The {len(worst)} worst images by CIDEr-D",
+        "<div class=top>" + section("metrics", "Metrics", _headline(metrics))
+        + section("summary", "Captions at a glance",
+                  _summary_table(summary, tags, metrics.get("intervals", {}))) + "</div>",
+        section("worst", f"The {len(worst)} worst images by CIDEr-D",
                  "<p class=muted>Lowest per-image CIDEr-D first: where the model fails and "
                  "how (the tags say why).</p>" + _gallery(worst, thumbnails)),
-        _section("best", f"The {len(best)} best images by CIDEr-D",
+        section("best", f"The {len(best)} best images by CIDEr-D",
                  "<p class=muted>Highest per-image CIDEr-D first: what the model does "
                  "well.</p>" + _gallery(best, thumbnails)),
-        _section("plots", "Plots", "".join(_figure(p) for p in plots)),
-        _section("files", "Data files", "<ul>" + "".join(
+        section("plots", "Plots", "".join(figure(p) for p in plots)),
+        section("files", "Data files", "<ul>" + "".join(
             f'<li><a href="{f}">{f}</a></li>' for f in _DATA_FILES) + "</ul>"),
     ]
     nav = " ".join(f'<a href="#{s}">{t}</a>' for s, t in (
@@ -98,7 +99,7 @@ def render_page(
         f'<meta http-equiv="Content-Security-Policy" content="{policy}">\n'
         '<meta name=viewport content="width=device-width, initial-scale=1">\n'
         f"<title>Caption evaluation ({summary['images']} images)</title>\n"
-        f"<style>{_STYLE}</style></head>\n<body>\n"
+        f"<style>{STYLE}</style></head>\n<body>\n"
         f"<h1>Caption evaluation</h1>\n<p class=muted>{summary['images']} images"
         f"{_run_line(metrics.get('run', {}))}</p>\n<nav>{nav}</nav>\n"
         + "\n".join(sections)
@@ -106,7 +107,7 @@ def render_page(
     )
 
 
-def _section(anchor: str, title: str, body: str) -> str:
+def section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{escape(title)}</h2>\n{body}</section>'
 
 
@@ -115,23 +116,46 @@ def _run_line(run: Mapping[str, Any]) -> str:
 
 
 def _headline(metrics: Mapping[str, Any]) -> str:
+    intervals = metrics.get("intervals", {})
     rows = []
-    for key, name in _HEADLINE.items():
+    for key, name in HEADLINE.items():
         value = metrics["metrics"].get(key)
         cells = ("<td class=num>skipped</td><td></td>" if value is None
                  else f"<td class=num>{value:.3f}</td><td class=num>{100 * value:.1f}</td>")
+        if intervals:
+            cells += f"<td class=num>{'' if value is None else interval_text(intervals.get(key))}</td>"
         rows.append(f'<tr><th title="{escape(metrics["definitions"].get(key, ""))}">{name}</th>'
                     f"{cells}</tr>")
     notes = "".join(f"<li>{escape(n)}</li>" for n in metrics["notes"])
+    interval_head = "<th>95% interval</th>" if intervals else ""
     return (
         "<table class=headline><tr><th>metric</th><th>score</th><th>×100 (as in papers)</th>"
-        f"</tr>{''.join(rows)}</table>\n<p class=muted>Scale: {escape(metrics['scale'])}. "
+        f"{interval_head}</tr>{''.join(rows)}</table>\n<p class=muted>Scale: {escape(metrics['scale'])}. "
         "Hover a metric's name for its exact definition.</p>"
+        + (_interval_meaning(metrics["bootstrap"], metrics["summary"]["images"]) if intervals else "")
         + (f"<ul class=notes>{notes}</ul>" if notes else "")
     )
 
 
-def _summary_table(summary: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+def interval_text(interval: Sequence[float] | None) -> str:
+    """"[low, high]", or "not resampled" where a metric has no interval."""
+    return "not resampled" if interval is None else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def _interval_meaning(bootstrap: Mapping[str, Any], images: int) -> str:
+    excluded = "".join(f" {escape(why)}." for why in bootstrap.get("not_resampled", {}).values())
+    return (
+        f"<p class=muted>The 95% interval is the middle 95% of the score over "
+        f"{bootstrap['resamples']} resamples of these {images} images, drawn with replacement "
+        f"(seed {bootstrap['seed']}): how much the score depends on which images were evaluated. "
+        "Two runs' intervals may overlap while a comparison on the same images still shows a "
+        "clear difference: <code>captioner diff</code> resamples both runs on the same images "
+        f"and gives the interval of their difference.{excluded}</p>"
+    )
+
+
+def _summary_table(summary: Mapping[str, Any], tags: Mapping[str, str],
+                   intervals: Mapping[str, Sequence[float] | None]) -> str:
     n = summary["images"]
     length = summary["caption_length"]
     novel = summary["novel_captions"]
@@ -151,10 +175,10 @@ def _summary_table(summary: Mapping[str, Any], tags: Mapping[str, str]) -> str:
     objects = summary.get("objects")
     if objects:
         rows += [
-            ("CHAIR_i", _percent(objects["chair_i"]),
+            ("CHAIR_i", _percent(objects["chair_i"]) + _percent_interval(intervals, "chair_i"),
              f"hallucinated share of the {objects['object_mentions']} object mentions "
              f"({objects['kind']} objects, {objects['images_annotated']} annotated images)"),
-            ("CHAIR_s", _percent(objects["chair_s"]),
+            ("CHAIR_s", _percent(objects["chair_s"]) + _percent_interval(intervals, "chair_s"),
              "captions that mention at least one object not in their image"),
             ("object recall", _percent(objects["object_recall"]),
              "annotated objects that the caption mentions"),
@@ -166,7 +190,7 @@ def _summary_table(summary: Mapping[str, Any], tags: Mapping[str, str]) -> str:
     return f"<table>{body}</table>"
 
 
-def _figure(plot: Plot) -> str:
+def figure(plot: Plot) -> str:
     return (f'<figure><img src="{escape(plot.file)}" alt="{escape(plot.title)}">'
             f"<figcaption><b>{escape(plot.title)}.</b> {escape(plot.look_for)}</figcaption>"
             "</figure>")
@@ -191,11 +215,12 @@ def _card(record: Mapping[str, Any], thumbnails: Mapping[int, str]) -> str:
         f"<p class=prediction>{escape(record['prediction']) or '<i>(empty)</i>'}</p>"
         f"<p class=scores>CIDEr-D {scores['cider']:.3f} · smoothed BLEU-4 "
         f"{scores['bleu4_smoothed']:.3f}</p>"
-        f"<div>{_tags(record)}</div><ol>{references}</ol></div></article>"
+        f"<div>{tag_badges(record)}</div><ol>{references}</ol></div></article>"
     )
 
 
-def _tags(record: Mapping[str, Any]) -> str:
+def tag_badges(record: Mapping[str, Any]) -> str:
+    """A per_image.jsonl record's failure tags, each saying what triggered it."""
     details = {
         "hallucination": "hallucinated: " + ", ".join(record["hallucinated"]),
         "missed object": "missed: " + ", ".join(record["missed"]),
@@ -210,3 +235,11 @@ def _tags(record: Mapping[str, Any]) -> str:
 
 def _percent(fraction: float | None) -> str:
     return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def _percent_interval(intervals: Mapping[str, Sequence[float] | None], key: str) -> str:
+    interval = intervals.get(key)
+    return "" if interval is None else f" [{_percent(interval[0])}, {_percent(interval[1])}]"
+
+
+# compare_page imports these by their old private names until it moves into its stage folder.
