@@ -64,7 +64,8 @@ ARCHIVES: dict[str, Archive] = {
                 ("annotations",), 252_872_794, 252_872_794, int(0.95 * _GB)),
         Archive("caption_datasets.zip",
                 "http://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip",
-                ("dataset_coco.json",), None, int(0.04 * _GB), int(0.15 * _GB)),
+                ("dataset_coco.json", "dataset_flickr8k.json", "dataset_flickr30k.json"), None,
+                int(0.04 * _GB), int(0.15 * _GB)),
     )
 }
 ARCHIVE_NAMES = tuple(ARCHIVES)
