@@ -100,21 +100,22 @@ def test_custom_csv_counts_every_problem(tmp_path: Path) -> None:
         "c.jpg,a bowl of soup, hot",            # 4: unquoted comma: the rest of the row
         "gone.jpg,a picture nobody has",        # 5: missing image
         "a.jpg,",                               # 6: empty caption
-        "a.jpg,A red kite over a beach",        # 7: duplicate row
+        "./a.jpg,A red kite over a beach",      # 7: duplicate row (the same image)
+        ",a caption of no image",               # 8: no image name
     ]
-    data = ("\n".join(rows) + "\n").encode() + b"b.jpg,caf\xe9 on the corner\n"  # 8: a Latin-1 byte
+    data = ("\n".join(rows) + "\n").encode() + b"b.jpg,caf\xe9 on the corner\n"  # 9: a Latin-1 byte
     (tmp_path / "captions.csv").write_bytes(data)
     report = import_dataset(tmp_path / "captions.csv", tmp_path / "out", images=tmp_path / "photos")
     assert report.format == "csv" and report.images_kept == 3
-    assert report.captions_dropped == {"image_missing": 1, "empty": 1, "duplicate": 1, "encoding": 1}
-    assert [lines_of(report, r) for r in ("image_missing", "empty", "duplicate", "encoding")] == \
-        [[5], [6], [7], [8]]
+    reasons = ("image_missing", "empty", "duplicate", "malformed", "encoding")
+    assert report.captions_dropped == dict.fromkeys(reasons, 1)
+    assert [lines_of(report, r) for r in reasons] == [[5], [6], [7], [8], [9]]
     assert "--encoding" in next(p["message"] for p in report.problems if p["reason"] == "encoding")
     records = {r.path.name: r.captions for r in load_records(tmp_path / "out", "dataset_karpathy.json")}
     assert records["b.jpg"] == ("Two cats, asleep on a sofa",)
     assert records["c.jpg"] == ("a bowl of soup, hot",)
     saved = json.loads((tmp_path / "out" / "import_report.json").read_text())
-    assert saved["captions_dropped"] == report.captions_dropped and saved["problems_total"] == 4
+    assert saved["captions_dropped"] == report.captions_dropped and saved["problems_total"] == 5
 
 
 def test_encoding_option_and_byte_order_marks(tmp_path: Path) -> None:

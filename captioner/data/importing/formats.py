@@ -17,9 +17,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import posixpath
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -57,11 +58,14 @@ class Source:
         self.bad.append((loc, reason, message))
 
     def add(self, row: Row) -> None:
-        """Keep `row`, unless the file's bytes under it were not valid in its encoding."""
+        """Keep `row` (its image name normalised: "./a.jpg" is "a.jpg"), unless it names no image
+        or the file's bytes under it were not valid in its encoding."""
         if undecodable(row.image) or undecodable(row.caption):
             self.reject(row.loc, f"not valid {self.encoding}; {ENCODING_HINT}", "encoding")
+        elif not row.image.strip():
+            self.reject(row.loc, "no image name")
         else:
-            self.rows.append(row)
+            self.rows.append(replace(row, image=posixpath.normpath(row.image.strip())))
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
