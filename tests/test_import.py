@@ -19,6 +19,7 @@ from captioner.data.importing.manifest import MANIFEST_NAME
 from captioner.data.prepare import prepare
 from captioner.errors import CaptionerError
 
+REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = ("A dog runs on the grass .", "A brown dog is running outside .", "The dog plays in a field .",
             "An animal running across a lawn .", "A dog in the sun .")
 
@@ -190,6 +191,19 @@ def test_karpathy_json_keeps_its_splits_and_trains_from_the_manifest(tmp_path: P
     assert data.split("val")[0].path == tmp_path / "flickr" / "pics" / "k2.jpg"
     captions = COCO(str(tmp_path / "out" / "annotations" / "captions_val.json"))
     assert [a["caption"] for a in captions.imgToAnns[data.split("val")[0].image_id]] == list(CAPTIONS)
+
+
+@pytest.mark.parametrize("name", ["flickr8k", "flickr30k"])
+def test_flickr_configs_read_an_imported_karpathy_split(tmp_path: Path, name: str) -> None:
+    names = [f"f{i}.jpg" for i in range(4)]
+    jpegs(tmp_path / "images" / "pics", names)
+    karpathy_file(tmp_path / f"dataset_{name}.json", names)
+    import_dataset(tmp_path / f"dataset_{name}.json", tmp_path / "out", images=tmp_path / "images")
+    config = load_config(REPO / "configs" / f"{name}_vgg16_lstm.yaml",
+                         [f"data.root={tmp_path / 'out'}", "decoder.cell=gru"])
+    assert (config.encoder.arch, config.encoder.weights, config.decoder.cell) == ("vgg16", "imagenet", "gru")
+    data = prepare(config)
+    assert [len(data.split(s)) for s in ("train", "val", "test")] == [2, 1, 1]
 
 
 def test_copy_puts_the_images_in_the_folder(tmp_path: Path) -> None:
