@@ -288,6 +288,8 @@ def test_cli_exit_statuses_and_messages(tmp_path: Path) -> None:
     assert failed.stderr.strip().splitlines()[-1].startswith("error: ") and "--images" in failed.stderr
     wrong = run("good.csv", "o4", "--split", "0.9,0.2")
     assert wrong.returncode == 2 and "--split" in wrong.stderr
+    nowhere = run("good.csv", "o5", "--images", str(tmp_path / "nowhere"))
+    assert nowhere.returncode == 1 and nowhere.stderr.startswith("error: --images")
 
 
 @pytest.mark.slow

@@ -49,7 +49,8 @@ def import_dataset(
     with no usable row at all is a CaptionerError. Stage lines go to stderr.
     """
     source, out = Path(source).expanduser(), Path(out).expanduser().absolute()
-    _check_options(split, encoding, min_count)
+    images = Path(images).expanduser() if images else None
+    _check_options(images, split, encoding, min_count)
     previous = claim_folder(out)  # refuse a folder we may not write before reading anything
     stages = _Stages()
     src = read_source(source, fmt, encoding)
@@ -60,7 +61,7 @@ def import_dataset(
     kept = check_captions(src.rows, problems)
     listed = _first_rows(src.rows)
     stages.done(f"checked captions: {sum(len(k.captions) for k in kept.values())} usable")
-    base = image_folder(src.path, Path(images).expanduser() if images else None, list(listed))
+    base = image_folder(src.path, images, list(listed))
     files, status = _image_files(listed, base, kept, problems, verify_images)
     stages.done(f"checked {len(listed)} images under {base}: {status['found']} found, "
                 f"{status['image_missing']} missing, {status['image_unreadable']} unreadable")
@@ -74,7 +75,10 @@ def import_dataset(
     return report
 
 
-def _check_options(split: Sequence[float], encoding: str | None, min_count: int) -> None:
+def _check_options(images: Path | None, split: Sequence[float], encoding: str | None,
+                   min_count: int) -> None:
+    if images is not None and not images.is_dir():
+        raise CaptionerError(f"--images {images}: no such folder")
     if len(split) != 3 or any(f < 0 for f in split) or abs(sum(split) - 1) > 1e-6:
         raise CaptionerError(f"split {tuple(split)}: expected three fractions (train, val, test) "
                              "that sum to 1")

@@ -1,7 +1,7 @@
 """The checks behind the import report: which captions and images are usable, and why not.
 
 Every problem names the captions file and the line (or JSON entry) it comes from; a dropped
-image counts all of its captions as dropped, under the image's reason.
+image counts its captions that were otherwise usable as dropped, under the image's reason.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MAX_LISTED = 10_000
 # Where the usual dataset layouts keep their images, relative to the captions file's folder.
 IMAGE_FOLDERS = ("Images", "images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k_images",
                  "flickr30k-images", "train2014", "val2014")
-SAMPLE = 200
+SAMPLE = 200  # image names tried in each candidate folder
 PARALLEL_FROM = 20_000  # captions; below this a process pool costs more than it saves
 
 
@@ -100,8 +100,6 @@ def check_captions(rows: Sequence[Row], problems: Problems) -> dict[str, Kept]:
 def image_folder(captions_file: Path, images: Path | None, names: Sequence[str]) -> Path:
     """The folder image names are relative to: --images, else the candidate holding the most of them."""
     if images is not None:
-        if not images.is_dir():
-            raise CaptionerError(f"--images {images}: no such folder")
         return images
     bases = [captions_file.parent, captions_file.parent.parent]
     candidates = [d for base in dict.fromkeys(bases) for d in (base, *(base / f for f in IMAGE_FOLDERS))
