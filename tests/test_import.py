@@ -254,6 +254,8 @@ def test_output_folder_is_never_a_users(tmp_path: Path) -> None:
     (mine / "notes.txt").write_text("keep me")
     with pytest.raises(CaptionerError, match="not empty"):
         import_dataset(tmp_path / "c.csv", mine)
+    with pytest.raises(CaptionerError, match="Not a directory"):  # an OSError, as one line
+        import_dataset(tmp_path / "c.csv", tmp_path / "c.csv" / "out")
     out = tmp_path / "out"
     import_dataset(tmp_path / "c.csv", out, copy=True, split=(1, 0, 0))
     (out / "notes.txt").write_text("mine now")

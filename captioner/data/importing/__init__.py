@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from captioner.data.importing.check import (
@@ -51,28 +52,37 @@ def import_dataset(
     source, out = Path(source).expanduser(), Path(out).expanduser().absolute()
     images = Path(images).expanduser() if images else None
     _check_options(images, split, encoding, min_count)
-    previous = claim_folder(out)  # refuse a folder we may not write before reading anything
-    stages = _Stages()
-    src = read_source(source, fmt, encoding)
-    problems = Problems(str(src.path))
-    for loc, reason, message in src.bad:
-        problems.add(loc, reason, message)
-    stages.done(f"read {src.path} ({src.format}): {len(src.rows)} captions, {len(src.bad)} bad rows")
-    kept = check_captions(src.rows, problems)
-    listed = _first_rows(src.rows)
-    stages.done(f"checked captions: {sum(len(k.captions) for k in kept.values())} usable")
-    base = image_folder(src.path, images, list(listed))
-    files, status = _image_files(listed, base, kept, problems, verify_images)
-    stages.done(f"checked {len(listed)} images under {base}: {status['found']} found, "
-                f"{status['image_missing']} missing, {status['image_unreadable']} unreadable")
-    imported, origin = _assemble(src, kept, files, problems, split, seed)
-    if not imported:
-        raise CaptionerError(_nothing_usable(src, problems, base))
-    report = _report(src, out, imported, problems, status, verify_images, min_count, origin)
-    write_dataset(out, imported, report.to_dict(), copy=copy, previous=previous,
-                  source=str(src.path), fmt=src.format)
-    stages.done(f"wrote {out}")
-    return report
+    with _os_errors_in_one_line(out):
+        previous = claim_folder(out)  # refuse a folder we may not write before reading anything
+        stages = _Stages()
+        src = read_source(source, fmt, encoding)
+        problems = Problems(str(src.path))
+        for loc, reason, message in src.bad:
+            problems.add(loc, reason, message)
+        stages.done(f"read {src.path} ({src.format}): {len(src.rows)} captions, {len(src.bad)} bad rows")
+        kept = check_captions(src.rows, problems)
+        listed = _first_rows(src.rows)
+        stages.done(f"checked captions: {sum(len(k.captions) for k in kept.values())} usable")
+        base = image_folder(src.path, images, list(listed))
+        files, status = _image_files(listed, base, kept, problems, verify_images)
+        stages.done(f"checked {len(listed)} images under {base}: {status['found']} found, "
+                    f"{status['image_missing']} missing, {status['image_unreadable']} unreadable")
+        imported, origin = _assemble(src, kept, files, problems, split, seed)
+        if not imported:
+            raise CaptionerError(_nothing_usable(src, problems, base))
+        report = _report(src, out, imported, problems, status, verify_images, min_count, origin)
+        write_dataset(out, imported, report.to_dict(), copy=copy, previous=previous,
+                      source=str(src.path), fmt=src.format)
+        stages.done(f"wrote {out}")
+        return report
+
+
+@contextmanager
+def _os_errors_in_one_line(out: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:  # permissions, a full disk: one line, not a traceback
+        raise CaptionerError(f"{err.filename or out}: {err.strerror or err}") from err
 
 
 def _check_options(images: Path | None, split: Sequence[float], encoding: str | None,

@@ -115,8 +115,8 @@ def read_delimited(source: Source, text: str, delimiter: str) -> None:
                 columns, width = header, len(fields)
                 continue
             _delimited_row(source, fields, loc, delimiter, columns, width)
-    except csv.Error as err:  # only an unterminated quote gets here; the rest of the file is in it
-        source.reject(start, f"{err}: a quoted caption is never closed; the rows after it are lost")
+    except csv.Error as err:  # e.g. a quote never closed swallowed the rest of a large file
+        source.reject(start, f"{err}; the rows from here on are lost (a quoted caption never closed?)")
 
 
 def _header_columns(fields: list[str]) -> tuple[int, int] | None:
