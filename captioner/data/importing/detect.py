@@ -95,9 +95,10 @@ def detect_format(path: Path) -> str:
         return "flickr30k" if name.startswith("results") else "flickr8k"
     if PIPE_HEADER.match(first):
         return "flickr30k"
-    if name == "captions.txt":
-        return "flickr8k"  # the widespread CSV repackaging of Flickr8k (image,caption header)
-    return "tsv" if name.endswith(".tsv") or "\t" in first else "csv"
+    if name.endswith(".tsv") or "\t" in first:
+        return "tsv"
+    # The widespread CSV repackaging of Flickr8k (image,caption header); else any CSV.
+    return "flickr8k" if name == "captions.txt" else "csv"
 
 
 def _looks_karpathy(path: Path) -> bool:
