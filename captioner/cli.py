@@ -89,6 +89,51 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--num-test", type=int, default=250)
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
+    _add_data_import(dsub)
+
+
+def _add_data_import(dsub: argparse._SubParsersAction) -> None:
+    from captioner.data.importing.detect import FORMATS
+    from captioner.data.importing.splits import parse_fractions
+
+    def fractions(text: str) -> tuple[float, float, float]:
+        try:
+            return parse_fractions(text)
+        except CaptionerError as err:  # a bad command line: argparse's message and exit status 2
+            raise argparse.ArgumentTypeError(str(err).removeprefix(f"--split {text}: ")) from None
+
+    p = dsub.add_parser(
+        "import", help="import your own captioned images (or Flickr8k/30k, COCO, Karpathy files)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build a dataset folder that `captioner train data.root=DIR` trains on, from a "
+                    "captions file or a dataset folder, and report what was wrong with it.",
+        epilog="examples:\n"
+               "  captioner data import photos/captions.csv --out data/mine\n"
+               "  captioner data import Flickr8k_text/ --images Flicker8k_Dataset --out data/flickr8k\n"
+               "  captioner data import data/coco/dataset_flickr30k.json --images flickr30k_images "
+               "--out data/flickr30k\n\n"
+               "exit status: 0 imported; 3 imported, but rows or images were left out (listed in "
+               "DIR/import_report.json); 1 nothing imported (one-line error); 2 bad command line")
+    p.add_argument("source", type=Path, metavar="SOURCE",
+                   help="captions file (CSV, TSV, JSONL, Flickr token/CSV, COCO or Karpathy JSON) or "
+                        "a folder holding a known dataset's files")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="dataset folder to write: new, empty, or an earlier import's")
+    p.add_argument("--images", type=Path, metavar="DIR",
+                   help="folder the image names are relative to (default: found beside the captions file)")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default="auto",
+                   help="source format (default: auto, from the file names and contents)")
+    p.add_argument("--split", type=fractions, default="0.9,0.05,0.05", metavar="TRAIN,VAL,TEST",
+                   help="split fractions where the source has no splits (default: 0.9,0.05,0.05)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random split (default: 0)")
+    p.add_argument("--copy", action="store_true", help="copy the images into DIR/images "
+                                                       "(default: referenced where they are)")
+    p.add_argument("--encoding", help="text encoding of the captions file (default: UTF-8, or "
+                                      "what its byte-order mark says)")
+    p.add_argument("--verify-images", action="store_true",
+                   help="decode every image (default: only check that it exists and is not empty)")
+    p.add_argument("--min-count", type=int, default=5,
+                   help="vocabulary threshold for the report's coverage figure (default: 5)")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -270,12 +315,31 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.dataset == "import":
+        return cmd_data_import(args)
     from captioner.data.shapes import ShapesSpec, generate_shapes
 
     spec = ShapesSpec(num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
                       size=args.size, seed=args.seed)
     print(generate_shapes(args.out, spec))
     return 0
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from captioner.data.importing import import_dataset
+
+    report = import_dataset(args.source, args.out, images=args.images, fmt=args.fmt,
+                            split=args.split, seed=args.seed, copy=args.copy,
+                            encoding=args.encoding, verify_images=args.verify_images,
+                            min_count=args.min_count)
+    for problem in report.problems[:5]:
+        where = problem.get("line", problem.get("entry"))
+        print(f"warning: {problem['file']}:{where}: {problem['message']}", file=sys.stderr)
+    if report.problems_total > 5:
+        print(f"warning: ... {report.problems_total - 5} more in {args.out / 'import_report.json'}",
+              file=sys.stderr)
+    print(report.summary())
+    return 3 if report.problems_total else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from captioner.config import Config
+from captioner.config import Config, DataConfig
 from captioner.data.coco import ImageRecord, load_records, select_split
+from captioner.data.importing.manifest import read_manifest, require_complete
 from captioner.data.tokenize import tokenize
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
@@ -64,12 +65,25 @@ class PreparedData:
         return [tokens for r in self.split("train") for tokens in self.tokens(r)]
 
 
+def data_files(config: Config, root: Path) -> tuple[str, list[str], list[str]]:
+    """The split file, caption files and instance files to read: the ones the config sets, else
+    those an imported folder's manifest names, else the shapes set's."""
+    data, manifest = config.data, read_manifest(root)
+    if manifest is not None:
+        require_complete(root, manifest)
+        karpathy = manifest.karpathy_json if data.karpathy_json == DataConfig.karpathy_json \
+            else data.karpathy_json
+        return (karpathy, data.captions_json or manifest.captions_json,
+                data.instances_json or manifest.instances_json)
+    shapes = data.dataset == "shapes"
+    return (data.karpathy_json,
+            data.captions_json or (SHAPES_FILES["captions_json"] if shapes else []),
+            data.instances_json or (SHAPES_FILES["instances_json"] if shapes else []))
+
+
 def prepare(config: Config) -> PreparedData:
     root = dataset_root(config)
-    shapes = config.data.dataset == "shapes"
-    karpathy = config.data.karpathy_json
-    captions = config.data.captions_json or (SHAPES_FILES["captions_json"] if shapes else [])
-    instances = config.data.instances_json or (SHAPES_FILES["instances_json"] if shapes else [])
+    karpathy, captions, instances = data_files(config, root)
     records = load_records(root, karpathy, captions)
     return PreparedData(root, records, config.data.train_splits,
                         [root / f for f in instances if (root / f).exists()])

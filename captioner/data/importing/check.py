@@ -1,0 +1,155 @@
+"""The checks behind the import report: which captions and images are usable, and why not.
+
+Every problem names the captions file and the line (or JSON entry) it comes from; a dropped
+image counts its captions that were otherwise usable as dropped, under the image's reason.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from captioner.data.importing.formats import Location, Row
+from captioner.errors import CaptionerError
+
+# Longer is a run-on row (a lost quote or delimiter glued rows together), not a caption.
+MAX_WORDS = 100
+# Listed in import_report.json; past this many, only counted (a wrong format fails every row).
+MAX_LISTED = 10_000
+# Where the usual dataset layouts keep their images, relative to the captions file's folder.
+IMAGE_FOLDERS = ("Images", "images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k_images",
+                 "flickr30k-images", "train2014", "val2014")
+SAMPLE = 200  # image names tried in each candidate folder
+PARALLEL_FROM = 20_000  # captions; below this a process pool costs more than it saves
+
+
+@dataclass
+class Problems:
+    file: str
+    listed: list[dict] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)  # reason -> captions left out
+    count: int = 0
+
+    def add(self, loc: Location, reason: str, message: str, captions: int = 1) -> None:
+        self.dropped[reason] += captions
+        self.count += 1
+        if len(self.listed) < MAX_LISTED:
+            where = {"line": loc} if isinstance(loc, int) else {"entry": loc}
+            self.listed.append({"file": self.file, **where, "reason": reason, "message": message})
+
+
+@dataclass
+class Kept:
+    """An image's usable captions, their tokens, and where its first row is."""
+
+    loc: Location
+    captions: list[str] = field(default_factory=list)
+    tokens: list[list[str]] = field(default_factory=list)
+
+
+def cores() -> int:
+    """CPUs this process may run on (fewer than os.cpu_count() in containers and under taskset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _tokenize_chunk(captions: Sequence[str]) -> list[list[str]]:
+    from captioner.data.tokenize import tokenize  # nltk: imported when used, not by `captioner --help`
+
+    return [tokenize(c) for c in captions]
+
+
+def tokenize_all(captions: Sequence[str]) -> list[list[str]]:
+    """Tokens of every caption. nltk's PTB regexes take ~0.1 ms a caption, most of an import's
+    time, so large files are shared out over the cores."""
+    workers = cores()
+    if workers == 1 or len(captions) < PARALLEL_FROM:
+        return _tokenize_chunk(captions)
+    size = -(-len(captions) // (4 * workers))
+    with ProcessPoolExecutor(workers) as pool:
+        parts = pool.map(_tokenize_chunk, [captions[i:i + size] for i in range(0, len(captions), size)])
+        return [tokens for part in parts for tokens in part]
+
+
+def check_captions(rows: Sequence[Row], problems: Problems) -> dict[str, Kept]:
+    """image -> its usable captions: not empty, not run-on, not a repeat of an earlier row."""
+    captions = [" ".join(row.caption.split()) for row in rows]
+    kept: dict[str, Kept] = {}
+    seen: set[tuple[str, str]] = set()
+    for row, caption, tokens in zip(rows, captions, tokenize_all(captions)):
+        if not tokens:
+            problems.add(row.loc, "empty", f"{row.image}: empty caption")
+        elif len(tokens) > MAX_WORDS:
+            problems.add(row.loc, "overlong", f"{row.image}: caption of {len(tokens)} words "
+                         f"(more than {MAX_WORDS}: a missing quote or delimiter?)")
+        elif (row.image, caption) in seen:
+            problems.add(row.loc, "duplicate", f"{row.image}: the same caption again")
+        else:
+            seen.add((row.image, caption))
+            entry = kept.setdefault(row.image, Kept(row.loc))
+            entry.captions.append(caption)
+            entry.tokens.append(tokens)
+    return kept
+
+
+def image_folder(captions_file: Path, images: Path | None, names: Sequence[str]) -> Path:
+    """The folder image names are relative to: --images, else the candidate holding the most of them."""
+    if images is not None:
+        return images
+    bases = [captions_file.parent, captions_file.parent.parent]
+    candidates = [d for base in dict.fromkeys(bases) for d in (base, *(base / f for f in IMAGE_FOLDERS))
+                  if d.is_dir()]
+    sample = sorted(names)[:SAMPLE]
+    hits = [sum((d / name).is_file() for name in sample) for d in candidates]
+    return candidates[hits.index(max(hits))]
+
+
+def stat_problem(path: Path) -> tuple[str, str] | None:
+    """(reason, message) when the file is missing, not a file or empty; None when it may be an image."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return "image_missing", f"{path}: no such file"
+    except OSError as err:
+        return "image_unreadable", f"{path}: {err.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return "image_unreadable", f"{path}: not a regular file"
+    if info.st_size == 0:
+        return "image_unreadable", f"{path}: empty file"
+    if not os.access(path, os.R_OK):
+        return "image_unreadable", f"{path}: permission denied"
+    return None
+
+
+Decoded = tuple[str | None, tuple[int, int] | None]  # (error, (width, height))
+
+
+def _decode(path: Path) -> Decoded:
+    from captioner.images import open_rgb
+
+    try:
+        return None, open_rgb(path).size
+    except CaptionerError as err:
+        return str(err), None
+
+
+def verify_images(paths: Sequence[Path], workers: int | None = None) -> list[Decoded]:
+    """Decode every image (in parallel): (error or None, (width, height) or None) for each."""
+    from tqdm import tqdm
+
+    workers = workers or cores()
+    chunk = max(1, min(64, len(paths) // (4 * workers)))
+    with ProcessPoolExecutor(workers) as pool, tqdm(
+        total=len(paths), desc="decoding images", unit="img", file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+    ) as bar:
+        results = []
+        for result in pool.map(_decode, paths, chunksize=chunk):
+            results.append(result)
+            bar.update()
+    return results

@@ -1,0 +1,190 @@
+"""Writing the imported dataset folder, without touching anything its user made.
+
+    DIR/captioner_dataset.json          the manifest: what to read, what this import wrote
+    DIR/dataset_karpathy.json           Karpathy-format split file (what captioner reads)
+    DIR/annotations/captions_<split>.json   COCO-format captions, one file per split
+    DIR/import_report.json              the validation report
+    DIR/images/...                      copies of the images, only with --copy
+
+The folder must be new, empty, or an earlier import's (it holds a manifest). A file there that
+the manifest does not list is never overwritten. The manifest is written first listing both the
+old and the new files, and again last with only the new ones and `complete`, so an interrupted
+import leaves a folder the next import may still replace and `captioner train` refuses to read.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from captioner.atomic import atomic_path, write_json
+from captioner.data.importing.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    is_inside,
+    read_manifest,
+    write_manifest,
+)
+from captioner.errors import CaptionerError
+
+KARPATHY_NAME = "dataset_karpathy.json"
+REPORT_NAME = "import_report.json"
+SPLIT_ORDER = ("train", "restval", "val", "test")
+
+
+@dataclass
+class ImportedImage:
+    image_id: int
+    name: str  # as the source writes it
+    path: Path  # the image file found for it
+    split: str
+    captions: list[str]
+    tokens: list[list[str]]
+    size: tuple[int, int] | None = None  # (width, height), when the image was decoded
+
+
+def claim_folder(out: Path) -> set[str]:
+    """The files an earlier import wrote in `out` (none for a new or empty folder); else refuse."""
+    if not out.exists():
+        return set()
+    if not out.is_dir():
+        raise CaptionerError(f"--out {out}: exists and is not a folder")
+    manifest = read_manifest(out)
+    if manifest is not None:
+        return set(manifest.files)
+    if any(out.iterdir()):
+        raise CaptionerError(f"--out {out}: folder is not empty and holds no earlier import "
+                             f"({MANIFEST_NAME}); choose a new or empty folder")
+    return set()
+
+
+def copy_name(image: ImportedImage) -> str:
+    """Where --copy puts an image: its relative name under images/, else images/<id>_<file name>."""
+    name = image.name if is_inside(image.name) else f"{image.image_id}_{PurePosixPath(image.name).name}"
+    return f"images/{name}"
+
+
+def ordered_splits(names: Iterable[str]) -> list[str]:
+    """Split names in Karpathy's order, any others after them by name."""
+    names = set(names)
+    return [s for s in SPLIT_ORDER if s in names] + sorted(names - set(SPLIT_ORDER))
+
+
+def planned_files(images: Sequence[ImportedImage], copy: bool) -> list[str]:
+    splits = ordered_splits(im.split for im in images)
+    files = [KARPATHY_NAME, *(f"annotations/captions_{s}.json" for s in splits), REPORT_NAME]
+    return files + ([copy_name(im) for im in images] if copy else [])
+
+
+def check_targets(out: Path, files: Sequence[str], previous: set[str]) -> None:
+    """Refuse before writing anything if a file to write exists and is not the earlier import's."""
+    for name in files:
+        target = out / name
+        linked = [p for p in target.parents if p != out and out in p.parents and p.is_symlink()]
+        if linked:
+            raise CaptionerError(f"--out {out}: {linked[-1]} is a symbolic link; refusing to write "
+                                 "through it")
+        if (target.exists() or target.is_symlink()) and name not in previous:
+            raise CaptionerError(f"--out {out}: {name} exists and was not written by an earlier "
+                                 "import; refusing to overwrite it")
+
+
+def write_dataset(out: Path, images: Sequence[ImportedImage], report: dict, *, copy: bool,
+                  previous: set[str], source: str, fmt: str) -> list[str]:
+    """Write the folder; return the files written (relative to `out`)."""
+    files = planned_files(images, copy)
+    check_targets(out, files, previous)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(KARPATHY_NAME, [f for f in files if f.startswith("annotations/")],
+                        files=sorted(previous | set(files)), source=source, format=fmt)
+    write_manifest(out, manifest)
+    if copy:
+        _copy_images(out, images, previous)
+    ids = caption_ids(images)
+    write_json(out / KARPATHY_NAME, karpathy_json(out, images, ids, copy), indent=None)
+    for name in manifest.captions_json:
+        split = name.removeprefix("annotations/captions_").removesuffix(".json")
+        subset = [im for im in images if im.split == split]
+        write_json(out / name, coco_json(out, subset, ids, copy, source), indent=None)
+    write_json(out / REPORT_NAME, report)
+    _remove_stale(out, previous - set(files))
+    manifest.files, manifest.complete = files, True
+    write_manifest(out, manifest)
+    return files
+
+
+def _location(out: Path, image: ImportedImage, copy: bool) -> Path:
+    return out / copy_name(image) if copy else image.path.absolute()
+
+
+def caption_ids(images: Sequence[ImportedImage]) -> dict[int, list[int]]:
+    """image id -> the ids of its captions: 1, 2, ... across all images (Karpathy's sentids and
+    COCO's annotation ids alike)."""
+    ids, start = {}, 1
+    for image in images:
+        ids[image.image_id] = list(range(start, start + len(image.captions)))
+        start += len(image.captions)
+    return ids
+
+
+def karpathy_json(out: Path, images: Sequence[ImportedImage], caption_ids: dict[int, list[int]],
+                  copy: bool) -> dict:
+    """Karpathy's layout. In-place images get an absolute filepath: captioner joins
+    root / filepath / filename, and joining onto an absolute path gives that path."""
+    entries = []
+    for n, image in enumerate(images):
+        path = _location(out, image, copy)
+        folder = path.parent.relative_to(out) if copy else path.parent
+        ids = caption_ids[image.image_id]
+        entries.append({
+            "filepath": folder.as_posix(), "filename": path.name, "imgid": n,
+            "cocoid": image.image_id, "split": image.split, "sentids": ids,
+            "sentences": [{"tokens": t, "raw": c, "imgid": n, "sentid": i}
+                          for c, t, i in zip(image.captions, image.tokens, ids)]})
+    return {"dataset": "imported", "images": entries}
+
+
+def coco_json(out: Path, images: Sequence[ImportedImage], caption_ids: dict[int, list[int]],
+              copy: bool, source: str) -> dict:
+    """COCO's captions layout: file_name relative to the folder for copies, else absolute."""
+    records, annotations = [], []
+    for image in images:
+        record = {"id": image.image_id,
+                  "file_name": copy_name(image) if copy else str(_location(out, image, copy))}
+        if image.size is not None:
+            record["width"], record["height"] = image.size
+        records.append(record)
+        annotations.extend({"id": i, "image_id": image.image_id, "caption": c}
+                           for i, c in zip(caption_ids[image.image_id], image.captions))
+    info = {"description": f"imported by captioner from {source}"}
+    return {"info": info, "licenses": [], "type": "captions", "images": records,
+            "annotations": annotations}
+
+
+def _copy_images(out: Path, images: Sequence[ImportedImage], previous: set[str]) -> None:
+    for image in images:
+        name = copy_name(image)
+        target, src = out / name, image.path.stat()
+        if name in previous and target.is_file():
+            have = target.stat()
+            if (have.st_size, have.st_mtime_ns) == (src.st_size, src.st_mtime_ns):
+                continue  # copied by the earlier import and unchanged since
+        with atomic_path(target) as tmp:
+            shutil.copy2(image.path, tmp)
+
+
+def _remove_stale(out: Path, stale: set[str]) -> None:
+    """Delete what the earlier import wrote and this one did not, and folders that leaves empty."""
+    for name in sorted(stale, reverse=True):
+        path = out / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+        for parent in path.parents:
+            if parent == out or out not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
