@@ -9,8 +9,8 @@ matter".
 
 The words are teacher-forced: an explanation is of exactly the caption it is given (the
 Captioner's own), never of a re-decoded one, and explaining changes nothing in the model.
-The convolutions below A run once without gradients; only the top (max-pool, fc6, fc7, the
-decoder) is recorded, and the N x T per-word gradients are taken in two batched backward passes.
+The convolutions below A run once without gradients; only fc6, fc7 and the decoder are
+recorded, and the N x T per-word gradients are taken in two batched backward passes.
 
     explainer = Explainer(captioner)
     results = captioner.caption(paths)
@@ -76,12 +76,14 @@ class Explainer:
         self.captioner = captioner
         encoder = captioner.model.encoder
         split = feature_map_index(encoder.features) + 1
-        self.bottom = encoder.features[:split]
-        # The layers above A as an encoder of their own, sharing the weights, so that the
-        # encoder's forward (with its folded fc6 for small grids) runs them as captioning does.
-        self.top = VGGEncoder(SimpleNamespace(features=encoder.features[split:],  # type: ignore[arg-type]
-                                              avgpool=encoder.avgpool, classifier=encoder.fc))
         self.layer = f"features.{split - 1}"  # the module whose output A is
+        self.bottom, self.pool = encoder.features[:split], encoder.features[split:]
+        if not all(isinstance(layer, nn.MaxPool2d) for layer in self.pool):
+            raise CaptionerError(f"explain: expected only max-pooling after {self.layer}")
+        # fc6 and fc7 as an encoder of their own (no convolutions), sharing the weights, so that
+        # the encoder's forward (with its folded fc6 for small grids) runs them as captioning does.
+        self.top = VGGEncoder(SimpleNamespace(features=nn.Sequential(),  # type: ignore[arg-type]
+                                              avgpool=encoder.avgpool, classifier=encoder.fc))
 
     def explain_results(self, inputs: Sequence[ImageInput], results: Sequence[CaptionResult],
                         batch_size: int = 32) -> list[Explanation | None]:
@@ -106,14 +108,20 @@ class Explainer:
             raise CaptionerError(f"explain: need images [N, 3, H, W] and N captions, got "
                                  f"{tuple(images.shape)} and {len(captions)} captions")
         with torch.inference_mode(False):  # the backward needs normal tensors, even where the
-            vocab, device = self.captioner.vocab, self.captioner.device  # caller's are not
-            inputs, targets = teacher_forcing(vocab, captions, device)
-            acts = self.feature_map(images)
-            grads, logprobs = self.word_gradients(acts, inputs, targets)
-            maps = grad_cam(acts, grads).transpose(0, 1)  # [N, T, h, w]
+            acts = self.feature_map(images)  # caller's are not
+            maps: list[Tensor] = [acts.new_zeros(0)] * len(captions)
+            logprobs: list[Tensor] = [acts.new_zeros(0)] * len(captions)
+            # Captions of one length at a time: the decoder's backward costs ~T^2 steps per
+            # caption, and padded positions would cost as much as real ones.
+            for group in _by_length(captions):
+                inputs, targets = teacher_forcing(self.captioner.vocab, [captions[n] for n in group],
+                                                  self.captioner.device)
+                weights, group_logprobs = self.channel_weights(acts[group], inputs, targets)
+                group_maps = grad_cam(acts[group], weights)  # [T, len(group), h, w]
+                for i, n in enumerate(group):
+                    maps[n], logprobs[n] = group_maps[:, i], group_logprobs[i]
         views = self._views(images)
-        return [Explanation(tuple(words), maps[n, :len(words)].cpu().numpy(),
-                            logprobs[n, :len(words)].cpu().numpy(), views[n])
+        return [Explanation(tuple(words), maps[n].cpu().numpy(), logprobs[n].cpu().numpy(), views[n])
                 for n, words in enumerate(captions)]
 
     def feature_map(self, images: Tensor) -> Tensor:
@@ -122,20 +130,22 @@ class Explainer:
             images = images.to(self.captioner.device).contiguous(memory_format=torch.channels_last)
             return self.bottom(images).float()
 
-    def word_gradients(self, acts: Tensor, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """d log p(word t) / dA for every word, [T, N, C, h, w], and the log-probs [N, T];
-        zeros past a caption's end. `inputs`, `targets`: from `teacher_forcing`.
+    def channel_weights(self, acts: Tensor, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Grad-CAM's weights, the spatial mean of d log p(word t) / dA per channel, [T, N, C], and
+        the words' log-probs [N, T]; zeros past a caption's end. `inputs`, `targets`: from
+        `teacher_forcing`.
 
-        One word's gradient is not that of a sum over words, so the T words take one vmapped
-        backward pass in each of two stages: through the decoder to fc7, then from fc7 to A
-        (the second needs no decoder, the first no convolutions).
+        Max-pooling hands each output's gradient to one input location, so the gradient's sum
+        over A's grid is its sum over the pooled grid: the backward stops above the pool. One
+        word's gradient is not that of a sum over words, so the T words take one vmapped
+        backward pass in each of two stages: through the decoder to fc7, then to the pooled map.
         """
         if not targets.shape[1]:  # only empty captions
-            return acts.new_zeros(0, *acts.shape), acts.new_zeros(targets.shape)
+            return acts.new_zeros(0, *acts.shape[:2]), acts.new_zeros(targets.shape)
         with _explaining(self.captioner.model):
             mask = targets != self.captioner.vocab.pad
-            acts = acts.detach().requires_grad_()
-            fc7 = self.top(acts)
+            pooled = self.pool(acts).detach().requires_grad_()
+            fc7 = self.top(pooled)
             fc7_leaf = fc7.detach().requires_grad_()
             with _native_rnn():
                 logits = self.captioner.model.decoder(fc7_leaf, inputs)
@@ -144,8 +154,9 @@ class Explainer:
                 # selectors[t] picks word t of every caption: [T, N, T].
                 selectors = torch.eye(targets.shape[1], device=mask.device).unsqueeze(1) * mask
                 (grad_fc7,) = torch.autograd.grad(logprobs, fc7_leaf, selectors, is_grads_batched=True)
-            (grads,) = torch.autograd.grad(fc7, acts, grad_fc7, is_grads_batched=True)
-        return grads, logprobs.detach()
+            (grad_pooled,) = torch.autograd.grad(fc7, pooled, grad_fc7, is_grads_batched=True)
+        weights = grad_pooled.sum((-2, -1)) / (acts.shape[-2] * acts.shape[-1])
+        return weights, logprobs.detach()
 
     def _views(self, images: Tensor) -> np.ndarray:
         """The preprocessed images back in RGB bytes [N, H, W, 3]: ImageNet normalisation undone."""
@@ -156,11 +167,9 @@ class Explainer:
         return rgb.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def grad_cam(acts: Tensor, grads: Tensor) -> Tensor:
-    """Grad-CAM maps [T, N, h, w] in [0, 1] from A [N, C, h, w] and per-word gradients
-    [T, N, C, h, w]: channel weights are the gradients' spatial means; each map is
-    ReLU(sum_c weight_c A_c) over its maximum, or all zeros where nothing is positive."""
-    weights = grads.mean((-2, -1))  # [T, N, C]
+def grad_cam(acts: Tensor, weights: Tensor) -> Tensor:
+    """Grad-CAM maps [T, N, h, w] in [0, 1] from A [N, C, h, w] and per-word channel weights
+    [T, N, C]: ReLU(sum_c weight_c A_c) over its maximum, or all zeros where nothing is positive."""
     cams = torch.relu(torch.einsum("tnc,nchw->tnhw", weights, acts.detach()))
     peak = cams.amax((-2, -1), keepdim=True)
     return torch.where(peak > 0, cams / peak.clamp_min(torch.finfo(cams.dtype).tiny), 0.0)
@@ -182,6 +191,14 @@ def teacher_forcing(vocab: Vocabulary, captions: Sequence[Sequence[str]],
         inputs[n, :max(len(ids), 1)] = torch.tensor([vocab.start, *ids[:-1]])
         targets[n, :len(ids)] = torch.tensor(ids, dtype=torch.long)
     return inputs.to(device), targets.to(device)
+
+
+def _by_length(captions: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Indices of the captions, grouped by their number of words."""
+    groups: dict[int, list[int]] = {}
+    for n, words in enumerate(captions):
+        groups.setdefault(len(words), []).append(n)
+    return list(groups.values())
 
 
 def feature_map_index(features: nn.Sequential) -> int:
