@@ -57,7 +57,7 @@ class Explanation:
     def peaks(self) -> list[tuple[float, float] | None]:
         """Each word's pointing location: the centre (x, y) of its map's highest grid cell, in
         view pixels (bilinear upsampling peaks there too); None where the map is all zeros."""
-        t_cells, h, w = self.maps.shape
+        _, h, w = self.maps.shape
         cell_h, cell_w = self.view.shape[0] / h, self.view.shape[1] / w
         peaks: list[tuple[float, float] | None] = []
         for word_map in self.maps:
@@ -214,10 +214,12 @@ def feature_map_index(features: nn.Sequential) -> int:
 
 @contextlib.contextmanager
 def _explaining(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and no weight gradients, restored afterwards; gradients on even
-    where the caller runs under inference mode (Captioner.caption does). Weights that want no
-    gradient also let the encoder take its folded-fc6 path, ~12x cheaper to differentiate."""
-    training, wanting = model.training, [p for p in model.parameters() if p.requires_grad]
+    """Eval mode (no dropout) and no weight gradients, each module's and weight's own setting
+    restored afterwards; gradients on even where the caller runs under inference mode
+    (Captioner.caption does). Weights that want no gradient also let the encoder take its
+    folded-fc6 path for small grids, far cheaper to differentiate."""
+    modes = [(module, module.training) for module in model.modules()]
+    wanting = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     for p in wanting:
         p.requires_grad_(False)
@@ -227,7 +229,8 @@ def _explaining(model: nn.Module) -> Iterator[None]:
     finally:
         for p in wanting:
             p.requires_grad_(True)
-        model.train(training)
+        for module, training in modes:
+            module.training = training
 
 
 @contextlib.contextmanager

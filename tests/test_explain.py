@@ -125,6 +125,20 @@ def test_batched_equals_one_by_one(captioner: Captioner) -> None:
     assert together[2].maps.shape == (0, 4, 4) and together[2].peaks() == []
 
 
+def test_explanations_run_in_eval_mode_and_leave_each_module_as_it_was(captioner: Captioner) -> None:
+    images, captions = torch.randn(2, 3, 64, 64), [["a", "red"], ["blue", "circle"]]
+    explainer = Explainer(captioner)
+    reference = explainer.explain(images, captions)
+    captioner.model.decoder.train()  # dropout on, as if a training step were under way
+    try:
+        again = explainer.explain(images, captions)
+        assert captioner.model.decoder.training and not captioner.model.encoder.training
+    finally:
+        captioner.model.decoder.eval()
+    for a, b in zip(reference, again, strict=True):
+        np.testing.assert_array_equal(a.maps, b.maps)
+
+
 @pytest.mark.parametrize(("channel", "rows"), [(0, slice(0, 2)), (1, slice(2, 4))])
 def test_maps_point_where_a_hand_built_model_looks(vocab: Vocabulary, config: Config,
                                                    channel: int, rows: slice) -> None:
