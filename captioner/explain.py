@@ -48,11 +48,7 @@ class Explanation:
 
     def upsampled(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """The maps [T, H, W] stretched bilinearly to `size` (default: the view's), in [0, 1]."""
-        size = size or self.view.shape[:2]
-        maps = torch.from_numpy(self.maps).unsqueeze(1)
-        if not len(maps):
-            return np.zeros((0, *size), np.float32)
-        return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+        return upsample(self.maps, size or self.view.shape[:2])
 
     def peaks(self) -> list[tuple[float, float] | None]:
         """Each word's pointing location: the centre (x, y) of its map's highest grid cell, in
@@ -165,6 +161,15 @@ class Explainer:
         std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
         rgb = (images.detach().float().cpu() * std + mean).clamp(0, 1).mul(255).round()
         return rgb.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Grid maps [T, h, w] stretched bilinearly to [T, *size]."""
+    if not len(maps):
+        return np.zeros((0, *size), np.float32)
+    stretched = F.interpolate(torch.from_numpy(maps).unsqueeze(1), size=size, mode="bilinear",
+                              align_corners=False)
+    return stretched[:, 0].numpy()
 
 
 def grad_cam(acts: Tensor, weights: Tensor) -> Tensor:

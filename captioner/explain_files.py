@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from captioner.atomic import atomic_path, write_json
 from captioner.errors import CaptionerError
-from captioner.explain import Explanation
+from captioner.explain import Explanation, upsample
 
 MAPS_FILE = "maps.json"
 HEAT_ALPHA = 0.6  # a map's peak hides 60% of the image beneath it; where it is 0, nothing
@@ -36,7 +36,7 @@ def overlay(explanation: Explanation, t: int, size: int = 224) -> Image.Image:
     shape = (round(height * scale), round(width * scale))
     view = np.asarray(Image.fromarray(explanation.view).resize(shape[::-1], Image.BICUBIC),
                       dtype=np.float32)
-    heat_map = explanation.upsampled(shape)[t]
+    heat_map = upsample(explanation.maps[t:t + 1], shape)[0]
     heat = colormaps["jet"](heat_map)[..., :3] * 255.0
     alpha = HEAT_ALPHA * heat_map[..., None]
     return Image.fromarray((view * (1 - alpha) + heat * alpha).round().astype(np.uint8))
@@ -119,7 +119,9 @@ def _earlier_files(folder: Path) -> set[str]:
         return set()
     if not folder.is_dir():
         raise CaptionerError(f"explain: {folder} exists and is not a folder")
-    present = {p.name for p in folder.iterdir()}
+    # Leftovers of a write that was killed (atomic_path's hidden temporary files) are ours too.
+    present = {p.name for p in folder.iterdir()
+               if not (p.name.startswith(".") and p.name.endswith(".tmp"))}
     try:
         listed = set(json.loads((folder / MAPS_FILE).read_text(encoding="utf-8"))["files"])
     except (OSError, ValueError, KeyError, TypeError):

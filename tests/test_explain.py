@@ -221,6 +221,10 @@ def test_files_on_disk(tmp_path: Path) -> None:
     view = np.full((64, 64, 3), 90, np.uint8)
     explanation = Explanation(("a", "red", "<unk>"), maps, np.array([-0.1, -0.2, -3.0], np.float32),
                               view)
+    stretched = explanation.upsampled()
+    assert stretched.shape == (3, 64, 64) and stretched.min() >= 0 and stretched.max() <= 1
+    assert np.unravel_index(stretched[0].argmax(), (64, 64)) in {(r, c) for r in range(16, 32)
+                                                                  for c in range(32, 48)}
     folder = tmp_path / "explain" / "x"
     files = write_explanation(folder, "x.png", explanation)
     assert [p.name for p in files] == ["01-a.png", "02-red.png", "03-unk.png", "strip.png",
@@ -233,8 +237,10 @@ def test_files_on_disk(tmp_path: Path) -> None:
     np.testing.assert_allclose(record["maps"], maps, atol=5e-5)
 
     shorter = Explanation(("a",), maps[:1], np.array([-0.1], np.float32), view)
+    (folder / ".strip.png.k1ll3d.tmp").write_bytes(b"")  # what a killed write leaves behind
     write_explanation(folder, "x.png", shorter)  # a rerun replaces its own files, stale ones go
-    assert sorted(p.name for p in folder.iterdir()) == ["01-a.png", "maps.json", "strip.png"]
+    assert sorted(p.name for p in folder.iterdir()) == [".strip.png.k1ll3d.tmp", "01-a.png",
+                                                        "maps.json", "strip.png"]
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
