@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,7 +35,9 @@ from torch.nn import functional as F
 from captioner.data.vocab import Vocabulary
 from captioner.encoder import VGGEncoder
 from captioner.errors import CaptionerError
-from captioner.inference import Captioner, CaptionResult, ImageInput
+
+if TYPE_CHECKING:  # annotations only: captioner.inference may import this module
+    from captioner.inference import Captioner, CaptionResult, ImageInput
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Explanation:
 
     words: tuple[str, ...]
     maps: np.ndarray  # [T, h, w] float32 in [0, 1] on the conv grid; all zeros: nothing to show
-    logprobs: np.ndarray  # [T] float32: log p(word | image, earlier words), as the search scored it
+    logprobs: np.ndarray  # [T] float32: log p(word | image, earlier words), computed in fp32
     view: np.ndarray  # [H, W, 3] uint8: the image as the model saw it (resized, centre-cropped)
 
     def upsampled(self, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -34,7 +34,7 @@ def overlay(explanation: Explanation, t: int, size: int = 224) -> Image.Image:
     height, width = explanation.view.shape[:2]
     scale = size / min(height, width)
     shape = (round(height * scale), round(width * scale))
-    view = np.asarray(Image.fromarray(explanation.view).resize(shape[::-1], Image.BICUBIC),
+    view = np.asarray(Image.fromarray(explanation.view).resize(shape[::-1], Image.Resampling.BICUBIC),
                       dtype=np.float32)
     heat_map = upsample(explanation.maps[t:t + 1], shape)[0]
     heat = colormaps["jet"](heat_map)[..., :3] * 255.0
@@ -45,7 +45,7 @@ def overlay(explanation: Explanation, t: int, size: int = 224) -> Image.Image:
 def strip(explanation: Explanation, size: int = 160) -> Image.Image:
     """The view, then each word's overlay, side by side with the word beneath; a word whose map
     is all zeros is labelled "(none)"."""
-    first = Image.fromarray(explanation.view).resize((size, size), Image.BICUBIC)
+    first = Image.fromarray(explanation.view).resize((size, size), Image.Resampling.BICUBIC)
     tiles = [(first, "image")]
     for t, word in enumerate(explanation.words):
         empty = not explanation.maps[t].any()
@@ -55,8 +55,9 @@ def strip(explanation: Explanation, size: int = 160) -> Image.Image:
     draw, font = ImageDraw.Draw(canvas), _font()
     for i, (tile, label) in enumerate(tiles):
         canvas.paste(tile, (i * size, 0))
-        draw.text((i * size + size / 2, size + _LABEL_PX / 2), label, fill="black", font=font,
-                  anchor="mm")
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        draw.text((i * size + (size - right + left) / 2, size + (_LABEL_PX - bottom + top) / 2 - top),
+                  label, fill="black", font=font)
     return canvas
 
 
