@@ -105,8 +105,8 @@ def _end_logprob(captioner: Captioner, picture: Image.Image, words: list[str]) -
 
 def test_explaining_works_inside_inference_mode(captioner: Captioner) -> None:
     """Captioner.caption runs under inference mode; explanations must be possible there too."""
-    images = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
+        images = torch.randn(2, 3, 64, 64)  # an inference tensor, as Captioner.caption's are
         explanations = Explainer(captioner).explain(images, [["a", "red"], ["blue"]])
     assert [e.maps.shape for e in explanations] == [(2, 4, 4), (1, 4, 4)]
 
