@@ -22,8 +22,8 @@ import torch
 from machine import describe  # benchmarks/ is on sys.path as a script
 from torch import Tensor
 
-from captioner.decoder import Decoder, State
-from captioner.search import beam_search
+from captioner.model.decoder import Decoder, State
+from captioner.model.search import beam_search
 
 PAD, BOS, EOS = 0, 1, 2
 

@@ -22,15 +22,15 @@ from collections.abc import Callable
 import numpy as np
 from machine import describe  # benchmarks/ is on sys.path as a script
 
-from captioner.bootstrap import (
+from captioner.data.tokenize import tokenize
+from captioner.evaluation.bootstrap import (
     image_statistics,
     intervals,
     paired_deltas,
     point_estimates,
     resample_weights,
 )
-from captioner.data.tokenize import tokenize
-from captioner.metrics import bleu_scores, cider_d, score_captions
+from captioner.evaluation.metrics import bleu_scores, cider_d, score_captions
 
 
 def synthetic_split(images: int, seed: int = 0) -> tuple[dict[int, list[str]], dict[int, str]]:

@@ -19,8 +19,8 @@ import torch
 from machine import describe  # benchmarks/ is on sys.path as a script
 from torch.nn import functional as F
 
-from captioner.decoder import Decoder
-from captioner.hardware import fast_bf16
+from captioner.model.decoder import Decoder
+from captioner.util.hardware import fast_bf16
 
 VOCAB, IMAGES, PER_IMAGE = 60, 32, 5
 

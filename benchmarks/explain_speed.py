@@ -29,9 +29,9 @@ import torch
 from machine import describe  # benchmarks/ is on sys.path as a script
 from torch import Tensor
 
-from captioner.explain import Explainer, teacher_forcing
-from captioner.images import list_images
-from captioner.inference import Captioner
+from captioner.data.images import list_images
+from captioner.evaluation.explain import Explainer, teacher_forcing
+from captioner.model.inference import Captioner
 
 
 def seconds(run: Callable[[], object]) -> float:

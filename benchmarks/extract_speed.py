@@ -32,10 +32,10 @@ from machine import describe  # benchmarks/ is on sys.path as a script
 from PIL import Image
 
 from captioner.data.coco import ImageRecord
-from captioner.encoder import build_encoder, build_preprocess, encode
-from captioner.features import extract_features, merge_shards
-from captioner.hardware import fast_bf16
-from captioner.images import open_rgb
+from captioner.data.images import open_rgb
+from captioner.features.cache import extract_features, merge_shards
+from captioner.model.encoder import build_encoder, build_preprocess, encode
+from captioner.util.hardware import fast_bf16
 
 COCO_IMAGES = 123_287
 

@@ -30,7 +30,7 @@ def lap(name):
     global t
     now = time.perf_counter(); print(f"{name}={now - t:.3f}"); t = now
 import torch, torchvision; lap("import torch, torchvision")
-from captioner.inference import Captioner; lap("import captioner.inference (the rest)")
+from captioner.model.inference import Captioner; lap("import captioner.model.inference (the rest)")
 c = Captioner.from_checkpoint(sys.argv[1], device=sys.argv[3]); lap("load checkpoint, build model")
 c.caption(sys.argv[2]); lap("first caption (preprocess, CNN, beam search)")
 """
@@ -46,7 +46,7 @@ def cold(command: list[str]) -> float:
 
 
 def default_checkpoint() -> Path:
-    from captioner.runs import latest_checkpoint
+    from captioner.util.runs import latest_checkpoint
 
     return latest_checkpoint(Path("runs"))
 

@@ -25,9 +25,9 @@ from fresh_scenes import render_scenes  # noqa: E402
 from machine import describe  # noqa: E402
 
 from captioner.data.shapes import COLOURS, SHAPES  # noqa: E402
-from captioner.encoder import build_encoder, build_preprocess, encode  # noqa: E402
-from captioner.inference import Captioner  # noqa: E402
-from captioner.runs import latest_checkpoint  # noqa: E402
+from captioner.model.encoder import build_encoder, build_preprocess, encode  # noqa: E402
+from captioner.model.inference import Captioner  # noqa: E402
+from captioner.util.runs import latest_checkpoint  # noqa: E402
 
 PAIRS = [f"{c} {s}" for c in COLOURS for s in SHAPES]
 

@@ -34,9 +34,15 @@ from pathlib import Path
 import torch
 from machine import describe  # benchmarks/ is on sys.path as a script
 
-from captioner.explain import Explainer, Explanation
-from captioner.explain_checks import POINTERS, load_scenes, pointing_game, randomised, rank_correlations
-from captioner.inference import Captioner
+from captioner.evaluation.explain import Explainer, Explanation
+from captioner.evaluation.explain_checks import (
+    POINTERS,
+    load_scenes,
+    pointing_game,
+    randomised,
+    rank_correlations,
+)
+from captioner.model.inference import Captioner
 
 LABELS = {"fc": "fc6+fc7 re-initialised", "convs": "convs re-initialised",
           "all": "whole encoder re-initialised"}

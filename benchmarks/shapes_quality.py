@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fresh_scenes import render_scenes  # noqa: E402
 
-from captioner.inference import Captioner  # noqa: E402
-from captioner.objects import shape_mentions  # noqa: E402
-from captioner.runs import latest_checkpoint  # noqa: E402
+from captioner.evaluation.mentions import shape_mentions  # noqa: E402
+from captioner.model.inference import Captioner  # noqa: E402
+from captioner.util.runs import latest_checkpoint  # noqa: E402
 
 
 def pair_f1(predicted: list[set[str]], present: list[set[str]]) -> dict[str, float]:

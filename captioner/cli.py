@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from captioner.config import ShapesConfig
 from captioner.errors import CaptionerError, Interrupted
 
 if TYPE_CHECKING:
-    from captioner.inference import CaptionResult
+    from captioner.model.inference import CaptionResult
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -84,11 +85,12 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="dataset", required=True)
     s = dsub.add_parser("shapes", help="write the built-in shapes dataset (COCO formats)")
     s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--num-train", type=int, default=3000)
-    s.add_argument("--num-val", type=int, default=250)
-    s.add_argument("--num-test", type=int, default=250)
-    s.add_argument("--size", type=int, default=128)
-    s.add_argument("--seed", type=int, default=0)
+    defaults = ShapesConfig()
+    s.add_argument("--num-train", type=int, default=defaults.num_train)
+    s.add_argument("--num-val", type=int, default=defaults.num_val)
+    s.add_argument("--num-test", type=int, default=defaults.num_test)
+    s.add_argument("--size", type=int, default=defaults.size)
+    s.add_argument("--seed", type=int, default=defaults.seed)
     _add_data_import(dsub)
 
 
@@ -194,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from captioner.config import load_config
-    from captioner.training import train
+    from captioner.training.train import train
 
     if args.resume is not None:
         result = train(None, resume=args.resume, overrides=args.overrides,
@@ -219,7 +221,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _checkpoint(args: argparse.Namespace) -> Path:
-    from captioner.runs import latest_checkpoint
+    from captioner.util.runs import latest_checkpoint
 
     if args.checkpoint is not None:
         return args.checkpoint
@@ -229,7 +231,7 @@ def _checkpoint(args: argparse.Namespace) -> Path:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from captioner.pretrain import pretrain
+    from captioner.training.pretrain import pretrain
 
     result = pretrain(args.config, args.overrides, resume=args.resume)
     print(f"encoder weights: {result.weights}")
@@ -239,7 +241,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from captioner.inference import Captioner, Decoding, expand_inputs, resolve_device
+    from captioner.model.inference import Captioner, Decoding, expand_inputs, resolve_device
 
     # Options and device are checked before a checkpoint of possibly gigabytes is read.
     decoding = Decoding(
@@ -289,7 +291,7 @@ def _report_error(fmt: str, image: str, message: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from captioner.evaluation import evaluate
+    from captioner.evaluation.evaluate import evaluate
 
     metrics, out_dir = evaluate(_checkpoint(args), split=args.split, out_dir=args.out,
                                 beam_size=args.beam_size, limit=args.limit, worst=args.worst,
@@ -302,8 +304,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from captioner.config import load_config
     from captioner.data.prepare import prepare
-    from captioner.extract import extract
-    from captioner.training import configured_encoder
+    from captioner.features.extract import extract
+    from captioner.training.train import configured_encoder
 
     config = load_config(args.config, args.overrides)
     data = prepare(config)
@@ -343,7 +345,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from captioner.compare import compare
+    from captioner.compare.cells import compare
     from captioner.config import load_config
 
     overrides = list(args.overrides)
@@ -367,7 +369,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from captioner.diff import diff_paths
+    from captioner.evaluation.diff import diff_paths
 
     result = diff_paths(args.a, args.b, out_dir=args.out, split=args.split, limit=args.limit,
                         device=args.device, resamples=args.resamples, seed=args.seed, show=args.show)

@@ -16,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, one_line
 
 
 def setting(default: Any = None, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
@@ -140,10 +140,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def _one_line(err: OmegaConfBaseException) -> str:
-    return str(err).strip().splitlines()[0]
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> Config:
     """Defaults (or `base`), then the YAML file, then `key.sub=value` overrides; unknown keys are errors."""
@@ -159,7 +155,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        raise CaptionerError(f"bad configuration: {_one_line(err)}") from err
+        raise CaptionerError(f"bad configuration: {one_line(err)}") from err
     return validate(config)  # type: ignore[arg-type]
 
 
@@ -188,7 +184,7 @@ def _merge(base: Any, update: Any, source: str) -> Any:
         return OmegaConf.merge(base, update)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or ""
-        raise CaptionerError(f"{source}: bad config key {key!r}: {_one_line(err)}") from err
+        raise CaptionerError(f"{source}: bad config key {key!r}: {one_line(err)}") from err
 
 
 def to_dict(config: Config) -> dict[str, Any]:

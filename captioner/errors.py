@@ -11,3 +11,10 @@ class Interrupted(CaptionerError):
     """Ctrl-C stopped a command; the message says how to continue, if there is a way."""
 
     exit_code = 130
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message as one short line (libraries' messages go on for paragraphs)."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    text = " ".join(lines[0].split()) if lines else ""
+    return (text[:limit - 3] + "...") if len(text) > limit else text or type(err).__name__

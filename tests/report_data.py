@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from captioner.report import ImageResult
+from captioner.evaluation.report import ImageResult
 
 SCRIPT_CAPTION = "<script>alert(1)</script> a red circle"
 IMG_FILE_NAME = '"><img src=x onerror=alert(2)>.png'

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 import captioner
-from captioner import search
-from captioner.checkpoint import load_checkpoint, model_state
-from captioner.decoder import Decoder
 from captioner.errors import CaptionerError
-from captioner.inference import Captioner
-from captioner.model import CaptionModel
+from captioner.model import search
+from captioner.model.checkpoint import load_checkpoint, model_state
+from captioner.model.decoder import Decoder
+from captioner.model.inference import Captioner
+from captioner.model.network import CaptionModel
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from captioner.checkpointing import AtomicCheckpointIO, RunCheckpoints
+from captioner.training.checkpoints import AtomicCheckpointIO, RunCheckpoints
 
 SCORES = [0.3, 0.5, 0.4, 0.45, 0.6, 0.2]  # a validation metric by epoch: best at 1, then at 4
 

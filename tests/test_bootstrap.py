@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from report_data import make_fake_set
 
-from captioner.bootstrap import (
+from captioner.evaluation.bootstrap import (
     image_statistics,
     intervals,
     paired_deltas,
@@ -19,9 +19,9 @@ from captioner.bootstrap import (
     resample_weights,
     resampled_metrics,
 )
-from captioner.metrics import score_captions
-from captioner.objects import load_object_index
-from captioner.report import write_report
+from captioner.evaluation.mentions import load_object_index
+from captioner.evaluation.metrics import score_captions
+from captioner.evaluation.report import write_report
 
 # An empty caption, punctuation, a hypothesis of 4 tokens between references of 3 and 5 (nltk
 # takes the shorter on a tie), one longer than all of its references, no 4-gram match anywhere.

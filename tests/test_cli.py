@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
-from captioner.checkpoint import load_checkpoint
+from captioner.model.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from conftest import TINY, run_cli
 
 from captioner.config import load_config
 from captioner.data.prepare import prepare
-from captioner.decoder import Decoder
 from captioner.errors import CaptionerError
-from captioner.unroll import (
+from captioner.model.decoder import Decoder
+from captioner.model.unroll import (
     GATES,
     WEIGHT_SETS,
     gate_trace,
@@ -93,7 +93,7 @@ def test_gate_values_lie_in_the_unit_interval(cell: str) -> None:
 
 
 def test_encoder_defaults_to_the_configs_without_a_run(tmp_path: Path, monkeypatch) -> None:
-    from captioner.compare import config_encoder, encoder_checkpoint
+    from captioner.compare.cells import config_encoder, encoder_checkpoint
 
     monkeypatch.chdir(tmp_path)
     config = load_config(None, TINY)
@@ -111,7 +111,7 @@ def test_missing_encoder_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_cells_and_epochs_are_checked_before_any_work(tmp_path: Path) -> None:
-    from captioner.compare import compare
+    from captioner.compare.cells import compare
 
     with pytest.raises(CaptionerError, match="trainer.max_epochs=0; it must be at least 1"):
         compare(load_config(None, [*TINY, "trainer.max_epochs=0"]), ["rnn"], tmp_path)

@@ -27,9 +27,9 @@ from conftest import random_image_records
 from PIL import Image
 
 from captioner.data.shapes import ShapesSpec, generate_shapes
-from captioner.encoder import build_encoder, build_preprocess
 from captioner.errors import CaptionerError
-from captioner.features import extract_features, load_or_extract, merge_shards
+from captioner.features.cache import extract_features, load_or_extract, merge_shards
+from captioner.model.encoder import build_encoder, build_preprocess
 
 KEY = {"test": 1}
 PREPROCESS = build_preprocess("vgg11", 32, 32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioner.decoder import Decoder
+from captioner.model.decoder import Decoder
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -12,10 +12,10 @@ import pytest
 from conftest import run_cli
 from report_data import SCRIPT_CAPTION, FakeSet, make_fake_set
 
-from captioner.diff import diff, diff_paths, load_evaluation
 from captioner.errors import CaptionerError
-from captioner.objects import load_object_index
-from captioner.report import write_report
+from captioner.evaluation.diff import diff, diff_paths, load_evaluation
+from captioner.evaluation.mentions import load_object_index
+from captioner.evaluation.report import write_report
 
 # B's captions where they differ from A's (report_data's): three images fixed, one broken.
 B_CAPTIONS = {1: "a blue square", 3: "a red circle and a green square", 4: "a green triangle",

@@ -19,7 +19,7 @@ from pycocotools.coco import COCO
 
 from captioner.data import download
 from captioner.data.download import ARCHIVE_NAMES, ARCHIVES, LOCK_FILE, DownloadError, fetch, main
-from captioner.locks import flock
+from captioner.util.locks import flock
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL = 6, 6

@@ -11,9 +11,9 @@ import torch
 from conftest import random_image_records
 from PIL import Image
 
-from captioner.encoder import build_encoder, build_preprocess, encode, export_weights, weights_file
 from captioner.errors import CaptionerError
-from captioner.features import load_or_extract
+from captioner.features.cache import load_or_extract
+from captioner.model.encoder import build_encoder, build_preprocess, encode, export_weights, weights_file
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_feature_cache_reuse_and_invalidation(tmp_path: Path, vgg11: torch.nn.Mo
 
 
 def test_extraction_resumes_and_skips_unreadable(tmp_path: Path, vgg11: torch.nn.Module) -> None:
-    from captioner.features import extract_features, merge_shards
+    from captioner.features.cache import extract_features, merge_shards
 
     records = random_image_records(tmp_path, 5)
     records[3].path.write_bytes(b"broken")

@@ -16,13 +16,13 @@ from torch import nn
 
 from captioner.config import Config
 from captioner.data.vocab import SPECIALS, Vocabulary
-from captioner.decoder import Decoder
-from captioner.encoder import VGG_ARCHS, VGGEncoder
 from captioner.errors import CaptionerError
-from captioner.explain import Explainer, Explanation, feature_map_index, grad_cam
-from captioner.explain_files import folder_names, write_explanation
-from captioner.inference import Captioner
-from captioner.model import CaptionModel, build_model
+from captioner.evaluation.explain import Explainer, Explanation, feature_map_index, grad_cam
+from captioner.evaluation.explain_files import folder_names, write_explanation
+from captioner.model.decoder import Decoder
+from captioner.model.encoder import VGG_ARCHS, VGGEncoder
+from captioner.model.inference import Captioner
+from captioner.model.network import CaptionModel, build_model
 
 WORDS = "a red green blue circle square left of right".split()
 MAX_LENGTH = 6

@@ -15,10 +15,9 @@ from PIL import Image
 from captioner.config import Config
 from captioner.data.shapes import COLOURS, ShapesSpec, generate_shapes
 from captioner.data.vocab import SPECIALS, Vocabulary
-from captioner.encoder import build_preprocess
 from captioner.errors import CaptionerError
-from captioner.explain import Explainer, Explanation
-from captioner.explain_checks import (
+from captioner.evaluation.explain import Explainer, Explanation
+from captioner.evaluation.explain_checks import (
     Scene,
     inside,
     load_scenes,
@@ -28,8 +27,9 @@ from captioner.explain_checks import (
     spearman,
     view_to_image,
 )
-from captioner.inference import Captioner
-from captioner.model import build_model
+from captioner.model.encoder import build_preprocess
+from captioner.model.inference import Captioner
+from captioner.model.network import build_model
 
 VIEW = 64  # the model's view: resize 64, crop 64, of 128 px scenes: a 4 x 4 grid of 32 px cells
 

@@ -17,9 +17,9 @@ import torch
 from conftest import run_cli
 from PIL import Image, ImageFile
 
-from captioner.encoder import build_preprocess
+from captioner.data.images import limit_aspect, open_rgb, to_rgb
 from captioner.errors import CaptionerError
-from captioner.images import limit_aspect, open_rgb, to_rgb
+from captioner.model.encoder import build_preprocess
 
 SIZE = (16, 16)
 WHITE, RED = (255, 255, 255), (255, 0, 0)
@@ -149,8 +149,8 @@ def _truncated(path: Path, fmt: str) -> Path:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_truncated_files_are_errors_not_half_pictures(tmp_path: Path, fmt: str) -> None:
-    import captioner.features  # noqa: F401  everything that reads images is loaded
-    import captioner.inference  # noqa: F401
+    import captioner.features.cache  # noqa: F401  everything that reads images is loaded
+    import captioner.model.inference  # noqa: F401
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     with pytest.raises(CaptionerError, match="broken or truncated image"):

@@ -11,7 +11,7 @@ import pycocoevalcap
 import pytest
 
 from captioner.errors import CaptionerError
-from captioner.metrics import bleu_scores, cider_d, score_captions
+from captioner.evaluation.metrics import bleu_scores, cider_d, score_captions
 
 REFERENCES = {1: ["A man riding a horse.", "A person on a horse"],
               2: ["Two dogs play in the snow", "dogs in snow"],

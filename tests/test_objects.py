@@ -10,7 +10,7 @@ import pytest
 from captioner.data.shapes import ShapesSpec, generate_shapes
 from captioner.data.tokenize import tokenize
 from captioner.errors import CaptionerError
-from captioner.objects import (
+from captioner.evaluation.mentions import (
     CocoObjects,
     ShapeObjects,
     coco_mentions,

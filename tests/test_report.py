@@ -13,9 +13,9 @@ from PIL import Image
 from report_data import GENERIC, IMG_FILE_NAME, SCRIPT_CAPTION, FakeSet, make_fake_set
 
 from captioner.errors import CaptionerError
-from captioner.objects import load_object_index
-from captioner.report import ImageResult, write_report
-from captioner.report_plots import read_training_log
+from captioner.evaluation.mentions import load_object_index
+from captioner.evaluation.plots import read_training_log
+from captioner.evaluation.report import ImageResult, write_report
 
 
 class _Page(HTMLParser):

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image, ImageStat
 from report_data import make_fake_set
 
-from captioner.objects import load_object_index
-from captioner.report import write_report
+from captioner.evaluation.mentions import load_object_index
+from captioner.evaluation.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

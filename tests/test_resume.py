@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import TINY, run_cli
 
-from captioner.checkpoint import load_checkpoint
-from captioner.runlog import read_rows
+from captioner.model.checkpoint import load_checkpoint
+from captioner.training.runlog import read_rows
 
 pytestmark = pytest.mark.slow
 RUN = [*TINY, "trainer.max_epochs=4", "--no-eval"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY, run_cli
 
-from captioner import atomic
-from captioner.runs import claim_run_dir, global_rank
+from captioner.util import atomic
+from captioner.util.runs import claim_run_dir, global_rank
 
 
 def test_runs_started_together_get_a_folder_each(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_global_rank_reads_every_launcher(env: dict[str, str], rank: int,
 
 def test_only_global_rank_zero_claims_a_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from captioner.config import load_config
-    from captioner.training import RUN_DIR_ENV, new_run
+    from captioner.training.train import RUN_DIR_ENV, new_run
 
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
     config = load_config(None, [f"output_dir={tmp_path / 'runs'}"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioner.schedule import END, START, cooldown, one_cycle
+from captioner.training.schedule import END, START, cooldown, one_cycle
 
 
 def test_warms_up_to_the_peak_then_anneals_to_almost_zero() -> None:

@@ -8,8 +8,8 @@ import itertools
 import pytest
 import torch
 
-from captioner.decoder import Decoder
-from captioner.search import Hypothesis, beam_search, greedy, sample
+from captioner.model.decoder import Decoder
+from captioner.model.search import Hypothesis, beam_search, greedy, sample
 
 PAD, BOS, WORDS, EOS = 0, 1, (2, 3, 4), 5
 VOCAB = 6

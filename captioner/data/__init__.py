@@ -1,1 +1,7 @@
-"""Data: tokenisation, vocabulary, COCO/Karpathy readers, the built-in shapes set, the DataModule."""
+"""Data: from files on disk to the batches training reads.
+
+Owns image reading (images.py), caption tokenisation and the vocabulary, the COCO/Karpathy
+readers (coco.py) and what a config's data settings resolve to (prepare.py), the built-in shapes
+generator, the COCO downloader, the importer of other datasets (importing/), and the datasets and
+LightningDataModule. Imports only captioner.config, captioner.errors and captioner.util.
+"""

@@ -25,21 +25,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from captioner.data.coco import ImageRecord
+from captioner.data.images import open_rgb
 from captioner.data.tokenize import tokenize
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
-from captioner.features import FeatureStore
-from captioner.images import open_rgb
 
 Inputs = Callable[[ImageRecord], Tensor]
 
 
 def image_inputs(preprocess: Callable[[Image.Image], Tensor]) -> Inputs:
     return lambda record: preprocess(open_rgb(record.path))
-
-
-def feature_inputs(store: FeatureStore) -> Inputs:
-    return lambda record: store[record.image_id]
 
 
 class CaptionSet(Dataset):

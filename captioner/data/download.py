@@ -33,9 +33,9 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
-from captioner.atomic import atomic_path, write_json
 from captioner.errors import CaptionerError
-from captioner.locks import flock
+from captioner.util.atomic import atomic_path, write_json
+from captioner.util.locks import flock
 
 CHUNK_BYTES = 1 << 20
 DEFAULT_TIMEOUT_S = 60.0

@@ -12,7 +12,7 @@ from captioner.data.importing.manifest import read_manifest, require_complete
 from captioner.data.tokenize import tokenize
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
-from captioner.paths import default_cache_dir
+from captioner.util.paths import default_cache_dir
 
 SHAPES_FILES = {
     "karpathy_json": "dataset_shapes.json",

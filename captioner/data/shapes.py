@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from captioner.atomic import write_json
+from captioner.config import ShapesConfig
 from captioner.data.tokenize import tokenize
 from captioner.errors import CaptionerError
-from captioner.locks import flock
-from captioner.paths import default_cache_dir
+from captioner.util.atomic import write_json
+from captioner.util.locks import flock
+from captioner.util.paths import default_cache_dir
 
 # Bump whenever the output for a given spec changes, so cached datasets are regenerated.
 GENERATOR_VERSION = 1
@@ -82,15 +83,18 @@ _RELATION_TEMPLATES = (
 )
 
 
+_DEFAULT = ShapesConfig()  # data.shapes' defaults: the one place the sizes are set
+
+
 @dataclass(frozen=True)
 class ShapesSpec:
     """Everything the generated files depend on (besides GENERATOR_VERSION)."""
 
-    num_train: int = 3000
-    num_val: int = 250
-    num_test: int = 250
-    size: int = 128
-    seed: int = 0
+    num_train: int = _DEFAULT.num_train
+    num_val: int = _DEFAULT.num_val
+    num_test: int = _DEFAULT.num_test
+    size: int = _DEFAULT.size
+    seed: int = _DEFAULT.seed
 
     def __post_init__(self) -> None:
         if min(self.num_train, self.num_val, self.num_test) < 0:

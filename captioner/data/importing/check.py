@@ -130,7 +130,7 @@ Decoded = tuple[str | None, tuple[int, int] | None]  # (error, (width, height))
 
 
 def _decode(path: Path) -> Decoded:
-    from captioner.images import open_rgb
+    from captioner.data.images import open_rgb
 
     try:
         return None, open_rgb(path).size

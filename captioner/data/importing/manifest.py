@@ -12,8 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-from captioner.atomic import write_json
 from captioner.errors import CaptionerError
+from captioner.util.atomic import write_json
 
 MANIFEST_NAME = "captioner_dataset.json"
 MANIFEST_VERSION = 1

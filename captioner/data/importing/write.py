@@ -19,7 +19,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from captioner.atomic import atomic_path, write_json
 from captioner.data.importing.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -28,6 +27,7 @@ from captioner.data.importing.manifest import (
     write_manifest,
 )
 from captioner.errors import CaptionerError
+from captioner.util.atomic import atomic_path, write_json
 
 KARPATHY_NAME = "dataset_karpathy.json"
 REPORT_NAME = "import_report.json"

@@ -1,0 +1,257 @@
+"""`captioner diff A B`: two evaluations of the same images, metric by metric and image by image.
+
+A and B are evaluation folders (what `captioner evaluate` writes) or checkpoints, which are
+evaluated first on one split. Both must have scored the same images against the same references;
+then every metric's B - A gets a paired bootstrap interval (each resample draws the same images
+for A and B, captioner/bootstrap.py), the images whose CIDEr-D moved most are set side by side,
+and the failure tags that appeared or disappeared are listed. Results: diff.json and index.html.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from captioner.errors import CaptionerError
+from captioner.evaluation.bootstrap import (
+    LEVEL,
+    LOWER_IS_BETTER,
+    METHOD,
+    NOT_RESAMPLED,
+    RESAMPLES,
+    image_statistics,
+    paired_deltas,
+)
+from captioner.evaluation.diff_page import render_diff_page
+from captioner.evaluation.report import TAGS, write_thumbnail
+from captioner.util.atomic import write_json, write_text
+
+SHOW = 12
+_WRITES = ("diff.json", "index.html", "thumbs")
+_SIDE_FIELDS = ("prediction", "tags", "hallucinated", "missed", "repeated", "same_caption_images")
+_RECORD_FIELDS = ("image_id", "file", "references", "scores", "mentioned", "objects_annotated",
+                  *_SIDE_FIELDS)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation folder: its metrics.json and its per-image records, by image id."""
+
+    folder: Path
+    metrics: dict[str, Any]
+    records: list[dict[str, Any]]  # sorted by image id
+
+    def describe(self) -> str:
+        run = self.metrics.get("run", {})
+        return f"split {run.get('split', '?')}, {len(self.records)} images"
+
+
+def load_evaluation(folder: Path) -> Evaluation:
+    """Read an evaluation folder; a missing or malformed file is a one-line error naming it."""
+    folder = Path(folder)
+    for name in ("metrics.json", "per_image.jsonl"):
+        if not (folder / name).is_file():
+            raise CaptionerError(f"{folder}: not an evaluation folder (no {name}); "
+                                 "run `captioner evaluate` first")
+    metrics = _read_json(folder / "metrics.json", (folder / "metrics.json").read_text())
+    if not isinstance(metrics, dict) or not all(isinstance(metrics.get(k), dict)
+                                                for k in ("metrics", "summary")):
+        raise CaptionerError(f"{folder / 'metrics.json'}: not a captioner metrics.json "
+                             "(no 'metrics' or 'summary')")
+    records = []
+    path = folder / "per_image.jsonl"
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            records.append(_record(f"{path}:{number}", line))
+    if not records:
+        raise CaptionerError(f"{path}: no images")
+    twice = [i for i, n in Counter(r["image_id"] for r in records).items() if n > 1]
+    if twice:
+        raise CaptionerError(f"{path}: image {twice[0]} appears twice")
+    return Evaluation(folder, metrics, sorted(records, key=lambda r: r["image_id"]))
+
+
+def _read_json(where: str | Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CaptionerError(f"{where}: not valid JSON ({err.msg}, line {err.lineno})") from err
+
+
+def _record(where: str, line: str) -> dict[str, Any]:
+    record = _read_json(where, line)
+    missing = [k for k in _RECORD_FIELDS if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise CaptionerError(f"{where}: not a per-image record (no {missing[0]!r})")
+    if not isinstance(record["image_id"], int):
+        raise CaptionerError(f"{where}: image_id {record['image_id']!r} is not a number")
+    if not isinstance(record["scores"], dict) or "cider" not in record["scores"]:
+        raise CaptionerError(f"{where}: no per-image CIDEr-D under 'scores'")
+    if not record["references"]:
+        raise CaptionerError(f"{where}: image {record['image_id']} has no references")
+    return record
+
+
+def check_comparable(a: Evaluation, b: Evaluation) -> None:
+    """Refuse two evaluations that did not score the same images against the same references."""
+    ids_a = {r["image_id"] for r in a.records}
+    ids_b = {r["image_id"] for r in b.records}
+    if ids_a != ids_b:
+        example = min(ids_a ^ ids_b)
+        raise CaptionerError(
+            f"cannot diff {a.folder} and {b.folder}: not scored on the same images (A: "
+            f"{a.describe()}; B: {b.describe()}; image {example} is only in "
+            f"{'A' if example in ids_a else 'B'}); evaluate both on the same split and --limit")
+    differing = [ra["image_id"] for ra, rb in zip(a.records, b.records)
+                 if sorted(ra["references"]) != sorted(rb["references"])]
+    if differing:
+        raise CaptionerError(
+            f"cannot diff {a.folder} and {b.folder}: {len(differing)} image(s) have other "
+            f"references in B than in A, e.g. image {differing[0]}; evaluate both on one dataset")
+
+
+def diff(a: Evaluation, b: Evaluation, *, resamples: int = RESAMPLES, seed: int = 0,
+         show: int = SHOW) -> dict[str, Any]:
+    """What diff.json holds: metrics with paired intervals, moved images, tag changes."""
+    check_comparable(a, b)
+    chair = "objects" in a.metrics["summary"] and "objects" in b.metrics["summary"]
+    deltas = paired_deltas(image_statistics(a.records, chair=chair),
+                           image_statistics(b.records, chair=chair), resamples, seed)
+    metrics = {name: asdict(delta) for name, delta in deltas.items()}
+    notes = ["CHAIR_i and CHAIR_s: lower is better; B wins a resample where it hallucinates less"
+             ] if chair else []
+    if "meteor" in a.metrics["metrics"] and "meteor" in b.metrics["metrics"]:
+        va, vb = a.metrics["metrics"]["meteor"], b.metrics["metrics"]["meteor"]
+        metrics = _insert_before_chair(metrics, "meteor", {
+            "a": va, "b": vb, "delta": vb - va, "interval": None, "b_wins": None})
+        notes.append(NOT_RESAMPLED["meteor"])
+    images = len(a.records)
+    return {
+        "a": _side(a), "b": _side(b), "images": images,
+        "bootstrap": {"resamples": resamples, "seed": seed, "level": LEVEL, "paired": True,
+                      "ties": "a resample where A and B score the same counts one half to b_wins",
+                      "method": METHOD.format(resamples=resamples, images=images, seed=seed,
+                                              percent=100 * LEVEL)
+                      + "; A and B are scored on the same resamples"},
+        "metrics": metrics,
+        "moved": _moved(a, b, show),
+        "tags": _tag_changes(a, b),
+        "notes": notes,
+    }
+
+
+def _side(evaluation: Evaluation) -> dict[str, Any]:
+    return {"folder": str(evaluation.folder.resolve()), "run": evaluation.metrics.get("run", {})}
+
+
+def _insert_before_chair(metrics: dict[str, Any], name: str, value: Any) -> dict[str, Any]:
+    """The order of the report's headline table: corpus metrics, METEOR, then CHAIR."""
+    items = list(metrics.items())
+    at = next((i for i, (k, _) in enumerate(items) if k in LOWER_IS_BETTER), len(items))
+    return dict([*items[:at], (name, value), *items[at:]])
+
+
+def _moved(a: Evaluation, b: Evaluation, show: int) -> dict[str, list[dict[str, Any]]]:
+    """The `show` images whose per-image CIDEr-D rose most from A to B, and fell most."""
+    pairs = [(rb["scores"]["cider"] - ra["scores"]["cider"], ra, rb)
+             for ra, rb in zip(a.records, b.records)]
+    up = sorted((p for p in pairs if p[0] > 0), key=lambda p: (-p[0], p[1]["image_id"]))
+    down = sorted((p for p in pairs if p[0] < 0), key=lambda p: (p[0], p[1]["image_id"]))
+    return {"b_better": [_pair(*p) for p in up[:show]],
+            "b_worse": [_pair(*p) for p in down[:show]]}
+
+
+def _pair(delta: float, ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
+    def side(record: dict[str, Any]) -> dict[str, Any]:
+        return {"cider": record["scores"]["cider"], **{k: record[k] for k in _SIDE_FIELDS}}
+
+    return {"image_id": ra["image_id"], "file": ra["file"], "references": ra["references"],
+            "cider_delta": delta, "a": side(ra), "b": side(rb)}
+
+
+def _tag_changes(a: Evaluation, b: Evaluation) -> dict[str, dict[str, Any]]:
+    """Per failure tag: images carrying it in A and in B, and which gained or lost it."""
+    seen = {t for e in (a, b) for r in e.records for t in r["tags"]}
+    changes = {}
+    for tag in [*TAGS, *sorted(seen - set(TAGS))]:  # tags of another version go last
+        in_a = {r["image_id"] for r in a.records if tag in r["tags"]}
+        in_b = {r["image_id"] for r in b.records if tag in r["tags"]}
+        changes[tag] = {"a": len(in_a), "b": len(in_b), "appeared": sorted(in_b - in_a),
+                        "disappeared": sorted(in_a - in_b)}
+    return changes
+
+
+def check_out_dir(out_dir: Path, names: tuple[str, ...]) -> None:
+    """Refuse to write `names` into out_dir where one is there already and no earlier diff
+    wrote it (an evaluation folder, say), so that nothing a user keeps is overwritten."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CaptionerError(f"--out {out_dir}: is a file, not a folder")
+    if (out_dir / "diff.json").is_file():
+        return
+    taken = [name for name in names if (out_dir / name).exists()]
+    if taken:
+        raise CaptionerError(f"--out {out_dir}: {taken[0]} is there already and not from a diff; "
+                             "choose a new or empty folder")
+
+
+def write_diff(out_dir: Path, result: dict[str, Any]) -> Path:
+    """diff.json, thumbnails of the moved images and index.html in `out_dir`; returns the page."""
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, _WRITES)
+    thumbnails: dict[int, str] = {}
+    for pair in [*result["moved"]["b_better"], *result["moved"]["b_worse"]]:
+        relative = f"thumbs/{pair['image_id']}.jpg"
+        if write_thumbnail(Path(pair["file"]), out_dir / relative):
+            thumbnails[pair["image_id"]] = relative
+    write_json(out_dir / "diff.json", result)
+    write_text(out_dir / "index.html", render_diff_page(result, thumbnails, TAGS))
+    return out_dir / "index.html"
+
+
+def evaluation_of(path: Path, side: str, *, out_dir: Path | None, split: str | None,
+                  limit: int | None, device: str) -> Evaluation:
+    """An evaluation folder as it is; a checkpoint evaluated into out_dir/<side> first."""
+    path = Path(path)
+    if path.is_dir():
+        return load_evaluation(path)
+    if not path.is_file():
+        raise CaptionerError(f"{side.upper()}: {path} is neither an evaluation folder nor a checkpoint")
+    if out_dir is None:
+        raise CaptionerError(f"{side.upper()}: {path} is a checkpoint: give --out DIR to evaluate "
+                             f"it into DIR/{side}")
+    from captioner.evaluation.evaluate import evaluate  # torch and the model: only for checkpoints
+
+    print(f"evaluating {side.upper()} ({path}) on split {split or 'of its config'}", file=sys.stderr)
+    evaluate(path, split=split, out_dir=out_dir / side, limit=limit, device=device)
+    return load_evaluation(out_dir / side)
+
+
+def diff_paths(a: Path, b: Path, *, out_dir: Path | None = None, split: str | None = None,
+               limit: int | None = None, device: str = "auto", resamples: int = RESAMPLES,
+               seed: int = 0, show: int = SHOW) -> dict[str, Any]:
+    """`captioner diff`: A and B (folders or checkpoints) compared; written to out_dir if given.
+
+    A checkpoint is evaluated on `split`, else on the split of the other side's folder, else
+    (two checkpoints) on A's configured split, so that both sides score the same images.
+    """
+    if resamples < 1000:
+        raise CaptionerError(f"--resamples {resamples}: use at least 1000")
+    paths = {"a": Path(a), "b": Path(b)}
+    if out_dir is not None:  # checked before any evaluation runs
+        check_out_dir(out_dir, (*_WRITES, *(side for side, p in paths.items() if not p.is_dir())))
+    # A folder fixes the split for a checkpoint on the other side, so it is read first.
+    order = ["b", "a"] if paths["b"].is_dir() and not paths["a"].is_dir() else ["a", "b"]
+    found: dict[str, Evaluation] = {}
+    for side in order:
+        found[side] = evaluation_of(paths[side], side, out_dir=out_dir, split=split, limit=limit,
+                                    device=device)
+        split = split or found[side].metrics.get("run", {}).get("split")
+    result = diff(found["a"], found["b"], resamples=resamples, seed=seed, show=show)
+    if out_dir is not None:
+        write_diff(out_dir, result)
+    return result

@@ -1,0 +1,81 @@
+"""Evaluating a checkpoint on a split: decode every image, score, and write the report."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from captioner.data.coco import ImageRecord
+from captioner.data.prepare import cache_dir, prepare
+from captioner.evaluation.report import ImageResult, write_report
+from captioner.features.cache import FeatureStore, load_or_extract
+from captioner.model.inference import Captioner
+from captioner.util.hardware import fast_bf16, uses_bf16
+from captioner.util.runs import run_dir_of
+
+
+def default_out_dir(checkpoint: Path, split: str) -> Path:
+    run_dir = run_dir_of(checkpoint)
+    return (run_dir if run_dir else Path.cwd()) / f"eval-{split}"
+
+
+def caption_split(captioner: Captioner, records: Sequence[ImageRecord], store: FeatureStore,
+                  beam_size: int) -> dict[int, str]:
+    """image id -> best beam-search caption, decoded from cached features in batches."""
+    config, predictions = captioner.config, {}
+    for start in range(0, len(records), config.eval.batch_size):
+        chunk = records[start:start + config.eval.batch_size]
+        captions = captioner.caption_features(torch.stack([store[r.image_id] for r in chunk]),
+                                              beam_size=beam_size,
+                                              length_penalty=config.eval.length_penalty)
+        predictions.update((r.image_id, c[0].text) for r, c in zip(chunk, captions))
+    return predictions
+
+
+def evaluate(
+    checkpoint: Path, *, split: str | None = None, out_dir: Path | None = None,
+    beam_size: int | None = None, limit: int | None = None, worst: int | None = None,
+    device: str = "auto", captioner: Captioner | None = None,
+) -> tuple[dict, Path]:
+    """Caption `split` with `checkpoint` (beam search), score it and write the report into out_dir."""
+    captioner = captioner or Captioner.from_checkpoint(checkpoint, device)
+    config = captioner.config
+    split = split or config.eval.split
+    beam_size = beam_size or config.eval.beam_size
+    out_dir = out_dir or default_out_dir(checkpoint, split)
+    data = prepare(config)
+    records = data.split(split)[:limit] if limit else data.split(split)
+
+    # Features go through the cache: evaluating again (another beam size, say) skips the CNN, and
+    # a frozen run's test features were extracted like its training features, in its precision.
+    store = load_or_extract(
+        captioner.model.encoder, captioner.preprocess, records, cache_dir(config), split=split,
+        arch=config.encoder.arch, image_size=config.encoder.image_size, dataset=str(data.root),
+        batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
+        bf16=uses_bf16(config) and fast_bf16(captioner.device),
+    )
+    records = [r for r in records if r.image_id in store.row]
+    predictions = caption_split(captioner, records, store, beam_size)
+    results = [ImageResult(r.image_id, r.path, predictions[r.image_id], list(r.captions))
+               for r in records]
+
+    objects = None
+    if data.instances:
+        from captioner.evaluation.mentions import load_object_index
+
+        objects = load_object_index(data.instances)
+    run_dir = run_dir_of(checkpoint)
+    metrics_csv = run_dir / "logs" / "metrics.csv" if run_dir else None
+    train_captions = {c for r in data.split("train") for c in r.captions}  # raw: the report normalises
+    metrics = write_report(
+        out_dir, results, train_captions=train_captions, objects=objects,
+        metrics_csv=metrics_csv if metrics_csv and metrics_csv.exists() else None,
+        worst=worst or config.eval.worst, meteor=config.eval.meteor, bootstrap=config.eval.bootstrap,
+        extra={"checkpoint": str(checkpoint), "split": split, "beam_size": beam_size,
+               "images": len(results)},
+    )
+    print(f"evaluated {len(results)} {split} images -> {out_dir}", file=sys.stderr)
+    return metrics, out_dir

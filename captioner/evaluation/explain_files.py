@@ -1,0 +1,149 @@
+"""Explanations on disk: a heat-map overlay per word, one strip per caption, the maps as JSON.
+
+    DIR/<name>/01-a.png, 02-red.png, ...   each word's map over the image as the model saw it
+    DIR/<name>/strip.png                   the image, then every word's overlay, labelled
+    DIR/<name>/maps.json                   words, log-probs, grid maps, peaks (see map_record)
+
+Overlays show the resized, centre-cropped view the network was given, not the original file:
+the maps cover only that crop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image, ImageDraw, ImageFont
+
+from captioner.errors import CaptionerError
+from captioner.evaluation.explain import Explanation, upsample
+from captioner.util.atomic import atomic_path, write_json
+
+MAPS_FILE = "maps.json"
+HEAT_ALPHA = 0.6  # a map's peak hides 60% of the image beneath it; where it is 0, nothing
+_LABEL_PX = 20
+
+
+def overlay(explanation: Explanation, t: int, size: int = 224) -> Image.Image:
+    """Word t's map (jet colours) over the view, the shorter side scaled to `size` pixels."""
+    height, width = explanation.view.shape[:2]
+    scale = size / min(height, width)
+    shape = (round(height * scale), round(width * scale))
+    view = np.asarray(Image.fromarray(explanation.view).resize(shape[::-1], Image.Resampling.BICUBIC),
+                      dtype=np.float32)
+    heat_map = upsample(explanation.maps[t:t + 1], shape)[0]
+    heat = colormaps["jet"](heat_map)[..., :3] * 255.0
+    alpha = HEAT_ALPHA * heat_map[..., None]
+    return Image.fromarray((view * (1 - alpha) + heat * alpha).round().astype(np.uint8))
+
+
+def strip(explanation: Explanation, size: int = 160) -> Image.Image:
+    """The view, then each word's overlay, side by side with the word beneath; a word whose map
+    is all zeros is labelled "(none)"."""
+    first = Image.fromarray(explanation.view).resize((size, size), Image.Resampling.BICUBIC)
+    tiles = [(first, "image")]
+    for t, word in enumerate(explanation.words):
+        empty = not explanation.maps[t].any()
+        tiles.append((overlay(explanation, t, size).resize((size, size)),
+                      f"{word} (none)" if empty else word))
+    canvas = Image.new("RGB", (size * len(tiles), size + _LABEL_PX), "white")
+    draw, font = ImageDraw.Draw(canvas), _font()
+    for i, (tile, label) in enumerate(tiles):
+        canvas.paste(tile, (i * size, 0))
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        draw.text((i * size + (size - right + left) / 2, size + (_LABEL_PX - bottom + top) / 2 - top),
+                  label, fill="black", font=font)
+    return canvas
+
+
+def map_record(name: str, explanation: Explanation) -> dict[str, Any]:
+    """The JSON for one caption: maps on the conv grid ([T][h][w], 4 decimals, row 0 at the
+    top), each word's log-probability given the words before it, and its peak (x, y) in view
+    pixels (null for an all-zero map)."""
+    height, width = explanation.view.shape[:2]
+    return {
+        "image": name,
+        "caption": " ".join(explanation.words),
+        "words": list(explanation.words),
+        "view_size": [width, height],
+        "grid": list(explanation.maps.shape[1:]),
+        "logprobs": [round(float(lp), 4) for lp in explanation.logprobs],
+        "peaks": [None if p is None else [round(p[0], 1), round(p[1], 1)]
+                  for p in explanation.peaks()],
+        "maps": np.round(explanation.maps.astype(np.float64), 4).tolist(),
+    }
+
+
+def write_explanation(folder: str | Path, name: str, explanation: Explanation,
+                      size: int = 224) -> list[Path]:
+    """Write one caption's overlays, strip and maps JSON into `folder` (created); returns the
+    files. A folder that holds anything but an earlier explanation is refused, and files of an
+    earlier explanation that this one does not rewrite are removed."""
+    folder = Path(folder)
+    earlier = _earlier_files(folder)
+    files = [folder / f"{t + 1:02d}-{_safe(word)}.png" for t, word in enumerate(explanation.words)]
+    for t, path in enumerate(files):
+        _save_png(overlay(explanation, t, size), path)
+    _save_png(strip(explanation), folder / "strip.png")
+    files.append(folder / "strip.png")
+    record = map_record(name, explanation) | {"files": [p.name for p in files]}
+    write_json(folder / MAPS_FILE, record)
+    for stale in earlier - {p.name for p in files}:
+        (folder / stale).unlink(missing_ok=True)
+    return [*files, folder / MAPS_FILE]
+
+
+def folder_names(images: Sequence[str]) -> list[str]:
+    """One folder name per image name, unique: the file's stem in safe characters, "-2", "-3"
+    ... after repeats ("a/x.png" and "b/x.jpg" become "x" and "x-2")."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for image in images:
+        stem = _safe(Path(image).stem) or "image"
+        name, n = stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _earlier_files(folder: Path) -> set[str]:
+    """Files an earlier explanation wrote here; CaptionerError if the folder holds others."""
+    if not folder.exists():
+        return set()
+    if not folder.is_dir():
+        raise CaptionerError(f"explain: {folder} exists and is not a folder")
+    # Leftovers of a write that was killed (atomic_path's hidden temporary files) are ours too.
+    present = {p.name for p in folder.iterdir()
+               if not (p.name.startswith(".") and p.name.endswith(".tmp"))}
+    try:
+        listed = set(json.loads((folder / MAPS_FILE).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = None
+    if present and (listed is None or present - listed - {MAPS_FILE}):
+        raise CaptionerError(f"explain: {folder} holds files that are not an explanation; "
+                             "choose another output folder")
+    return listed or set()
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=14)
+    except TypeError:  # Pillow < 10.1 has only its fixed bitmap font
+        return ImageFont.load_default()

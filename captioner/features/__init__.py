@@ -1,0 +1,3 @@
+"""The fc7 feature cache: float16 shards on disk keyed by everything that changes the numbers
+(cache.py), and extracting a config's splits into it (extract.py), shared by any number of
+processes. Imports model, data, config, errors and util."""

@@ -1,0 +1,145 @@
+"""Opening checkpoints safely: weights-only unpickling, checked configs, and clear errors for bad files.
+
+A captioner checkpoint is a Lightning checkpoint whose `hyper_parameters` hold the config (a
+plain dict), the vocabulary (a list of words) and `captioner_version`, the package version that
+wrote it. A checkpoint is data from somewhere: nothing in it runs (weights-only unpickling), its
+config may not reach into the environment (no OmegaConf interpolations), and its layer sizes are
+checked against its weights before any memory is allocated for them.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from captioner.config import Config, from_dict, load_config
+from captioner.data.vocab import Vocabulary
+from captioner.errors import CaptionerError, one_line
+from captioner.model.network import CaptionModel, build_model
+
+# Settings of captioner 0.1's training recipe (a CNN fine-tuned from scratch with an auxiliary
+# loss and a freeze window), which later versions dropped: ignored when a 0.1 checkpoint is read.
+LEGACY_KEYS = {
+    "encoder": ("fc_lr", "freeze_after_epoch"),
+    "optim": ("concept_weight", "concept_agreement", "concept_window", "schedule", "warmup",
+              "anneal_decoder", "decoder_cooldown"),
+}
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A captioner checkpoint's contents; `weights_only` so opening one cannot run code.
+
+    Zip checkpoints (all that torch.save writes nowadays) are memory-mapped: tensors nobody
+    reads, such as the optimizer state, never leave the disk.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CaptionerError(f"{path}: is a directory, not a checkpoint")
+    if not path.is_file():
+        raise CaptionerError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True,
+                                mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        raise CaptionerError(_unpickling_message(path, err)) from err
+    except Exception as err:  # garbage makes the unpickler fail in any number of ways
+        raise CaptionerError(f"{path}: not a readable checkpoint ({one_line(err)})") from err
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or not (
+        isinstance(hparams.get("config"), dict) and isinstance(hparams.get("vocab"), list)
+    ):
+        raise CaptionerError(f"{path}: not a captioner checkpoint (no config and vocabulary inside)")
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise CaptionerError(f"{path}: checkpoint holds no model weights")
+    return checkpoint
+
+
+def saved_by(checkpoint: dict[str, Any]) -> str:
+    """The captioner version that wrote the checkpoint."""
+    return str(checkpoint["hyper_parameters"].get("captioner_version", "an unknown version"))
+
+
+def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The CaptionModel's weights (the LightningModule stores them under `model.`)."""
+    prefix = "model."
+    return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+
+
+def checkpoint_config(checkpoint: dict[str, Any], path: Path,
+                      overrides: list[str] | None = None) -> tuple[Config, Vocabulary, bool]:
+    """The config (plus `overrides`) and vocabulary a checkpoint was trained with, and whether it
+    came from captioner 0.1 (whose recipe's settings are dropped)."""
+    hparams = checkpoint["hyper_parameters"]
+    version = saved_by(checkpoint)
+    raw = hparams["config"]
+    refuse_interpolations(raw, path)
+    legacy = any(key in raw.get(section, {}) for section, keys in LEGACY_KEYS.items() for key in keys)
+    base = {section: ({k: v for k, v in value.items() if k not in LEGACY_KEYS.get(section, ())}
+                      if isinstance(value, dict) else value) for section, value in raw.items()}
+    try:
+        config = load_config(None, overrides, base=base) if overrides else from_dict(base)
+        vocab = Vocabulary(hparams["vocab"])
+    except CaptionerError:
+        raise
+    except Exception as err:  # OmegaConf's or the vocabulary's complaint, whatever its type
+        raise CaptionerError(f"{path}: its config or vocabulary does not fit this captioner "
+                             f"(written by captioner {version}): {one_line(err, 300)}") from err
+    return config, vocab, legacy
+
+
+def resume_config(checkpoint: dict[str, Any], path: Path, overrides: list[str]) -> tuple[Config, Vocabulary]:
+    """What a resumed run trains with: the checkpoint's config plus `overrides`, checked."""
+    config, vocab, legacy = checkpoint_config(checkpoint, path, overrides)
+    if legacy:
+        raise CaptionerError(f"{path}: written by captioner {saved_by(checkpoint)}, whose training "
+                             "recipe this version no longer has; caption and evaluate still read it, "
+                             "but it cannot be resumed")
+    check_weights_fit(config, vocab, model_state(checkpoint), path)
+    return config, vocab
+
+
+def check_weights_fit(config: Config, vocab: Vocabulary, state: Mapping[str, torch.Tensor],
+                      path: Path) -> CaptionModel:
+    """The model `config` describes, built on the meta device (no memory), after checking that
+    every weight in `state` has the shape the config gives it."""
+    with torch.device("meta"):
+        model = build_model(config, len(vocab), vocab.pad)
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        got = state.get(name)
+        if got is None or tuple(got.shape) != tuple(tensor.shape):
+            found = "missing" if got is None else f"has shape {tuple(got.shape)}"
+            raise CaptionerError(f"{path}: weights do not match its own config: {name} {found}, the "
+                                 f"config gives {tuple(tensor.shape)}")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise CaptionerError(f"{path}: weights do not match its own config: unexpected {unexpected[0]}")
+    return model
+
+
+def refuse_interpolations(value: Any, path: Path, key: str = "") -> None:
+    """A loaded config is data: an OmegaConf interpolation (`${oc.env:SECRET}`) would read the
+    environment of whoever opens it and write the result into new run folders."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            refuse_interpolations(v, path, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            refuse_interpolations(v, path, f"{key}[{i}]")
+    elif isinstance(value, str) and "${" in value:
+        raise CaptionerError(f"{path}: refused: its config setting {key} holds an interpolation "
+                             f"({value[:60]!r}); a checkpoint's config must be plain values")
+
+
+def _unpickling_message(path: Path, err: pickle.UnpicklingError) -> str:
+    blocked = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if blocked is None:  # torch's message would suggest weights_only=False: not for garbage
+        return f"{path}: not a readable checkpoint (not a file torch.save wrote, or a damaged one)"
+    return (f"{path}: refused: it needs {blocked.group(1)}, which a weights-only load does not "
+            "allow (a checkpoint holds tensors and plain data; unpickling this one could run code)")

@@ -1,0 +1,159 @@
+"""The image encoder: a torchvision VGG cut after fc7's ReLU, giving one 4096-d vector per image."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from PIL import Image
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from captioner.errors import CaptionerError
+from captioner.util.atomic import atomic_path
+
+FEATURE_DIM = 4096
+_FC8 = "classifier.6."  # the classification layer, absent from pretrained encoder files
+VGG_ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+
+
+class VGGEncoder(nn.Module):
+    """conv blocks -> adaptive pool -> fc6 -> ReLU -> dropout -> fc7 -> ReLU (torchvision's layers)."""
+
+    def __init__(self, vgg: torchvision.models.VGG) -> None:
+        super().__init__()
+        self.features = vgg.features
+        self.avgpool = vgg.avgpool
+        # classifier = [fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8]: keep up to fc7's ReLU.
+        self.fc = vgg.classifier[:5]
+        self._folded: tuple[tuple, Tensor] | None = None  # (key, fc6 weight folded for one grid)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.features(images)
+        fc6 = self.fc[0]
+        grid = x.shape[-2] * x.shape[-1]
+        if grid < 49 and not (torch.is_grad_enabled() and fc6.weight.requires_grad):
+            # A small image leaves a grid smaller than 7x7, which the adaptive pool only spreads
+            # out again: folding that linear spreading into fc6 gives the same product with
+            # 49/grid times fewer weights (12x at 64 px), and no per-step bf16 copy of all 103M.
+            return self.fc[1:](F.linear(torch.flatten(x, 1), self._fold(x.shape[-2:]), fc6.bias))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def _fold(self, size: torch.Size) -> Tensor:
+        """fc6's weight [4096, C*7*7] as a weight [4096, C*h*w] acting on the unpooled h x w grid.
+
+        Cached while fc6 is unchanged (its version counter moves with every in-place update).
+        """
+        weight = self.fc[0].weight
+        key = (tuple(size), weight.device, weight.data_ptr(), weight._version)
+        if self._folded is None or self._folded[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                h, w = size
+                # spread[k, o]: how much grid cell k contributes to pooled cell o.
+                basis = torch.eye(h * w, device=weight.device).view(h * w, 1, h, w)
+                spread = self.avgpool(basis).flatten(1)  # [h*w, 49]
+                channels = weight.shape[1] // spread.shape[1]
+                folded = weight.view(weight.shape[0], channels, -1) @ spread.T
+                self._folded = (key, folded.flatten(1))
+        return self._folded[1]
+
+
+def imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
+    return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+
+
+def weights_file(arch: str) -> Path:
+    """Where torchvision's weights API looks for (and downloads) the ImageNet file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(imagenet_weights(arch).url)
+
+
+def _load_imagenet(arch: str) -> dict[str, Tensor]:
+    weights = imagenet_weights(arch)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as err:  # urllib, hash or unpickling errors all mean the same to a user
+        raise CaptionerError(
+            f"cannot load ImageNet weights for {arch} ({type(err).__name__}: {err}); offline, put "
+            f"{weights_file(arch).name} in {weights_file(arch).parent} (or $TORCH_HOME/hub/"
+            "checkpoints), set encoder.weights to the .pth path, or use encoder.weights=none"
+        ) from err
+
+
+def _load_file(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CaptionerError(f"encoder.weights: no such file {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CaptionerError(f"encoder.weights: {path} is not a readable weights file ({err})") from err
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CaptionerError(f"encoder.weights: {path} holds no state dict of tensors")
+    return state
+
+
+def build_encoder(arch: str = "vgg16", weights: str = "imagenet", seed: int = 0) -> VGGEncoder:
+    """A VGG fc7 extractor. `weights`: "imagenet", "none" (random init) or a path to a .pth.
+
+    Random weights are drawn from `seed` alone, not the global RNG state, so the same config
+    always builds the same encoder and the feature cache (keyed by its weights) is reused. A .pth
+    may lack the classifier's last layer (fc8), which the encoder does not use.
+    """
+    if arch not in VGG_ARCHS:
+        raise CaptionerError(f"encoder.arch={arch!r}: choose one of {', '.join(VGG_ARCHS)}")
+    if weights == "none":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return VGGEncoder(getattr(torchvision.models, arch)(weights=None))
+    state = _load_imagenet(arch) if weights == "imagenet" else _load_file(Path(weights).expanduser())
+    # Built on the meta device and given the file's tensors: no seconds spent drawing random
+    # weights that would be overwritten.
+    with torch.device("meta"):
+        vgg = getattr(torchvision.models, arch)(weights=None)
+    _check_fits(vgg, state, weights, arch)
+    vgg.load_state_dict(state, strict=False, assign=True)
+    return VGGEncoder(vgg)
+
+
+def _check_fits(vgg: torchvision.models.VGG, state: dict[str, Tensor], source: str, arch: str) -> None:
+    expected = vgg.state_dict()
+    wrong = [k for k, v in state.items() if k not in expected or expected[k].shape != v.shape]
+    missing = [k for k in expected if k not in state and not k.startswith(_FC8)]
+    if wrong or missing:
+        raise CaptionerError(f"encoder.weights: {source} does not fit {arch} "
+                             f"({(wrong or missing)[0]} {'does not fit' if wrong else 'is missing'})")
+
+
+def export_weights(encoder: VGGEncoder, path: Path, meta: dict) -> None:
+    """Save the encoder as a torchvision VGG state dict without fc8, plus `meta`, atomically."""
+    state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("fc.")}
+    for index in (0, 3):  # VGGEncoder.fc = classifier[:5]: fc6 is classifier.0, fc7 classifier.3
+        for name in ("weight", "bias"):
+            state[f"classifier.{index}.{name}"] = encoder.fc[index].state_dict()[name]
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()},
+                    "captioner": meta}, tmp)
+
+
+def build_preprocess(arch: str, image_size: int, resize_size: int) -> Callable[[Image.Image], Tensor]:
+    """The weights' own transforms (resize, centre crop, ImageNet normalisation) at our sizes."""
+    return imagenet_weights(arch).transforms(crop_size=image_size, resize_size=resize_size)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@torch.inference_mode()
+def encode(encoder: VGGEncoder, images: Tensor, bf16: bool) -> Tensor:
+    """Features [N, 4096] in fp32 for a preprocessed batch, in channels_last (faster for convs)."""
+    device = next(encoder.parameters()).device
+    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with autocast(device, bf16):
+        return encoder(images).float()

@@ -1,0 +1,113 @@
+"""Checkpoints that never lose work: last.ckpt after every epoch, best.ckpt for the best one.
+
+- Every checkpoint is written through AtomicCheckpointIO: a temporary file beside the target,
+  synced to the disk, then renamed over it. A rename never follows a symbolic link and never
+  crosses a file system, so no save can write into another checkpoint or leave half a file.
+- best.ckpt is a hard link to (or, without hard links, a copy of) the last.ckpt that scored best;
+  writing the next last.ckpt replaces that name only, so best.ckpt keeps its state.
+- The best score travels inside every checkpoint, so a run folder that was moved or copied resumes
+  comparing with it rather than taking whatever its first validation gives.
+- The random number generators travel too, and are restored when training resumes: with the
+  DataModule's own generator (data order) an interrupted and resumed run ends with exactly the
+  weights of a run that never stopped.
+
+Only public Lightning API is used: the CheckpointIO plugin, Callback hooks and state_dict.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from captioner.config import monitor_mode
+from captioner.util.atomic import atomic_path, is_temp_file, same_file
+
+BEST, LAST = "best.ckpt", "last.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a synced temporary file beside the target, then an atomic rename."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class RunCheckpoints(L.Callback):
+    """last.ckpt at the end of every training epoch; best.ckpt when `monitor` improved."""
+
+    def __init__(self, folder: Path, monitor: str) -> None:
+        self.folder, self.monitor, self.mode = Path(folder), monitor, monitor_mode(monitor)
+        self.best: float | None = None
+        self._rng: dict[str, Any] | None = None  # loaded states, applied when training starts
+
+    @property
+    def state_key(self) -> str:
+        return "RunCheckpoints"
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero and self.folder.is_dir():  # left by a process killed mid-save
+            for leftover in self.folder.iterdir():
+                if is_temp_file(leftover, LAST) or is_temp_file(leftover, BEST):
+                    leftover.unlink(missing_ok=True)
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._rng is not None:
+            set_rng_states(self._rng)
+            self._rng = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        score = trainer.callback_metrics.get(self.monitor)
+        improved = score is not None and self._better(float(score))
+        if improved:
+            self.best = float(score)
+        last = self.folder / LAST
+        trainer.save_checkpoint(last, weights_only=False)  # every rank takes part; rank 0 writes
+        if improved and trainer.is_global_zero:
+            same_file(last, self.folder / BEST)
+        trainer.strategy.barrier("RunCheckpoints")
+
+    def _better(self, score: float) -> bool:
+        if math.isnan(score):
+            return False
+        if self.best is None:
+            return True
+        return score < self.best if self.mode == "min" else score > self.best
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "best": self.best, "rng": rng_states()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("monitor") == self.monitor:  # a changed trainer.monitor starts a new contest
+            self.best = state.get("best")
+        self._rng = state.get("rng")
+
+
+def rng_states() -> dict[str, Any]:
+    """Every generator training draws from, as tensors and plain values (weights-only loadable)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))

@@ -1,0 +1,275 @@
+"""`captioner pretrain`: a torchvision VGG trained as a multi-label classifier on the dataset's objects.
+
+Show and tell starts from a CNN trained as an ImageNet classifier, removes its classifier and
+feeds fc7 to the decoder. Where ImageNet weights cannot be had (an offline machine, CI) or do not
+fit the images (a domain far from photographs), this trains the same kind of classifier on the
+dataset's own object annotations, the COCO instances files: the 80 categories on COCO, the
+colour-shape pairs on the built-in shapes set. What it saves is a torchvision VGG state dict
+without its classifier (fc8), which `encoder.weights=PATH` loads: everything after it is exactly
+the ImageNet recipe. `encoder.weights=pretrain` does this on first use and keeps the weights in
+the cache, keyed by everything that made them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Dataset
+
+from captioner import __version__
+from captioner.config import Config, from_dict, load_config, to_dict, to_yaml
+from captioner.data.coco import ImageRecord
+from captioner.data.images import open_rgb
+from captioner.data.prepare import PreparedData, cache_dir, prepare
+from captioner.errors import CaptionerError
+from captioner.evaluation.mentions import instance_labels
+from captioner.features.cache import records_fingerprint
+from captioner.model.checkpoint import refuse_interpolations
+from captioner.model.encoder import FEATURE_DIM, build_encoder, build_preprocess, export_weights
+from captioner.training.checkpoints import LAST
+from captioner.training.schedule import one_cycle
+from captioner.training.trainer import build_trainer
+from captioner.util.atomic import write_json, write_text
+from captioner.util.hardware import resolve_precision
+from captioner.util.locks import flock
+from captioner.util.runs import claim_run_dir, kept_on_failure, run_dir_of
+
+# Bump when a change of this module changes the weights a given config produces.
+PRETRAIN_VERSION = 1
+WEIGHTS_FILE = "encoder.pth"
+MONITOR = "val/f1"
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The classifier's outputs: object labels, and with counts "<label> x2+" columns."""
+
+    names: list[str]
+
+    @classmethod
+    def build(cls, labels: Sequence[list[str]], counts: bool) -> Targets:
+        names = sorted({label for image in labels for label in image})
+        if counts:
+            names += sorted({f"{label} x2+" for image in labels
+                             for label, n in Counter(image).items() if n > 1})
+        return cls(names)
+
+    def encode(self, labels: list[str]) -> Tensor:
+        column = {name: i for i, name in enumerate(self.names)}
+        target = torch.zeros(len(self.names))
+        for label, n in Counter(labels).items():
+            for name in (label, f"{label} x2+") if n > 1 else (label,):
+                if name in column:
+                    target[column[name]] = 1.0
+        return target
+
+
+class LabelledImages(Dataset):
+    def __init__(self, records: Sequence[ImageRecord], targets: Sequence[Tensor], preprocess: Any) -> None:
+        self.records, self.targets, self.preprocess = list(records), list(targets), preprocess
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | None:
+        try:
+            return self.preprocess(open_rgb(self.records[i].path)), self.targets[i]
+        except CaptionerError as err:
+            print(f"skipping unreadable image: {err}", file=sys.stderr)
+            return None
+
+
+def _collate(items: list[tuple[Tensor, Tensor] | None]) -> tuple[Tensor, Tensor] | None:
+    items = [item for item in items if item is not None]
+    if not items:
+        return None
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+class ClassifierModule(L.LightningModule):
+    """A VGG whose classifier (fc8) is a new linear layer over fc7, one output per target."""
+
+    def __init__(self, config: dict[str, Any], targets: list[str], encoder_weights: str = "none",
+                 captioner_version: str = __version__) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder_weights"])
+        self.config: Config = from_dict(config)
+        c = self.config.encoder
+        self.encoder = build_encoder(c.arch, encoder_weights, seed=self.config.trainer.seed)
+        self.encoder.to(memory_format=torch.channels_last)
+        self.head = nn.Linear(FEATURE_DIM, len(targets))
+        # Fixed fc6/fc7 take no gradient (the encoder then folds fc6 for small images) and no dropout.
+        self.encoder.fc.requires_grad_(self.config.pretrain.train_fc)
+        self._counts = torch.zeros(3)  # true positives, predicted, actual positives
+        self._exact = [0, 0]
+
+    def on_train_epoch_start(self) -> None:
+        self.encoder.fc.train(self.config.pretrain.train_fc)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.encoder(images.contiguous(memory_format=torch.channels_last)).float())
+
+    def training_step(self, batch: tuple[Tensor, Tensor] | None, batch_idx: int) -> Tensor | None:
+        if batch is None:
+            return None
+        images, targets = batch
+        loss = F.binary_cross_entropy_with_logits(self(images), targets)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor] | None, batch_idx: int) -> None:
+        if batch is None:
+            return
+        images, targets = batch
+        logits = self(images)
+        self.log("val/loss", F.binary_cross_entropy_with_logits(logits, targets), batch_size=len(images),
+                 sync_dist=True)
+        predicted, actual = logits > 0, targets > 0
+        self._counts += torch.tensor([(predicted & actual).sum(), predicted.sum(), actual.sum()]).float()
+        self._exact[0] += int((predicted == actual).all(dim=1).sum())
+        self._exact[1] += len(images)
+
+    def on_validation_epoch_end(self) -> None:
+        counts = self.trainer.strategy.reduce(self._counts.to(self.device), reduce_op="sum")
+        hits, predicted, actual = counts.tolist()
+        self.log("val/f1", 2 * hits / max(predicted + actual, 1.0), prog_bar=True)
+        self.log("val/exact", self._exact[0] / max(self._exact[1], 1))
+        self._counts.zero_()
+        self._exact = [0, 0]
+
+    def configure_optimizers(self) -> Any:
+        p = self.config.pretrain
+        params = [*self.encoder.features.parameters(), *self.head.parameters()]
+        if p.train_fc:
+            params += self.encoder.fc.parameters()
+        optimizer = torch.optim.Adam(params, lr=p.lr, fused=self.device.type in ("cpu", "cuda"))
+        schedule = LambdaLR(optimizer, one_cycle(int(self.trainer.estimated_stepping_batches), p.warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+@dataclass
+class Pretrained:
+    weights: Path  # the encoder file encoder.weights loads
+    f1: float  # validation micro-F1 of the classifier when it was saved
+    exact: float  # share of validation images with every target right
+
+
+def labelled(data: PreparedData, split: str, targets: Targets | None,
+             counts: bool) -> tuple[list[ImageRecord], list[Tensor], Targets]:
+    """A split's images that the instances files annotate, their targets, and the targets."""
+    if not data.instances:
+        raise CaptionerError("pretraining needs object labels: set data.instances_json (COCO instances "
+                             "files), or use encoder.weights=imagenet or a .pth file")
+    _, labels = instance_labels(data.instances)
+    records = [r for r in data.split(split) if r.image_id in labels]
+    if not records:
+        raise CaptionerError(f"pretraining: no {split} image of {data.root} is in "
+                             f"{', '.join(p.name for p in data.instances)}")
+    targets = targets or Targets.build([labels[r.image_id] for r in records], counts)
+    return records, [targets.encode(labels[r.image_id]) for r in records], targets
+
+
+def run_pretraining(config: Config, data: PreparedData, folder: Path, *,
+                    resume: Path | None = None) -> Pretrained:
+    """Train the classifier into `folder` (checkpoints/, logs/) and save folder/encoder.pth."""
+    p, c = config.pretrain, config.encoder
+    counts = p.targets == "objects+counts"
+    train_records, train_targets, targets = labelled(data, "train", None, counts)
+    val_records, val_targets, _ = labelled(data, "val", targets, counts)
+    start = "none" if c.weights == "pretrain" else c.weights
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    module = ClassifierModule(to_dict(config), targets.names, encoder_weights=start)
+    preprocess = build_preprocess(c.arch, c.image_size, c.resize_size)
+    loader = partial(DataLoader, batch_size=p.batch_size, num_workers=config.data.num_workers,
+                     collate_fn=_collate)
+    train = loader(LabelledImages(train_records, train_targets, preprocess), shuffle=True,
+                   generator=torch.Generator().manual_seed(config.trainer.seed))
+    val = loader(LabelledImages(val_records, val_targets, preprocess))
+    print(f"pretraining {c.arch} at {c.image_size}px as a classifier of {len(targets.names)} "
+          f"targets on {len(train_records)} images into {folder}", file=sys.stderr, flush=True)
+    resume_step = torch.load(resume, map_location="cpu", weights_only=True)["global_step"] if resume else None
+    trainer = build_trainer(config, folder, [], monitor=MONITOR, what="pretraining",
+                            resume_step=resume_step, max_epochs=p.epochs, devices=1, num_nodes=1,
+                            strategy="auto")
+    trainer.fit(module, train, val, ckpt_path=resume)
+    f1, exact = (float(trainer.callback_metrics[k]) for k in (MONITOR, "val/exact"))
+    meta = {"arch": c.arch, "image_size": c.image_size, "resize_size": c.resize_size,
+            "targets": targets.names, "val_f1": f1, "val_exact": exact, "pretrain": asdict(p),
+            "dataset": str(data.root), "captioner_version": __version__}
+    export_weights(module.encoder, folder / WEIGHTS_FILE, meta)
+    return Pretrained(folder / WEIGHTS_FILE, f1, exact)
+
+
+def pretrain_key(config: Config, data: PreparedData) -> dict[str, Any]:
+    """Everything the pretrained weights depend on."""
+    c = config.encoder
+    instances = [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in data.instances]
+    return {"version": PRETRAIN_VERSION, "arch": c.arch, "image_size": c.image_size,
+            "resize_size": c.resize_size, "pretrain": asdict(config.pretrain), "seed": config.trainer.seed,
+            "precision": resolve_precision(config), "dataset": str(data.root), "instances": instances,
+            "images": records_fingerprint(data.split("train") + data.split("val"))}
+
+
+def cached_encoder(config: Config, data: PreparedData) -> Path:
+    """The cache's pretrained encoder for this data and config, pretrained first if missing.
+
+    An interrupted pretraining resumes from its last checkpoint; processes that need the same
+    weights at once (DDP ranks, two runs) wait for the one that trains them.
+    """
+    key = pretrain_key(config, data)
+    digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=8).hexdigest()
+    c = config.encoder
+    folder = cache_dir(config) / "encoders" / f"{c.arch}-{c.image_size}px-{digest}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with flock(folder / "pretrain.lock", wait=True):
+        weights = folder / WEIGHTS_FILE
+        if not weights.is_file():
+            last = folder / "checkpoints" / LAST
+            if last.is_file():
+                print(f"resuming the interrupted pretraining in {folder}", file=sys.stderr)
+            write_json(folder / "key.json", key)
+            run_pretraining(config, data, folder, resume=last if last.is_file() else None)
+        else:
+            print(f"using the pretrained encoder {weights}", file=sys.stderr)
+    return weights
+
+
+def pretrain(config_path: Path | None, overrides: list[str], *, resume: Path | None = None) -> Pretrained:
+    """`captioner pretrain`: into a new run folder runs/<name>-pretrain, or continue `resume`."""
+    if resume is not None:
+        config, run_dir, claimed = _resumed(resume, overrides), run_dir_of(resume), False
+        if run_dir is None:
+            raise CaptionerError(f"{resume}: not inside a pretraining run folder (<run>/checkpoints/)")
+    else:
+        config = load_config(config_path, overrides)
+        run_dir, claimed = claim_run_dir(Path(config.output_dir), f"{config.name}-pretrain"), True
+    with kept_on_failure(run_dir, claimed, "captioner pretrain"):
+        data = prepare(config)
+        write_text(run_dir / "config.yaml", to_yaml(config))
+        return run_pretraining(config, data, run_dir, resume=resume)
+
+
+def _resumed(path: Path, overrides: list[str]) -> Config:
+    if not path.is_file():
+        raise CaptionerError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        config = checkpoint["hyper_parameters"]["config"]
+        checkpoint["hyper_parameters"]["targets"]
+    except Exception as err:
+        raise CaptionerError(f"{path}: not a pretraining checkpoint ({type(err).__name__})") from err
+    refuse_interpolations(config, path)
+    return load_config(None, overrides, base=config)

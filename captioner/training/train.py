@@ -1,0 +1,186 @@
+"""`captioner train`: data -> encoder -> features -> Lightning fit -> best checkpoint -> report.
+
+The default run is the classic show-and-tell pipeline end to end: a VGG pretrained as a
+classifier (captioner.pretrain, the stand-in for ImageNet) loses its classifier, its fc7 of every
+image is extracted once into the feature cache, and the decoder trains on those features; the
+best checkpoint is scored on the test split and the report written. The COCO configs run the same
+path with ImageNet weights.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
+
+from captioner.config import Config, monitor_mode, to_dict, to_yaml
+from captioner.data.datamodule import CaptionDataModule, CaptionSet, image_inputs
+from captioner.data.prepare import PreparedData, build_vocab, prepare
+from captioner.data.vocab import Vocabulary
+from captioner.features.extract import split_features
+from captioner.model.checkpoint import load_checkpoint, model_state, resume_config
+from captioner.model.encoder import VGGEncoder, build_encoder, build_preprocess
+from captioner.training.module import CaptionModule
+from captioner.training.pretrain import cached_encoder
+from captioner.training.trainer import build_trainer
+from captioner.util import atomic
+from captioner.util.hardware import resolve_precision
+from captioner.util.runs import (
+    best_checkpoint,
+    claim_run_dir,
+    global_rank,
+    kept_on_failure,
+    mark_latest,
+    run_dir_of,
+)
+
+RUN_DIR_ENV = "CAPTIONER_RUN_DIR"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best: Path
+    metrics: dict
+    report: Path
+
+
+def encoder_weights(config: Config, data: PreparedData) -> str:
+    """What encoder.weights names, with "pretrain" resolved to the cached classifier's weights."""
+    if config.encoder.weights == "pretrain":
+        return str(cached_encoder(config, data))
+    return config.encoder.weights
+
+
+def configured_encoder(config: Config, data: PreparedData) -> VGGEncoder:
+    """The encoder a run with this config starts from (pretrained first if it asks for that)."""
+    return build_encoder(config.encoder.arch, encoder_weights(config, data), seed=config.trainer.seed)
+
+
+def datasets(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Vocabulary,
+             bf16: bool) -> tuple[CaptionSet, CaptionSet]:
+    """Train and val sets: cached fc7 features (frozen encoder) or preprocessed images."""
+    c, d = config.encoder, config.data
+    sets = []
+    for split in ("train", "val"):
+        records = data.split(split)
+        if c.mode == "frozen":
+            # Under DDP every rank gets here before `fit`; rank 0 first (Lightning starts the other
+            # ranks later), so it extracts and the others find the cache ready.
+            store = split_features(config, data, encoder, split, bf16=bf16)
+            records = [r for r in records if r.image_id in store.row]
+            inputs = store.of
+        else:
+            inputs = image_inputs(build_preprocess(c.arch, c.image_size, c.resize_size))
+        train = split == "train"
+        sets.append(CaptionSet(records, inputs, vocab, d.max_length, d.captions_per_image, training=train,
+                               by_caption=train and c.mode == "frozen", tokens=data.tokens))
+    return sets[0], sets[1]
+
+
+@dataclass
+class RunStart:
+    config: Config
+    run_dir: Path
+    vocab: Vocabulary | None  # a resumed run's; None: built from the data
+    resume: Path | None
+    resume_step: int | None
+    claimed: bool  # whether this process created run_dir (and may remove it if nothing is kept)
+    weights: dict | None = None  # a resumed run's model weights
+
+
+def new_run(config: Config) -> RunStart:
+    """A new run folder (rank 0), or the one rank 0 claimed (ranks Lightning's launcher started)."""
+    if global_rank() != 0:
+        # Only rank 0 writes into the run folder; the other ranks learn it from the launcher's
+        # environment where there is one, and otherwise never need it.
+        fallback = Path(config.output_dir) / config.name
+        return RunStart(config, Path(os.environ.get(RUN_DIR_ENV, fallback)), None, None, None, False)
+    run_dir = claim_run_dir(Path(config.output_dir), config.name)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # Lightning's launcher copies the environment to the ranks
+    return RunStart(config, run_dir, None, None, None, True)
+
+
+def _resumed_run(resume: Path, overrides: list[str]) -> RunStart:
+    """Continue a run: its own config (plus overrides, e.g. more epochs), vocabulary and folder.
+
+    A checkpoint outside a run folder (a copy in ~/Downloads, say) continues in a new run folder
+    rather than turning the folder it lies in into one.
+    """
+    checkpoint = load_checkpoint(resume)
+    config, vocab = resume_config(checkpoint, resume, overrides)
+    run_dir = run_dir_of(resume)
+    start = new_run(config) if run_dir is None else RunStart(config, run_dir, vocab, None, None, False)
+    if run_dir is None and global_rank() == 0:
+        print(f"{resume} is not inside a run folder: continuing it in {start.run_dir}", file=sys.stderr)
+    start.vocab, start.resume, start.resume_step = vocab, resume, int(checkpoint["global_step"])
+    start.weights = model_state(checkpoint)
+    return start
+
+
+def train(config: Config | None, *, resume: Path | None = None, overrides: list[str] | None = None,
+          evaluate_after: bool = True) -> TrainResult:
+    """Train a captioner (or continue one from `resume`) and, on rank 0, evaluate its best checkpoint."""
+    start = _resumed_run(resume, overrides or []) if resume is not None else new_run(config)
+    with kept_on_failure(start.run_dir, start.claimed, "captioner train"):
+        best = _fit(start)
+    if best is None:  # not rank 0
+        return TrainResult(start.run_dir, Path(), {}, Path())
+    if not evaluate_after:
+        return TrainResult(start.run_dir, best, {}, Path())
+    from captioner.evaluation.evaluate import evaluate
+
+    metrics, report = evaluate(best, split=start.config.eval.split)
+    return TrainResult(start.run_dir, best, metrics, report)
+
+
+def _fit(start: RunStart) -> Path | None:
+    """Build everything and fit; the best checkpoint on rank 0, None elsewhere."""
+    config, run_dir = start.config, start.run_dir
+    data = prepare(config)
+    vocab = start.vocab or build_vocab(data, config.data.min_count)
+    if global_rank() == 0:
+        atomic.write_text(run_dir / "config.yaml", to_yaml(config))
+    precision = resolve_precision(config)
+    # A resumed run takes every weight from its checkpoint: no pretraining, no ImageNet file.
+    weights = "none" if start.resume is not None else encoder_weights(config, data)
+    # Seeded here, after any pretraining, so the decoder starts the same whether or not this
+    # process pretrained the encoder first.
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    module = CaptionModule(to_dict(config), vocab.to_list(), encoder_weights=weights)
+    if start.weights is not None:  # now, not at fit: a frozen run's features come from this encoder
+        module.model.load_state_dict(start.weights)
+    train_set, val_set = datasets(config, data, module.model.encoder, vocab, bf16=precision == "bf16-mixed")
+    datamodule = CaptionDataModule(train_set, val_set, batch_size=config.data.batch_size,
+                                   num_workers=config.data.num_workers, seed=config.trainer.seed)
+    t = config.trainer
+    callbacks: list[L.Callback] = []
+    if t.patience > 0:
+        callbacks.append(EarlyStopping(monitor=t.monitor, mode=monitor_mode(t.monitor), patience=t.patience))
+    trainer = build_trainer(config, run_dir, callbacks, monitor=t.monitor, what="training",
+                            resume_step=start.resume_step)
+    print(f"training {config.decoder.cell} decoder on {config.encoder.arch} "
+          f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}",
+          file=sys.stderr, flush=True)
+    _fit_or_interrupt(trainer, module, datamodule, start.resume)
+    if not trainer.is_global_zero:
+        return None
+    mark_latest(run_dir)
+    return best_checkpoint(run_dir)
+
+
+def _fit_or_interrupt(trainer: L.Trainer, module: CaptionModule, datamodule: CaptionDataModule,
+                      resume: Path | None) -> None:
+    """trainer.fit, with Ctrl-C raised as KeyboardInterrupt (Lightning turns it into exit(1))."""
+    try:
+        trainer.fit(module, datamodule, ckpt_path=resume)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    if trainer.interrupted:
+        raise KeyboardInterrupt

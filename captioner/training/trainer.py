@@ -1,0 +1,83 @@
+"""The Lightning Trainer every training run uses (caption model, encoder pretraining, compare).
+
+What it adds to Lightning's defaults: atomic checkpoints and their RNG states (captioner.
+checkpointing), a metrics log that survives resuming (captioner.runlog), bf16 autocast where the
+hardware does it fast, and progress on stderr (a bar on a terminal, one line per epoch otherwise),
+so that stdout carries only results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+
+from captioner.config import Config
+from captioner.training.checkpoints import AtomicCheckpointIO, RunCheckpoints
+from captioner.training.runlog import RunLog
+from captioner.util.hardware import resolve_precision
+
+
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's progress bars, drawn on stderr (Lightning draws them on stdout)."""
+
+    def init_sanity_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_sanity_tqdm()
+
+    def init_train_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_train_tqdm()
+
+    def init_validation_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_validation_tqdm()
+
+
+class EpochLines(L.Callback):
+    """One line per epoch on stderr, for logs and pipes where a progress bar would be noise."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self._start = what, 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        shown = {k: float(v) for k, v in trainer.callback_metrics.items()
+                 if k.startswith(("train/loss", "val/")) and v.numel() == 1}
+        values = "  ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items()))
+        print(f"{self.what}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  "
+              f"({time.perf_counter() - self._start:.0f} s)", file=sys.stderr, flush=True)
+
+
+def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback], *, monitor: str,
+                  what: str, resume_step: int | None = None, checkpoints: bool = True,
+                  **overrides: Any) -> L.Trainer:
+    """A Trainer writing run_dir/checkpoints (best by `monitor`, and last) and run_dir/logs.
+
+    `what` names the run in progress lines; `resume_step` keeps the log's rows up to that step;
+    `overrides` adjust any Trainer argument (compare trains on one device, without checkpoints).
+    """
+    t = config.trainer
+    progress: L.Callback = StderrProgressBar(refresh_rate=10) if sys.stderr.isatty() else EpochLines(what)
+    own = [RunCheckpoints(run_dir / "checkpoints", monitor)] if checkpoints else []
+    settings = {
+        "default_root_dir": run_dir, "max_epochs": t.max_epochs, "accelerator": t.accelerator,
+        "devices": int(t.devices) if t.devices.isdigit() else t.devices, "num_nodes": t.num_nodes,
+        "strategy": t.strategy, "precision": resolve_precision(config),
+        "callbacks": [*own, *callbacks, progress, LearningRateMonitor(logging_interval="step")],
+        "logger": RunLog(run_dir, resume_step), "plugins": [AtomicCheckpointIO()],
+        "enable_checkpointing": False,  # RunCheckpoints writes them; Lightning's own would too
+        "enable_progress_bar": sys.stderr.isatty(),
+        "limit_train_batches": t.limit_train_batches, "limit_val_batches": t.limit_val_batches,
+        "log_every_n_steps": t.log_every_n_steps, "enable_model_summary": False,
+    }
+    return L.Trainer(**(settings | overrides))
