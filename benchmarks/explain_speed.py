@@ -30,7 +30,7 @@ from machine import describe  # benchmarks/ is on sys.path as a script
 from torch import Tensor
 
 from captioner.data.images import list_images
-from captioner.evaluation.explain import Explainer, teacher_forcing
+from captioner.model.explain import Explainer, teacher_forcing
 from captioner.model.inference import Captioner
 
 

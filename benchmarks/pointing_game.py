@@ -34,7 +34,6 @@ from pathlib import Path
 import torch
 from machine import describe  # benchmarks/ is on sys.path as a script
 
-from captioner.evaluation.explain import Explainer, Explanation
 from captioner.evaluation.explain_checks import (
     POINTERS,
     load_scenes,
@@ -42,6 +41,7 @@ from captioner.evaluation.explain_checks import (
     randomised,
     rank_correlations,
 )
+from captioner.model.explain import Explainer, Explanation
 from captioner.model.inference import Captioner
 
 LABELS = {"fc": "fc6+fc7 re-initialised", "convs": "convs re-initialised",

@@ -241,7 +241,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from captioner.model.inference import Captioner, Decoding, expand_inputs, resolve_device
+    from captioner.model.inference import Captioner, Decoding, expand_folder, resolve_device
 
     # Options and device are checked before a checkpoint of possibly gigabytes is read.
     decoding = Decoding(
@@ -251,7 +251,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     )
     device = resolve_device(args.device)
     captioner = Captioner.from_checkpoint(_checkpoint(args), device=device, precision=args.precision)
-    given = [(arg, expand_inputs([arg])) for arg in args.inputs]
+    given = [(arg, [str(p) for p in expand_folder(arg).images]) for arg in args.inputs]
     paths = [path for _, expanded in given for path in expanded]
     results = captioner.stream(paths, **vars(decoding), seed=args.seed, batch_size=args.batch_size)
     failed = False

@@ -16,7 +16,6 @@ from captioner.config import Config
 from captioner.data.shapes import COLOURS, ShapesSpec, generate_shapes
 from captioner.data.vocab import SPECIALS, Vocabulary
 from captioner.errors import CaptionerError
-from captioner.evaluation.explain import Explainer, Explanation
 from captioner.evaluation.explain_checks import (
     Scene,
     inside,
@@ -28,6 +27,7 @@ from captioner.evaluation.explain_checks import (
     view_to_image,
 )
 from captioner.model.encoder import build_preprocess
+from captioner.model.explain import Explainer, Explanation
 from captioner.model.inference import Captioner
 from captioner.model.network import build_model
 

@@ -1,17 +1,21 @@
 """Reading images the way users have them: any format and mode Pillow knows, upright, as RGB.
 
 Policy for hostile or broken files: every failure becomes a CaptionerError naming the file, so a
-caller can report it and go on with the other images. Images above Pillow's
-`Image.MAX_IMAGE_PIXELS` (about 89 Mpx) are refused as possible decompression bombs; Pillow itself
-only warns up to twice that limit. Truncated files are errors, never half-decoded pictures
-(`ImageFile.LOAD_TRUNCATED_IMAGES` stays off).
+caller can report it and go on with the other images. Images of more than `max_pixels` pixels
+(default MAX_PIXELS, Pillow's own ~89 Mpx limit) are refused before they are decoded, as possible
+decompression bombs; Pillow itself only warns up to twice its limit. Truncated files are errors,
+never half-decoded pictures (`ImageFile.LOAD_TRUNCATED_IMAGES` stays off).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,6 +28,8 @@ IMAGE_SUFFIXES = frozenset(
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 # Resize-then-centre-crop only ever looks at a central square, so a longer side is dead weight.
 MAX_ASPECT = 4.0
+# Images above this many pixels are refused undecoded: Pillow's own decompression-bomb limit.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -69,8 +75,12 @@ def limit_aspect(image: Image.Image, max_ratio: float = MAX_ASPECT) -> Image.Ima
     return image.crop((0, top, width, top + keep))
 
 
-def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """Open and fully decode one image as RGB, or raise CaptionerError saying why it cannot be."""
+def open_rgb(path: str | os.PathLike[str] | BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open and fully decode one image (a path or a binary file) as RGB, or raise CaptionerError
+    saying why it cannot be."""
+    if not isinstance(path, (str, os.PathLike)):
+        return _decode(path, "<stdin>" if path is sys.stdin.buffer else getattr(path, "name", "<upload>"),
+                       max_pixels)
     path = Path(path)
     if not path.exists():
         raise CaptionerError(f"{path}: no such file")
@@ -81,21 +91,68 @@ def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
     if path.stat().st_size == 0:
         raise CaptionerError(f"{path}: empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                return to_rgb(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise CaptionerError(f"{path}: refused as a possible decompression bomb ({err})") from err
-    except UnidentifiedImageError as err:
-        raise CaptionerError(f"{path}: not an image Pillow can read") from err
+        with open(path, "rb") as f:
+            return _decode(f, str(path), max_pixels)
     except PermissionError as err:
         raise CaptionerError(f"{path}: permission denied") from err
+
+
+def _decode(source: BinaryIO, name: str, max_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                if image.width * image.height > max_pixels:
+                    raise CaptionerError(f"{name}: refused: {image.width}x{image.height} pixels is over "
+                                         f"the {max_pixels:,}-pixel limit (--max-pixels)")
+                image.load()
+                return to_rgb(image)
+    except CaptionerError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise CaptionerError(f"{name}: refused as a possible decompression bomb ({err})") from err
+    except UnidentifiedImageError as err:
+        raise CaptionerError(f"{name}: not an image Pillow can read") from err
     except Exception as err:  # Pillow's decoders raise many types (OSError, SyntaxError, struct.error...)
-        raise CaptionerError(f"{path}: broken or truncated image ({type(err).__name__}: {err})") from err
+        raise CaptionerError(f"{name}: broken or truncated image ({type(err).__name__}: {err})") from err
 
 
-def list_images(directory: Path) -> list[Path]:
-    """Image files directly in `directory`, sorted by name."""
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+@dataclass
+class Listing:
+    """The images of a folder, and what was passed over (by reason, counted)."""
+
+    images: list[Path]
+    skipped: dict[str, int]
+
+    def note(self) -> str | None:
+        """"skipped 3 files in subfolders (--recursive includes them), 1 hidden file", or None."""
+        parts = [f"{n} {reason}" for reason, n in self.skipped.items() if n]
+        return ("skipped " + ", ".join(parts)) if parts else None
+
+
+def list_images(directory: Path, recursive: bool = False) -> Listing:
+    """Image files in `directory` (and below it with `recursive`), sorted by path. Hidden files and
+    folders (a leading dot) are left out; so are files in subfolders unless `recursive`."""
+    images: list[Path] = []
+    skipped: Counter[str] = Counter()
+    for top, folders, files in os.walk(directory):
+        root = Path(top)
+        visible = sorted(f for f in folders if not f.startswith("."))
+        if not recursive:
+            skipped[_IN_SUBFOLDERS] += sum(_count_files(root / f) for f in visible)
+        folders[:] = visible if recursive else []
+        for name in files:
+            if name.startswith("."):
+                skipped["hidden files"] += 1
+            elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                images.append(root / name)
+            else:
+                skipped["files that are not images"] += 1
+    return Listing(sorted(images), dict(skipped))
+
+
+_IN_SUBFOLDERS = "files in subfolders (--recursive includes them)"
+
+
+def _count_files(folder: Path) -> int:
+    return sum(len([f for f in files if not f.startswith(".")]) for _, _, files in os.walk(folder))

@@ -23,8 +23,8 @@ from pycocotools.coco import COCO
 
 from captioner.data.shapes import COLOURS, SHAPES
 from captioner.errors import CaptionerError
-from captioner.evaluation.explain import Explanation
 from captioner.model.encoder import build_encoder
+from captioner.model.explain import Explanation
 from captioner.model.inference import Captioner
 from captioner.model.network import CaptionModel
 

@@ -21,7 +21,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 from captioner.errors import CaptionerError
-from captioner.evaluation.explain import Explanation, upsample
+from captioner.model.explain import Explanation, upsample
 from captioner.util.atomic import atomic_path, write_json
 
 MAPS_FILE = "maps.json"

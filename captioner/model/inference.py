@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
 from PIL import Image
 from torch import Tensor
 
 from captioner.config import Config
-from captioner.data.images import limit_aspect, list_images, open_rgb, to_rgb
+from captioner.data.images import MAX_PIXELS, Listing, limit_aspect, list_images, open_rgb, to_rgb
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
 from captioner.model import search
@@ -30,7 +31,10 @@ from captioner.model.checkpoint import check_weights_fit, checkpoint_config, loa
 from captioner.model.encoder import build_preprocess, encode
 from captioner.model.network import CaptionModel
 
-ImageInput = str | os.PathLike[str] | Image.Image
+ImageInput = str | os.PathLike[str] | Image.Image | BinaryIO
+if TYPE_CHECKING:
+    from captioner.model.explain import Explainer, Explanation
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -44,9 +48,13 @@ class Caption:
 
 @dataclass
 class CaptionResult:
+    """One input's captions (best first), or why it has none; with `explain`, the best
+    caption's per-word Grad-CAM maps (captioner.model.explain.Explanation)."""
+
     image: str
     captions: list[Caption] = field(default_factory=list)  # best first (n-best)
     error: str | None = None
+    explanations: Explanation | None = None
 
     @property
     def ok(self) -> bool:
@@ -118,7 +126,7 @@ class Captioner:
 
     def __init__(self, model: CaptionModel, vocab: Vocabulary, config: Config,
                  device: torch.device, checkpoint: Path | None = None, *,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", max_pixels: int = MAX_PIXELS) -> None:
         if precision not in PRECISIONS:
             raise CaptionerError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.model = model.to(device).eval()
@@ -128,10 +136,12 @@ class Captioner:
                                            config.encoder.resize_size)
         self.precision = precision
         self.bf16 = precision == "bf16"
+        self.max_pixels = max_pixels
+        self._explainer: Explainer | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "auto",
-                        *, precision: str = "fp32") -> Captioner:
+                        *, precision: str = "fp32", max_pixels: int = MAX_PIXELS) -> Captioner:
         target = resolve_device(device)  # before reading a file of possibly gigabytes
         path = Path(path)
         checkpoint = load_checkpoint(path)
@@ -141,11 +151,11 @@ class Captioner:
         # VGG's weights only to overwrite them.
         model = check_weights_fit(config, vocab, model_state(checkpoint), path).to_empty(device=target)
         model.load_state_dict(model_state(checkpoint))
-        return cls(model, vocab, config, target, Path(path), precision=precision)
+        return cls(model, vocab, config, target, Path(path), precision=precision, max_pixels=max_pixels)
 
     # -- images -> features -----------------------------------------------------------------------
     def load(self, item: ImageInput) -> Tensor:
-        image = to_rgb(item) if isinstance(item, Image.Image) else open_rgb(item)
+        image = to_rgb(item) if isinstance(item, Image.Image) else open_rgb(item, self.max_pixels)
         return self.preprocess(limit_aspect(image))
 
     def encode(self, images: Tensor) -> Tensor:
@@ -185,29 +195,42 @@ class Captioner:
     def caption(self, inputs: ImageInput | Iterable[ImageInput], *, beam_size: int = 3,
                 n_best: int = 1, max_length: int | None = None, length_penalty: float = 0.0,
                 sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-                seed: int | None = None, batch_size: int = 32) -> list[CaptionResult]:
-        """Caption paths or PIL images, one result per input in order; an unreadable input gets
-        `error` instead of captions. See `Decoding` for the options; `seed` makes sampling
-        reproducible for the same inputs and batch size."""
+                seed: int | None = None, batch_size: int = 32, explain: bool = False,
+                recursive: bool = False) -> list[CaptionResult]:
+        """Caption images: paths, folders (every image inside, sorted; with `recursive` also in
+        subfolders), binary files or PIL images. One result per image in order; an unreadable
+        one gets `error` instead of captions. See `Decoding` for the options; `seed` makes
+        sampling reproducible for the same inputs and batch size; `explain` adds each best
+        caption's per-word Grad-CAM maps (`result.explanations`).
+
+            >>> results = captioner.caption(["a.jpg", "photos/"], beam_size=5, n_best=2)
+            >>> [r.text if r.ok else r.error for r in results]
+        """
         return list(self.stream(
             inputs, beam_size=beam_size, n_best=n_best, max_length=max_length,
             length_penalty=length_penalty, sample=sample, temperature=temperature, top_k=top_k,
-            seed=seed, batch_size=batch_size,
+            seed=seed, batch_size=batch_size, explain=explain, recursive=recursive,
         ))
 
     def stream(self, inputs: ImageInput | Iterable[ImageInput], *, seed: int | None = None,
-               batch_size: int = 32, **decoding) -> Iterator[CaptionResult]:
-        """`caption`, yielding results batch by batch (a large folder shows progress)."""
+               batch_size: int = 32, explain: bool = False, recursive: bool = False,
+               **decoding) -> Iterator[CaptionResult]:
+        """`caption`, yielding results batch by batch (a large folder shows progress).
+
+            >>> for result in captioner.stream(paths, batch_size=64):
+            ...     print(result.image, result.text)
+        """
         options = Decoding(**decoding)  # checked now, not at the first next()
         if batch_size < 1:
             raise CaptionerError(f"batch_size must be at least 1, got {batch_size}")
-        if isinstance(inputs, (str, os.PathLike, Image.Image)):
+        if isinstance(inputs, (str, os.PathLike, Image.Image)) or hasattr(inputs, "read"):
             inputs = [inputs]
-        return self._stream(list(inputs), options, seed, batch_size)
+        items = [x for item in inputs for x in expand_folder(item, recursive).images]
+        return self._stream(items, options, seed, batch_size, explain)
 
     @torch.inference_mode()
     def _stream(self, inputs: list[ImageInput], decoding: Decoding, seed: int | None,
-                batch_size: int) -> Iterator[CaptionResult]:
+                batch_size: int, explain: bool) -> Iterator[CaptionResult]:
         generator = None
         if decoding.sample and seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
@@ -224,7 +247,18 @@ class Captioner:
                 features = self.encode(torch.stack([x for _, x in loaded]))
                 for (result, _), captions in zip(loaded, self._decode(features, decoding, generator)):
                     result.captions = captions
+            if explain and loaded:
+                self._explain_loaded(loaded)
             yield from results
+
+    def _explain_loaded(self, loaded: list[tuple[CaptionResult, Tensor]]) -> None:
+        from captioner.model.explain import Explainer
+
+        self._explainer = self._explainer or Explainer(self)
+        explanations = self._explainer.explain(torch.stack([x for _, x in loaded]),
+                                               [r.tokens for r, _ in loaded])
+        for (result, _), explanation in zip(loaded, explanations):
+            result.explanations = explanation
 
 
 @contextlib.contextmanager
@@ -239,13 +273,17 @@ def _ieee_fp32_convs() -> Iterator[None]:
 
 
 def _name(item: ImageInput, n: int) -> str:
-    return f"<image {n}>" if isinstance(item, Image.Image) else os.fspath(item)
+    """How results name an input: its path, a binary file's name, else its position."""
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    name = getattr(item, "name", None)
+    return name if isinstance(name, str) and not isinstance(item, Image.Image) else f"<image {n}>"
 
 
-def expand_inputs(paths: Sequence[str]) -> list[str]:
-    """Files as given; a directory stands for every image directly inside it, sorted by name."""
-    expanded: list[str] = []
-    for p in paths:
-        path = Path(p)
-        expanded.extend(str(f) for f in list_images(path)) if path.is_dir() else expanded.append(p)
-    return expanded
+def expand_folder(item: ImageInput, recursive: bool = False) -> Listing:
+    """A folder given as input stands for the images in it; anything else for itself."""
+    if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
+        listing = list_images(Path(item), recursive)
+        listing.images = [Path(item) / p.relative_to(item) for p in listing.images]
+        return listing
+    return Listing([item], {})
