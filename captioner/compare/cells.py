@@ -9,7 +9,6 @@ the gates do along a caption. Results go to DIR/compare.json and the page DIR/in
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from captioner.training.module import CaptionModule
 from captioner.training.train import configured_encoder
 from captioner.training.trainer import build_trainer
 from captioner.util.atomic import write_json, write_text
+from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
 from captioner.util.runs import LATEST, latest_checkpoint
 
@@ -289,8 +289,8 @@ def run_cell(config: Config, shared: Shared, encoder: VGGEncoder, folder: Path) 
             "mean": {name: values.mean(axis=0).tolist() for name, values in gates.values.items()},
         },
     }
-    print(f"{cell}: {summary['epoch_seconds']:.1f} s/epoch, test BLEU-4 {test['bleu4']:.3f}, "
-          f"CIDEr-D {test['cider']:.3f}", file=sys.stderr)
+    say(f"{cell}: {summary['epoch_seconds']:.1f} s/epoch, test BLEU-4 {test['bleu4']:.3f}, "
+          f"CIDEr-D {test['cider']:.3f}")
     return CellRun(summary, gates)
 
 
@@ -311,7 +311,7 @@ def compare(config: Config, cells: Sequence[str], out_dir: Path, *,
     source = checkpoint_encoder(checkpoint) if checkpoint is not None else None
     data = prepare(config)
     source = source or config_encoder(config, data)
-    print(f"encoder: {source.origin}", file=sys.stderr)
+    say(f"encoder: {source.origin}")
     base = cell_config(config, config.decoder.cell, source)
     vocab = build_vocab(data, base.data.min_count)
     clock = time.perf_counter()
@@ -319,7 +319,7 @@ def compare(config: Config, cells: Sequence[str], out_dir: Path, *,
     feature_seconds = time.perf_counter() - clock  # extraction, or reading the cache
     runs = {}
     for n, cell in enumerate(cells, start=1):
-        print(f"training the {cell} decoder ({n}/{len(cells)})", file=sys.stderr)
+        say(f"training the {cell} decoder ({n}/{len(cells)})")
         runs[cell] = run_cell(cell_config(config, cell, source), shared, source.encoder, out_dir / cell)
     result = {
         "cells": {cell: run.summary for cell, run in runs.items()},

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from captioner.errors import CaptionerError
+from captioner.util.console import say
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,7 @@ def load_records(root: Path, karpathy_json: str, captions_json: Sequence[str] = 
             continue
         records.append(ImageRecord(image_id, path, split, tuple(captions)))
     if missing:
-        print(f"note: {missing} images in {split_file.name} have no captions and are skipped",
-              file=sys.stderr)
+        say(f"note: {missing} images in {split_file.name} have no captions and are skipped")
     if not records:
         raise CaptionerError(f"{split_file}: no images with captions")
     return records

@@ -13,7 +13,6 @@ every checkpoint: a resumed run sees the batches the interrupted one would have 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -29,6 +28,7 @@ from captioner.data.images import open_rgb
 from captioner.data.tokenize import tokenize
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
+from captioner.util.console import say
 
 Inputs = Callable[[ImageRecord], Tensor]
 
@@ -84,7 +84,7 @@ class CaptionSet(Dataset):
         try:
             x = self.inputs(record)
         except CaptionerError as err:
-            print(f"skipping unreadable image: {err}", file=sys.stderr)
+            say(f"skipping unreadable image: {err}")
             return None
         captions = [self.encoded[i][j]] if j is not None else self._pick(i)
         item = {"image_id": record.image_id, "input": x, "captions": captions}

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from captioner.config import ShapesConfig
 from captioner.data.tokenize import tokenize
 from captioner.errors import CaptionerError
 from captioner.util.atomic import write_json
+from captioner.util.console import say
 from captioner.util.locks import flock
 from captioner.util.paths import default_cache_dir
 
@@ -127,8 +127,7 @@ def ensure_shapes(spec: ShapesSpec, cache_dir: Path | None = None) -> Path:
     with flock(out_dir.with_name(f".{out_dir.name}.lock"), wait=True):  # DDP ranks, parallel runs
         if not (out_dir / _COMPLETE).is_file():
             total = sum(spec.split_sizes().values())
-            print(f"generating the built-in shapes dataset ({total} images) into {out_dir}",
-                  file=sys.stderr, flush=True)
+            say(f"generating the built-in shapes dataset ({total} images) into {out_dir}")
             generate_shapes(out_dir, spec)
     return out_dir
 

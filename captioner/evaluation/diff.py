@@ -10,7 +10,6 @@ and the failure tags that appeared or disappeared are listed. Results: diff.json
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from captioner.evaluation.bootstrap import (
 from captioner.evaluation.diff_page import render_diff_page
 from captioner.evaluation.report import TAGS, write_thumbnail
 from captioner.util.atomic import write_json, write_text
+from captioner.util.console import say
 
 SHOW = 12
 _WRITES = ("diff.json", "index.html", "thumbs")
@@ -226,7 +226,7 @@ def evaluation_of(path: Path, side: str, *, out_dir: Path | None, split: str | N
                              f"it into DIR/{side}")
     from captioner.evaluation.evaluate import evaluate  # torch and the model: only for checkpoints
 
-    print(f"evaluating {side.upper()} ({path}) on split {split or 'of its config'}", file=sys.stderr)
+    say(f"evaluating {side.upper()} ({path}) on split {split or 'of its config'}")
     evaluate(path, split=split, out_dir=out_dir / side, limit=limit, device=device)
     return load_evaluation(out_dir / side)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from captioner.data.prepare import cache_dir, prepare
 from captioner.evaluation.report import ImageResult, write_report
 from captioner.features.cache import FeatureStore, load_or_extract
 from captioner.model.inference import Captioner
+from captioner.util.console import say
 from captioner.util.hardware import fast_bf16, uses_bf16
 from captioner.util.runs import run_dir_of
 
@@ -77,5 +77,5 @@ def evaluate(
         extra={"checkpoint": str(checkpoint), "split": split, "beam_size": beam_size,
                "images": len(results)},
     )
-    print(f"evaluated {len(results)} {split} images -> {out_dir}", file=sys.stderr)
+    say(f"evaluated {len(results)} {split} images -> {out_dir}")
     return metrics, out_dir

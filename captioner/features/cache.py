@@ -42,6 +42,7 @@ from captioner.data.images import open_rgb
 from captioner.errors import CaptionerError
 from captioner.model.encoder import FEATURE_DIM, VGGEncoder, encode
 from captioner.util import atomic
+from captioner.util.console import bars, say
 from captioner.util.locks import flock
 
 FORMAT_VERSION = 2
@@ -185,14 +186,15 @@ def extract_features(
     parts = [records[k * shard_size:(k + 1) * shard_size] for k in range(n_shards)]
     finished = sum(_finished(folder, k) for k in range(n_shards))
     if finished:
-        print(f"resuming: {finished} of {n_shards} shards already done in {folder}", file=sys.stderr)
+        say(f"resuming: {finished} of {n_shards} shards already done in {folder}")
     pending = sum(len(parts[k]) for k in range(n_shards) if not _finished(folder, k))
     _check_space(folder, (pending + len(records)) * ROW_BYTES)  # the shards, then their merged copy
     encoder.eval()
     pin = next(encoder.parameters()).device.type == "cuda"
     done: list[int] = []
     total = sum(len(parts[k]) for k in own if not _finished(folder, k))
-    with tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True) as progress:
+    with tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
+              disable=not bars()) as progress:
         for k in _claimed(folder, order):
             if k not in own:
                 progress.total += len(parts[k])
@@ -304,8 +306,8 @@ def load_or_extract(
         return store
     home = next(encoder.parameters()).device
     device = device or home
-    print(f"extracting {arch} fc7 features of split {split!r}: {len(records)} images, "
-          f"{image_size}px, on {device} -> {folder}", file=sys.stderr)
+    say(f"extracting {arch} fc7 features of split {split!r}: {len(records)} images, "
+          f"{image_size}px, on {device} -> {folder}")
     try:
         extract_features(encoder.to(device), preprocess, records, folder, key=key, bf16=bf16,
                          desc=f"features {split}", **extract_options)

@@ -28,6 +28,7 @@ from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
 from captioner.model import search
 from captioner.model.checkpoint import check_weights_fit, checkpoint_config, load_checkpoint, model_state
+from captioner.model.decoding import Decoding
 from captioner.model.encoder import build_preprocess, encode
 from captioner.model.network import CaptionModel
 
@@ -72,30 +73,6 @@ class CaptionResult:
     @property
     def score(self) -> float | None:
         return self.captions[0].score if self.captions else None
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How captions are generated. Beam search keeps the `n_best` best beams; sampling draws
-    `n_best` captions per image (most likely first) from the model's distribution sharpened by
-    `temperature`, restricted to the `top_k` most likely words at each step when top_k > 0."""
-
-    beam_size: int = 3
-    n_best: int = 1
-    max_length: int | None = None  # words + end token; default: the checkpoint's eval.max_length
-    length_penalty: float = 0.0  # GNMT alpha; 0 ranks by plain log-probability
-    sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-
-    def __post_init__(self) -> None:
-        max_length = 1 if self.max_length is None else self.max_length  # None: the checkpoint's
-        try:
-            search.check_options(beam_size=self.beam_size if not self.sample else self.n_best,
-                                 n_best=self.n_best, max_length=max_length,
-                                 temperature=self.temperature, top_k=self.top_k)
-        except ValueError as err:
-            raise CaptionerError(str(err)) from None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

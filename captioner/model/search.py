@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captioner.model.decoder import State
+from captioner.model.decoding import check_options
 
 Step = Callable[[Tensor, State], tuple[Tensor, State]]
 NEG_INF = float("-inf")
@@ -124,22 +125,6 @@ def beam_search(
         if not len(beams.images):
             break
     return finished.filled(beams, partial(score, words=max_length))
-
-
-def check_options(*, beam_size: int = 1, n_best: int = 1, max_length: int = 1,
-                  temperature: float = 1.0, top_k: int = 0) -> None:
-    """Refuse search settings that cannot work (the one place they are checked)."""
-    problems = [
-        (beam_size < 1, f"beam_size must be at least 1, got {beam_size}"),
-        (n_best < 1, f"n_best must be at least 1, got {n_best}"),
-        (n_best > beam_size, f"n_best={n_best} needs beam_size >= {n_best}, got {beam_size}"),
-        (max_length < 1, f"max_length must be at least 1, got {max_length}"),
-        (not temperature > 0, f"temperature must be positive, got {temperature}"),
-        (top_k < 0, f"top_k must be >= 0 (0: the whole vocabulary), got {top_k}"),
-    ]
-    for failed, message in problems:
-        if failed:
-            raise ValueError(message)
 
 
 @dataclass

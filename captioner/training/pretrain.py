@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ from captioner.training.checkpoints import LAST
 from captioner.training.schedule import one_cycle
 from captioner.training.trainer import build_trainer
 from captioner.util.atomic import write_json, write_text
+from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
 from captioner.util.locks import flock
 from captioner.util.runs import claim_run_dir, kept_on_failure, run_dir_of
@@ -88,7 +88,7 @@ class LabelledImages(Dataset):
         try:
             return self.preprocess(open_rgb(self.records[i].path)), self.targets[i]
         except CaptionerError as err:
-            print(f"skipping unreadable image: {err}", file=sys.stderr)
+            say(f"skipping unreadable image: {err}")
             return None
 
 
@@ -198,8 +198,8 @@ def run_pretraining(config: Config, data: PreparedData, folder: Path, *,
     train = loader(LabelledImages(train_records, train_targets, preprocess), shuffle=True,
                    generator=torch.Generator().manual_seed(config.trainer.seed))
     val = loader(LabelledImages(val_records, val_targets, preprocess))
-    print(f"pretraining {c.arch} at {c.image_size}px as a classifier of {len(targets.names)} "
-          f"targets on {len(train_records)} images into {folder}", file=sys.stderr, flush=True)
+    say(f"pretraining {c.arch} at {c.image_size}px as a classifier of {len(targets.names)} "
+          f"targets on {len(train_records)} images into {folder}")
     resume_step = torch.load(resume, map_location="cpu", weights_only=True)["global_step"] if resume else None
     trainer = build_trainer(config, folder, [], monitor=MONITOR, what="pretraining",
                             resume_step=resume_step, max_epochs=p.epochs, devices=1, num_nodes=1,
@@ -239,11 +239,11 @@ def cached_encoder(config: Config, data: PreparedData) -> Path:
         if not weights.is_file():
             last = folder / "checkpoints" / LAST
             if last.is_file():
-                print(f"resuming the interrupted pretraining in {folder}", file=sys.stderr)
+                say(f"resuming the interrupted pretraining in {folder}")
             write_json(folder / "key.json", key)
             run_pretraining(config, data, folder, resume=last if last.is_file() else None)
         else:
-            print(f"using the pretrained encoder {weights}", file=sys.stderr)
+            say(f"using the pretrained encoder {weights}")
     return weights
 
 

@@ -10,7 +10,6 @@ path with ImageNet weights.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from captioner.training.module import CaptionModule
 from captioner.training.pretrain import cached_encoder
 from captioner.training.trainer import build_trainer
 from captioner.util import atomic
+from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
 from captioner.util.runs import (
     best_checkpoint,
@@ -116,7 +116,7 @@ def _resumed_run(resume: Path, overrides: list[str]) -> RunStart:
     run_dir = run_dir_of(resume)
     start = new_run(config) if run_dir is None else RunStart(config, run_dir, vocab, None, None, False)
     if run_dir is None and global_rank() == 0:
-        print(f"{resume} is not inside a run folder: continuing it in {start.run_dir}", file=sys.stderr)
+        say(f"{resume} is not inside a run folder: continuing it in {start.run_dir}")
     start.vocab, start.resume, start.resume_step = vocab, resume, int(checkpoint["global_step"])
     start.weights = model_state(checkpoint)
     return start
@@ -163,9 +163,8 @@ def _fit(start: RunStart) -> Path | None:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=monitor_mode(t.monitor), patience=t.patience))
     trainer = build_trainer(config, run_dir, callbacks, monitor=t.monitor, what="training",
                             resume_step=start.resume_step)
-    print(f"training {config.decoder.cell} decoder on {config.encoder.arch} "
-          f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}",
-          file=sys.stderr, flush=True)
+    say(f"training {config.decoder.cell} decoder on {config.encoder.arch} "
+          f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}")
     _fit_or_interrupt(trainer, module, datamodule, start.resume)
     if not trainer.is_global_zero:
         return None

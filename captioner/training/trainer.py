@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from captioner.config import Config
 from captioner.training.checkpoints import AtomicCheckpointIO, RunCheckpoints
 from captioner.training.runlog import RunLog
+from captioner.util.console import bars, say
 from captioner.util.hardware import resolve_precision
 
 
@@ -54,8 +55,8 @@ class EpochLines(L.Callback):
         shown = {k: float(v) for k, v in trainer.callback_metrics.items()
                  if k.startswith(("train/loss", "val/")) and v.numel() == 1}
         values = "  ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items()))
-        print(f"{self.what}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  "
-              f"({time.perf_counter() - self._start:.0f} s)", file=sys.stderr, flush=True)
+        say(f"{self.what}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  "
+            f"({time.perf_counter() - self._start:.0f} s)")
 
 
 def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback], *, monitor: str,
@@ -67,7 +68,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback], *,
     `overrides` adjust any Trainer argument (compare trains on one device, without checkpoints).
     """
     t = config.trainer
-    progress: L.Callback = StderrProgressBar(refresh_rate=10) if sys.stderr.isatty() else EpochLines(what)
+    progress: L.Callback = StderrProgressBar(refresh_rate=10) if bars() else EpochLines(what)
     own = [RunCheckpoints(run_dir / "checkpoints", monitor)] if checkpoints else []
     settings = {
         "default_root_dir": run_dir, "max_epochs": t.max_epochs, "accelerator": t.accelerator,
@@ -76,7 +77,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback], *,
         "callbacks": [*own, *callbacks, progress, LearningRateMonitor(logging_interval="step")],
         "logger": RunLog(run_dir, resume_step), "plugins": [AtomicCheckpointIO()],
         "enable_checkpointing": False,  # RunCheckpoints writes them; Lightning's own would too
-        "enable_progress_bar": sys.stderr.isatty(),
+        "enable_progress_bar": bars(),
         "limit_train_batches": t.limit_train_batches, "limit_val_batches": t.limit_val_batches,
         "log_every_n_steps": t.log_every_n_steps, "enable_model_summary": False,
     }

@@ -11,7 +11,6 @@ manifest through manifest.py.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,6 +32,7 @@ from captioner.data.importing.splits import image_ids, random_splits
 from captioner.data.importing.textfile import check_encoding
 from captioner.data.importing.write import ImportedImage, claim_folder, write_dataset
 from captioner.errors import CaptionerError
+from captioner.util.console import say
 
 __all__ = ["FORMATS", "ImportReport", "import_dataset"]
 
@@ -106,7 +106,7 @@ class _Stages:
 
     def done(self, message: str) -> None:
         now = time.perf_counter()
-        print(f"{message} ({now - self.start:.1f} s)", file=sys.stderr, flush=True)
+        say(f"{message} ({now - self.start:.1f} s)")
         self.start = now
 
 

@@ -6,7 +6,6 @@ then the file's first line: Flickr's `NAME#N<TAB>` tokens, Flickr30k's pipe head
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from captioner.data.importing.formats import (
@@ -19,6 +18,7 @@ from captioner.data.importing.formats import (
 )
 from captioner.data.importing.textfile import first_line, read_text
 from captioner.errors import CaptionerError
+from captioner.util.console import say
 
 FORMATS = ("auto", "csv", "tsv", "jsonl", "flickr8k", "flickr30k", "coco", "karpathy")
 # In a dataset folder (or one folder down), most specific first.
@@ -78,8 +78,7 @@ def find_captions_file(folder: Path, fmt: str) -> tuple[Path, str]:
                              "pass the captions file itself")
     if len(found) > 1:
         others = ", ".join(str(p) for p, _ in found[1:])
-        print(f"note: importing {found[0][0]} (also found {others}; pass a file to choose it)",
-              file=sys.stderr)
+        say(f"note: importing {found[0][0]} (also found {others}; pass a file to choose it)")
     return found[0]
 
 

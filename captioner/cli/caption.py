@@ -1,0 +1,199 @@
+"""`captioner caption`: caption images, folders of images, or what arrives on stdin."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from captioner.cli.common import at_least, checkpoint, checkpoint_arguments, command, positive_float
+from captioner.errors import CaptionerError
+
+if TYPE_CHECKING:
+    from captioner.model.inference import CaptionResult
+
+# The first bytes of the image formats Pillow reads most: stdin holding one of these is an image,
+# anything else a list of paths, one a line.
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*",
+          b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "caption", "caption images, folders of images, or image paths or bytes on stdin", [
+        "captioner caption photo.jpg",
+        "captioner caption photos/ --recursive --format jsonl > captions.jsonl",
+        "captioner caption photo.jpg --beam-size 5 --n-best 3 --explain why/",
+        "find . -name '*.png' | captioner caption -",
+    ], extra="exit status: 0 every image captioned; 1 none was (or an error); 2 wrong command "
+             "line; 3 some images could not be captioned (each says why; a summary on stderr); "
+             "130 interrupted")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE",
+                   help="image files, folders (the images in them), or - for stdin (an image's "
+                        "bytes, or paths one a line)")
+    checkpoint_arguments(p)
+    p.add_argument("--recursive", "-r", action="store_true", help="include the images in subfolders")
+    p.add_argument("--beam-size", type=at_least(1), default=3, help="beam width")
+    p.add_argument("--n-best", type=at_least(1), default=1,
+                   help="print the N best beams (or N samples) with their log-probabilities")
+    p.add_argument("--length-penalty", type=float, default=0.0,
+                   help="GNMT length penalty alpha; 0 ranks by log-probability")
+    p.add_argument("--max-length", type=at_least(1), default=None,
+                   help="most words per caption (default: the checkpoint's eval.max_length)")
+    p.add_argument("--sample", action="store_true", help="sample captions instead of beam search")
+    p.add_argument("--temperature", type=positive_float, default=None,
+                   help="sampling temperature, below 1 sharper (implies --sample; default 1)")
+    p.add_argument("--top-k", type=at_least(0), default=None,
+                   help="sample among the K most likely words (implies --sample; default 0: all)")
+    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible (implies --sample)")
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="images per forward pass")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text",
+                   help="text: the caption (after the file name when there are several); jsonl: "
+                        '{"image", "caption", "score"} a line')
+    p.add_argument("--explain", type=Path, metavar="DIR",
+                   help="also write per-word Grad-CAM maps (overlay PNGs, a strip, maps.json) into "
+                        "DIR/<image>/")
+    p.add_argument("--max-pixels", type=at_least(1), default=None,
+                   help="refuse larger images undecoded, as possible decompression bombs "
+                        "(default: Pillow's limit, 89,478,485)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: a faster CNN on bf16 hardware, but captions then depend on the batch")
+
+
+def run(args: argparse.Namespace) -> int:
+    from captioner.model.decoding import Decoding
+    from captioner.util.console import say
+
+    decoding = _decoding(args, Decoding)
+    inputs = _inputs(args.inputs)  # stdin read, paths listed: before the checkpoint loads
+    missing = [arg for arg, _ in inputs if arg != "-" and not Path(arg).exists()]
+    for arg in missing:
+        _report(args.format, arg, f"{arg}: no such file")
+    given = [(arg, items) for arg, items in inputs if arg not in missing]
+    if not given:
+        return 1
+    ckpt = checkpoint(args)
+
+    from captioner.model.inference import MAX_PIXELS, Captioner, resolve_device
+
+    captioner = Captioner.from_checkpoint(ckpt, device=resolve_device(args.device), precision=args.precision,
+                                          max_pixels=args.max_pixels or MAX_PIXELS)
+    counts = _caption_all(args, captioner, given, decoding)
+    failed = counts["failed"] + len(missing)
+    total = counts["captioned"] + failed
+    if failed:
+        say(f"{failed} of {total} images could not be captioned (each error above)")
+    return 0 if not failed else 1 if not counts["captioned"] else 3
+
+
+def _decoding(args: argparse.Namespace, decoding: type) -> Any:
+    from captioner.util.console import say
+
+    implied = [flag for flag, value in (("--temperature", args.temperature), ("--top-k", args.top_k),
+                                        ("--seed", args.seed)) if value is not None]
+    if implied and not args.sample:
+        say(f"sampling captions: {', '.join(implied)} implies --sample")
+    try:
+        return decoding(beam_size=args.beam_size, n_best=args.n_best, max_length=args.max_length,
+                        length_penalty=args.length_penalty, sample=args.sample or bool(implied),
+                        temperature=args.temperature or 1.0, top_k=args.top_k or 0)
+    except CaptionerError as err:
+        raise CaptionerError(f"{err} (see captioner caption --help)") from None
+
+
+def _inputs(args: list[str]) -> list[tuple[str, list[Any]]]:
+    """Each argument with what it stands for: a file, a folder's images, or stdin's contents."""
+    if args.count("-") > 1:
+        raise CaptionerError("stdin (-) can be read once only")
+    given = []
+    for arg in args:
+        if arg != "-":
+            given.append((arg, []))
+            continue
+        data = sys.stdin.buffer.read()
+        if data.startswith(_MAGIC):
+            from io import BytesIO
+
+            image = BytesIO(data)
+            image.name = "<stdin>"
+            given.append(("-", [image]))
+        else:
+            lines = data.decode("utf-8", "replace").splitlines()
+            given.extend((line.strip(), []) for line in lines if line.strip())
+    return given
+
+
+def _caption_all(args: argparse.Namespace, captioner: Any, given: list[tuple[str, list[Any]]],
+                 decoding: Any) -> dict[str, int]:
+    """Caption every input, printing each result as it comes; how many succeeded and failed."""
+    import itertools
+
+    from captioner.model.inference import expand_folder
+    from captioner.util.console import say
+
+    expanded = []
+    for arg, items in given:
+        listing = expand_folder(arg, args.recursive) if not items else None
+        if listing is not None and listing.note():
+            say(f"{arg}: {listing.note()}")
+        expanded.append((arg, items or [str(p) for p in listing.images]))
+    flat = [item for _, items in expanded for item in items]
+    seed = args.seed if decoding.sample else None
+    results = captioner.stream(flat, **vars(decoding), seed=seed, batch_size=args.batch_size,
+                               explain=args.explain is not None)
+    names = _explanation_folders(args, flat)
+    counts = {"captioned": 0, "failed": 0}
+    for arg, items in expanded:  # results in the order the inputs were given
+        if not items:
+            counts["failed"] += 1
+            _report(args.format, arg, f"{arg}: no images in this folder")
+        for result in itertools.islice(results, len(items)):
+            counts["failed" if result.error else "captioned"] += 1
+            _print(args, result, tagged=len(flat) > 1)
+            if result.explanations is not None:
+                _write_explanation(args.explain, names[result.image], result)
+    return counts
+
+
+def _explanation_folders(args: argparse.Namespace, images: list[Any]) -> dict[str, str]:
+    if args.explain is None:
+        return {}
+    from captioner.evaluation.explain_files import folder_names
+
+    names = [getattr(x, "name", str(x)) for x in images]
+    return dict(zip(names, folder_names(names)))
+
+
+def _write_explanation(out: Path, name: str, result: CaptionResult) -> None:
+    from captioner.evaluation.explain_files import write_explanation
+    from captioner.util.console import say
+
+    written = write_explanation(out / name, result.image, result.explanations)
+    say(f"{result.image}: word maps in {(out / name).resolve()} ({len(written)} files)")
+
+
+def _print(args: argparse.Namespace, result: CaptionResult, *, tagged: bool) -> None:
+    """One result: jsonl, n-best lines with log-probabilities, or the caption (after the
+    image's name when there are several)."""
+    if result.error is not None:
+        _report(args.format, result.image, result.error)
+    elif args.format == "jsonl":
+        record = {"image": result.image, "caption": result.text, "score": result.score}
+        if args.n_best > 1:
+            record["n_best"] = [{"caption": c.text, "logprob": c.logprob, "score": c.score}
+                                for c in result.captions]
+        print(json.dumps(record), flush=True)
+    elif args.n_best > 1:
+        lines = [f"  {c.logprob:8.3f}  {c.text}" for c in result.captions]
+        print("\n".join([result.image, *lines]), flush=True)
+    else:
+        print(f"{result.image}\t{result.text}" if tagged else result.text, flush=True)
+
+
+def _report(fmt: str, image: str, message: str) -> None:
+    """A failed image: a jsonl record on stdout (so the stream stays complete) and a line on stderr."""
+    if fmt == "jsonl":
+        print(json.dumps({"image": image, "error": message}), flush=True)
+    print(f"error: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,43 @@
+"""`captioner config show`: every setting, its value and what it does, as YAML."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from captioner.cli.common import command, config_arguments
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "config", "print the resolved settings (defaults, a config file, overrides) "
+                               "with each one's meaning, as YAML a config file can start from", [
+        "captioner config show",
+        "captioner config show --config configs/coco_vgg16_lstm.yaml",
+        "captioner config show decoder.cell=gru > mine.yaml",
+    ])
+    p.add_argument("action", choices=("show",), help="what to do")
+    config_arguments(p, "decoder.cell=gru")
+
+
+def run(args: argparse.Namespace) -> int:
+    from captioner.config import Config, load_config
+
+    print(annotated(load_config(args.config, args.overrides), Config))
+    return 0
+
+
+def annotated(config: object, cls: type, indent: str = "") -> str:
+    """The config as YAML, each setting preceded by its one-sentence meaning as a comment."""
+    import yaml
+
+    lines = []
+    for field in dataclasses.fields(cls):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            lines += [f"{indent}{field.name}:", annotated(value, type(value), indent + "  ")]
+            continue
+        if field.metadata.get("help"):
+            lines.append(f"{indent}# {field.metadata['help']}")
+        dumped = yaml.safe_dump({field.name: value}, default_flow_style=True, width=10_000).strip()
+        lines.append(f"{indent}{dumped.removeprefix('{').removesuffix('}')}")
+    return "\n".join(lines)

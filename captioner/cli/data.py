@@ -1,0 +1,104 @@
+"""`captioner data`: write the built-in shapes dataset, or import your own captioned images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from captioner.cli.common import at_least, command
+from captioner.config import ShapesConfig
+from captioner.errors import CaptionerError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "data", "write datasets: the built-in shapes set anywhere, or your own images "
+                             "and captions (CSV, JSONL, Flickr8k/30k, COCO, Karpathy) as a folder "
+                             "`captioner train data.root=DIR` reads", [
+        "captioner data shapes --out data/shapes",
+        "captioner data import photos/captions.csv --out data/mine",
+    ])
+    dsub = p.add_subparsers(dest="dataset", required=True, metavar="{shapes,import}")
+    s = command(dsub, "shapes", "write the built-in shapes dataset in COCO's formats", [
+        "captioner data shapes --out data/shapes",
+        "captioner data shapes --out data/big --num-train 20000 --seed 1",
+    ])
+    s.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="folder to write (new, empty, or an earlier shapes dataset, whose generated "
+                        "files are replaced; nothing else in it is touched)")
+    defaults = ShapesConfig()
+    s.add_argument("--num-train", type=at_least(1), default=defaults.num_train, help="training images")
+    s.add_argument("--num-val", type=at_least(1), default=defaults.num_val, help="validation images")
+    s.add_argument("--num-test", type=at_least(1), default=defaults.num_test, help="test images")
+    s.add_argument("--size", type=at_least(32), default=defaults.size, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=defaults.seed, help="the same seed writes the same files")
+    _add_data_import(dsub)
+
+
+def _add_data_import(dsub: argparse._SubParsersAction) -> None:
+    from captioner.data.importing.detect import FORMATS
+    from captioner.data.importing.splits import parse_fractions
+
+    def fractions(text: str) -> tuple[float, float, float]:
+        try:
+            return parse_fractions(text)
+        except CaptionerError as err:  # a bad command line: argparse's message and exit status 2
+            raise argparse.ArgumentTypeError(str(err).removeprefix(f"--split {text}: ")) from None
+
+    p = command(dsub, "import", "build a dataset folder that `captioner train data.root=DIR` trains on, "
+                                "from a captions file or a dataset folder, and report what was wrong", [
+        "captioner data import photos/captions.csv --out data/mine",
+        "captioner data import Flickr8k_text/ --images Flicker8k_Dataset --out data/flickr8k",
+        "captioner data import data/coco/dataset_flickr30k.json --images flickr30k_images "
+        "--out data/flickr30k",
+    ], extra="exit status: 0 imported; 3 imported, but rows or images were left out (listed in "
+             "DIR/import_report.json); 1 nothing imported (one-line error); 2 wrong command line")
+    p.add_argument("source", type=Path, metavar="SOURCE",
+                   help="captions file (CSV, TSV, JSONL, Flickr token/CSV, COCO or Karpathy JSON) or "
+                        "a folder holding a known dataset's files")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="dataset folder to write: new, empty, or an earlier import's")
+    p.add_argument("--images", type=Path, metavar="DIR",
+                   help="folder the image names are relative to (default: found beside the captions file)")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default="auto",
+                   help="source format (default: auto, from the file names and contents)")
+    p.add_argument("--split", type=fractions, default="0.9,0.05,0.05", metavar="TRAIN,VAL,TEST",
+                   help="split fractions where the source has no splits (default: 0.9,0.05,0.05)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random split (default: 0)")
+    p.add_argument("--copy", action="store_true", help="copy the images into DIR/images "
+                                                       "(default: referenced where they are)")
+    p.add_argument("--encoding", help="text encoding of the captions file (default: UTF-8, or "
+                                      "what its byte-order mark says)")
+    p.add_argument("--verify-images", action="store_true",
+                   help="decode every image (default: only check that it exists and is not empty)")
+    p.add_argument("--min-count", type=int, default=5,
+                   help="vocabulary threshold for the report's coverage figure (default: 5)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.dataset == "import":
+        return _import(args)
+    from captioner.data.shapes import ShapesSpec, generate_shapes
+    from captioner.util.console import say
+
+    spec = ShapesSpec(num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
+                      size=args.size, seed=args.seed)
+    say(f"writing {args.num_train + args.num_val + args.num_test} shapes images into {args.out}")
+    print(generate_shapes(args.out, spec).resolve())
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from captioner.data.importing import import_dataset
+    from captioner.util.console import say
+
+    report = import_dataset(args.source, args.out, images=args.images, fmt=args.fmt,
+                            split=args.split, seed=args.seed, copy=args.copy,
+                            encoding=args.encoding, verify_images=args.verify_images,
+                            min_count=args.min_count)
+    for problem in report.problems[:5]:
+        where = problem.get("line", problem.get("entry"))
+        say(f"warning: {problem['file']}:{where}: {problem['message']}")
+    if report.problems_total > 5:
+        say(f"warning: ... {report.problems_total - 5} more in {args.out / 'import_report.json'}")
+    print(report.summary())
+    return 3 if report.problems_total else 0

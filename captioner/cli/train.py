@@ -1,0 +1,47 @@
+"""`captioner train`: train (or continue training) a captioner and evaluate its best checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from captioner.cli.common import command, config_arguments, metrics_line
+from captioner.errors import CaptionerError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "train", "train a captioner (default: the built-in shapes dataset, end to end) "
+                              "and evaluate its best checkpoint on the test split", [
+        "captioner train",
+        "captioner train decoder.cell=gru trainer.max_epochs=20",
+        "captioner train --config configs/coco_vgg16_lstm.yaml",
+        "captioner train --resume runs/shapes/checkpoints/last.ckpt trainer.max_epochs=30",
+    ])
+    config_arguments(p, "decoder.cell=gru trainer.max_epochs=10")
+    p.add_argument("--resume", type=Path, metavar="CKPT",
+                   help="continue the run this checkpoint belongs to (its own config, plus overrides)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation on the test split")
+
+
+def run(args: argparse.Namespace) -> int:
+    from captioner.config import load_config
+
+    if args.resume is not None and args.config is not None:
+        raise CaptionerError("--resume continues with the checkpoint's own config: drop --config "
+                             "(key=value overrides still apply)")
+    if args.resume is not None and not args.resume.is_file():
+        raise CaptionerError(f"checkpoint not found: {args.resume}")
+    config = None if args.resume is not None else load_config(args.config, args.overrides)
+
+    from captioner.training.train import train  # torch and Lightning: after every check
+
+    result = train(config, resume=args.resume, overrides=args.overrides,
+                   evaluate_after=not args.no_eval)
+    if not result.best.name:  # a DDP rank other than 0: rank 0 reports
+        return 0
+    print(f"run folder:      {result.run_dir.resolve()}")
+    print(f"best checkpoint: {result.best.resolve()}")
+    if result.metrics:
+        print(metrics_line(result.metrics, result.metrics["run"]["split"]))
+        print(f"report:          {(result.report / 'index.html').resolve()}")
+    return 0
