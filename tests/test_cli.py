@@ -51,11 +51,15 @@ def test_caption_folder_jsonl_with_a_broken_file(trained_run: Path, image: Path,
     (folder / "c.jpg").write_bytes(b"not an image at all")
     result = run_cli("caption", str(folder), str(tmp_path / "missing.png"), "--format", "jsonl",
                      cwd=trained_run)
-    assert result.returncode == 1  # some inputs failed; the others were still captioned
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [Path(x["image"]).name for x in lines] == ["a.png", "b.jpg", "c.jpg", "missing.png"]
-    assert "caption" in lines[0] and "caption" in lines[1]
-    assert "error" in lines[2] and "error" in lines[3]
+    assert result.returncode == 3  # some inputs failed; the others were still captioned
+    lines = {Path(x["image"]).name: x for x in map(json.loads, result.stdout.splitlines())}
+    assert sorted(lines) == ["a.png", "b.jpg", "c.jpg", "missing.png"]
+    assert "caption" in lines["a.png"] and "caption" in lines["b.jpg"]
+    assert "error" in lines["c.jpg"] and "error" in lines["missing.png"]
+    # A missing path is reported before the model loads; every failure shows on the terminal too.
+    assert result.stderr.splitlines()[1].endswith("missing.png: no such file")  # after "using ..."
+    assert "c.jpg: not an image Pillow can read" in result.stderr
+    assert "2 of 4 images could not be captioned" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -64,7 +68,7 @@ def test_evaluate_writes_metrics_and_predictions(trained_run: Path, tmp_path: Pa
     result = run_cli("evaluate", "--out", str(out), "--beam-size", "2", "--limit", "4",
                      cwd=trained_run)
     assert result.returncode == 0, result.stderr
-    assert "BLEU4" in result.stdout and "scale 0-1" in result.stdout
+    assert "BLEU-4" in result.stdout and "CIDEr-D on 0-10" in result.stdout
     predictions = json.loads((out / "predictions.json").read_text())
     assert len(predictions) == 4 and set(predictions[0]) == {"image_id", "caption"}
     assert json.loads((out / "metrics.json").read_text())["run"]["beam_size"] == 2
@@ -101,10 +105,11 @@ def test_missing_image_and_foreign_checkpoint(trained_run: Path, tmp_path: Path)
     import torch
 
     torch.save({"state_dict": {}}, foreign)
-    result = run_cli("caption", "x.jpg", "--checkpoint", str(foreign), cwd=tmp_path)
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    result = run_cli("caption", "x.png", "--checkpoint", str(foreign), cwd=tmp_path)
     assert result.returncode == 1 and "not a captioner checkpoint" in result.stderr
     foreign.write_bytes(b"garbage")
-    result = run_cli("caption", "x.jpg", "--checkpoint", str(foreign), cwd=tmp_path)
+    result = run_cli("caption", "x.png", "--checkpoint", str(foreign), cwd=tmp_path)
     assert result.returncode == 1 and "not a readable checkpoint" in result.stderr
 
 

@@ -66,26 +66,35 @@ def run(args: argparse.Namespace) -> int:
     from captioner.model.decoding import Decoding
     from captioner.util.console import say
 
+    # Everything that can be checked is, before the model loads: options, checkpoint, device, paths.
     decoding = _decoding(args, Decoding)
-    inputs = _inputs(args.inputs)  # stdin read, paths listed: before the checkpoint loads
-    missing = [arg for arg, _ in inputs if arg != "-" and not Path(arg).exists()]
-    for arg in missing:
-        _report(args.format, arg, f"{arg}: no such file")
-    given = [(arg, items) for arg, items in inputs if arg not in missing]
-    if not given:
-        return 1
+    device = _device(args.device)
     ckpt = checkpoint(args)
+    inputs = _inputs(args.inputs)
+    missing = {arg for arg, items in inputs if not items and not Path(arg).exists()}
+    for arg in sorted(missing):
+        print(f"error: {arg}: no such file", file=sys.stderr, flush=True)
+    if len(missing) == len(inputs):
+        return 1
 
-    from captioner.model.inference import MAX_PIXELS, Captioner, resolve_device
+    from captioner.model.inference import MAX_PIXELS, Captioner
 
-    captioner = Captioner.from_checkpoint(ckpt, device=resolve_device(args.device), precision=args.precision,
+    captioner = Captioner.from_checkpoint(ckpt, device=device, precision=args.precision,
                                           max_pixels=args.max_pixels or MAX_PIXELS)
-    counts = _caption_all(args, captioner, given, decoding)
-    failed = counts["failed"] + len(missing)
-    total = counts["captioned"] + failed
+    counts = _caption_all(args, captioner, inputs, decoding, missing)
+    failed, total = counts["failed"], counts["captioned"] + counts["failed"]
     if failed:
         say(f"{failed} of {total} images could not be captioned (each error above)")
     return 0 if not failed else 1 if not counts["captioned"] else 3
+
+
+def _device(name: str) -> Any:
+    """The device, checked before the checkpoint loads (torch only when a GPU is asked for)."""
+    if name in ("auto", "cpu"):
+        return name
+    from captioner.model.inference import resolve_device
+
+    return resolve_device(name)
 
 
 def _decoding(args: argparse.Namespace, decoding: type) -> Any:
@@ -126,8 +135,9 @@ def _inputs(args: list[str]) -> list[tuple[str, list[Any]]]:
 
 
 def _caption_all(args: argparse.Namespace, captioner: Any, given: list[tuple[str, list[Any]]],
-                 decoding: Any) -> dict[str, int]:
-    """Caption every input, printing each result as it comes; how many succeeded and failed."""
+                 decoding: Any, missing: set[str]) -> dict[str, int]:
+    """Caption every input, printing each result as it comes, in the order given (a missing path
+    was already reported on stderr: its jsonl record comes here); how many succeeded and failed."""
     import itertools
 
     from captioner.model.inference import expand_folder
@@ -135,20 +145,25 @@ def _caption_all(args: argparse.Namespace, captioner: Any, given: list[tuple[str
 
     expanded = []
     for arg, items in given:
+        if arg in missing:
+            expanded.append((arg, None))
+            continue
         listing = expand_folder(arg, args.recursive) if not items else None
         if listing is not None and listing.note():
             say(f"{arg}: {listing.note()}")
         expanded.append((arg, items or [str(p) for p in listing.images]))
-    flat = [item for _, items in expanded for item in items]
+    flat = [item for _, items in expanded if items for item in items]
     seed = args.seed if decoding.sample else None
     results = captioner.stream(flat, **vars(decoding), seed=seed, batch_size=args.batch_size,
                                explain=args.explain is not None)
     names = _explanation_folders(args, flat)
     counts = {"captioned": 0, "failed": 0}
     for arg, items in expanded:  # results in the order the inputs were given
-        if not items:
+        if items is None or not items:
             counts["failed"] += 1
-            _report(args.format, arg, f"{arg}: no images in this folder")
+            message = f"{arg}: no such file" if items is None else f"{arg}: no images in this folder"
+            _report(args.format, arg, message, terminal=items is not None)
+            continue
         for result in itertools.islice(results, len(items)):
             counts["failed" if result.error else "captioned"] += 1
             _print(args, result, tagged=len(flat) > 1)
@@ -192,8 +207,10 @@ def _print(args: argparse.Namespace, result: CaptionResult, *, tagged: bool) -> 
         print(f"{result.image}\t{result.text}" if tagged else result.text, flush=True)
 
 
-def _report(fmt: str, image: str, message: str) -> None:
-    """A failed image: a jsonl record on stdout (so the stream stays complete) and a line on stderr."""
+def _report(fmt: str, image: str, message: str, terminal: bool = True) -> None:
+    """A failed image: a jsonl record on stdout (so the stream stays complete) and, unless it was
+    said already, a line on stderr."""
     if fmt == "jsonl":
         print(json.dumps({"image": image, "error": message}), flush=True)
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    if terminal:
+        print(f"error: {message}", file=sys.stderr, flush=True)
