@@ -186,5 +186,7 @@ def test_training_log_skips_gaps_and_nan(fake: FakeSet) -> None:
     curves = read_training_log(fake.training_log)
     assert curves["loss"]["train/loss"] == [(9, 2.5), (19, 2.1), (39, 1.7), (59, 1.4)]
     assert curves["loss"]["val/loss"] == [(19, 2.3), (39, 1.9), (59, 1.8)]
-    assert curves["metrics"]["val/cider"] == [(0, 0.10), (1, 0.20), (2, 0.31)]
-    assert "lr-Adam" not in curves["metrics"]
+    # CIDEr-D (0-10) gets an axis of its own; BLEU shares the 0-1 one; counts are not plotted.
+    assert curves["cider"]["val/cider"] == [(0, 0.10), (1, 0.20), (2, 0.31)]
+    assert list(curves["scores"]) == ["val/bleu4"]
+    assert "lr-Adam" not in curves["scores"] and "val/images" not in curves["scores"]

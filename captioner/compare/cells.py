@@ -341,7 +341,8 @@ def _settings(config: Config, cells: list[str], shared: Shared) -> dict[str, Any
     d, o, t = config.decoder, config.optim, config.trainer
     return {
         "cells": cells, "dataset": config.data.dataset, "max_epochs": t.max_epochs, "seed": t.seed,
-        "train_images": len(shared.train_set), "val_images": len(shared.val_set),
+        "train_images": len(shared.train_set.records), "train_captions": len(shared.train_set),
+        "val_images": len(shared.val_set),
         "test_images": len(shared.test_records), "batch_size": config.data.batch_size,
         "embed_dim": d.embed_dim, "hidden_dim": d.hidden_dim, "num_layers": d.num_layers,
         "dropout": d.dropout, "lr": o.lr, "grad_clip": o.grad_clip, "monitor": t.monitor,

@@ -80,8 +80,9 @@ def _setup(result: Mapping[str, Any]) -> str:
     items = [
         f"Encoder (frozen, shared by every cell): {escape(encoder['origin'])}; its fc7 features "
         f"were computed once ({result['seconds']['features']:.0f} s, extraction or cache).",
-        f"Data: {escape(str(s['dataset']))}, {s['train_images']} training, {s['val_images']} "
-        f"validation and {s['test_images']} test images.",
+        f"Data: {escape(str(s['dataset']))}, {s['train_images']} training images "
+        f"({s['train_captions']} captions), {s['val_images']} validation and {s['test_images']} "
+        "test images.",
         f"Same for every cell: seed {s['seed']}, {s['max_epochs']} epoch(s) of batch "
         f"{s['batch_size']} (limit_train_batches {s['limit_train_batches']:g}), embedding "
         f"{s['embed_dim']}, hidden {s['hidden_dim']} x {s['num_layers']} layer(s), dropout "
@@ -169,8 +170,9 @@ def _validation_plot(cells: Mapping[str, Mapping[str, Any]], monitor: str) -> Pl
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     return Plot(_png(figure), "Validation curves",
-                "Which cell learns fastest from the same batches: a lower val/loss and a higher "
-                f"{monitor} at the same epoch; with one epoch there is one point per cell.")
+                "Which cell learns fastest from the same batches: a lower val/loss and higher "
+                f"{' and '.join(k for k in keys if k != 'val/loss')} at the same epoch; with one "
+                "epoch there is one point per cell.")
 
 
 def _gradient_flow_plot(cells: Mapping[str, Mapping[str, Any]], flow: Mapping[str, Any]) -> Plot:

@@ -39,9 +39,16 @@ def read_training_log(metrics_csv: Path) -> dict[str, dict[str, Series]]:
         rows = list(csv.DictReader(f))
     columns = [c for c in (rows[0].keys() if rows else []) if c and c not in ("epoch", "step")]
     losses = {c: _series(rows, c, ("step", "epoch")) for c in columns if "loss" in c}
-    others = {c: _series(rows, c, ("epoch", "step"))
-              for c in columns if c.startswith("val/") and "loss" not in c}
-    return {"loss": _non_empty(losses), "metrics": _non_empty(others)}
+    scores = [c for c in columns if c.startswith("val/") and "loss" not in c and c not in _NOT_SCORES]
+    return {"loss": _non_empty(losses),
+            # CIDEr-D runs to 10, the others to 1: on one axis the others would lie flat.
+            "scores": _non_empty({c: _series(rows, c, ("epoch", "step")) for c in scores if c != _CIDER}),
+            "cider": _non_empty({c: _series(rows, c, ("epoch", "step")) for c in scores if c == _CIDER})}
+
+
+_CIDER = "val/cider"
+_NOT_SCORES = frozenset({"val/images"})  # a count, not a score
+_TITLES = {"loss": "losses", "scores": "validation scores (0-1)", "cider": "validation CIDEr-D (0-10)"}
 
 
 def plot_learning_curves(curves: Mapping[str, Mapping[str, Series]], png: Path) -> bool:
@@ -58,7 +65,7 @@ def plot_learning_curves(curves: Mapping[str, Mapping[str, Series]], png: Path) 
                       label=column)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("step" if name == "loss" else "epoch")
-        axes.set_title("losses" if name == "loss" else "validation metrics")
+        axes.set_title(_TITLES[name])
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     _save(figure, png)
