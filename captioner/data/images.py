@@ -125,8 +125,9 @@ class Listing:
     skipped: dict[str, int]
 
     def note(self) -> str | None:
-        """"skipped 3 files in subfolders (--recursive includes them), 1 hidden file", or None."""
-        parts = [f"{n} {reason}" for reason, n in self.skipped.items() if n]
+        """"skipped 1 hidden file, 3 files in subfolders (--recursive includes them)", or None."""
+        parts = [f"{n} {_PLURALS[reason] if n > 1 else reason}" for reason in _PLURALS
+                 if (n := self.skipped.get(reason, 0))]
         return ("skipped " + ", ".join(parts)) if parts else None
 
 
@@ -139,19 +140,22 @@ def list_images(directory: Path, recursive: bool = False) -> Listing:
         root = Path(top)
         visible = sorted(f for f in folders if not f.startswith("."))
         if not recursive:
-            skipped[_IN_SUBFOLDERS] += sum(_count_files(root / f) for f in visible)
+            skipped[_SUBFOLDER] += sum(_count_files(root / f) for f in visible)
         folders[:] = visible if recursive else []
         for name in files:
             if name.startswith("."):
-                skipped["hidden files"] += 1
+                skipped[_HIDDEN] += 1
             elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 images.append(root / name)
             else:
-                skipped["files that are not images"] += 1
+                skipped[_NOT_IMAGE] += 1
     return Listing(sorted(images), dict(skipped))
 
 
-_IN_SUBFOLDERS = "files in subfolders (--recursive includes them)"
+_HIDDEN, _NOT_IMAGE = "hidden file", "file that is not an image"
+_SUBFOLDER = "file in a subfolder (--recursive includes it)"
+_PLURALS = {_HIDDEN: "hidden files", _SUBFOLDER: "files in subfolders (--recursive includes them)",
+            _NOT_IMAGE: "files that are not images"}
 
 
 def _count_files(folder: Path) -> int:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from captioner.data.coco import ImageRecord
 from captioner.data.prepare import cache_dir, prepare
 from captioner.evaluation.report import ImageResult, write_report
 from captioner.features.cache import FeatureStore, load_or_extract
 from captioner.model.inference import Captioner
-from captioner.util.console import say
+from captioner.util.console import bars, say
 from captioner.util.hardware import fast_bf16, uses_bf16
 from captioner.util.runs import run_dir_of
 
@@ -26,7 +28,9 @@ def caption_split(captioner: Captioner, records: Sequence[ImageRecord], store: F
                   beam_size: int) -> dict[int, str]:
     """image id -> best beam-search caption, decoded from cached features in batches."""
     config, predictions = captioner.config, {}
-    for start in range(0, len(records), config.eval.batch_size):
+    batches = range(0, len(records), config.eval.batch_size)
+    for start in tqdm(batches, desc=f"captioning (beam {beam_size})", unit="batch", file=sys.stderr,
+                      disable=not bars()):
         chunk = records[start:start + config.eval.batch_size]
         captions = captioner.caption_features(torch.stack([store[r.image_id] for r in chunk]),
                                               beam_size=beam_size,
@@ -58,6 +62,7 @@ def evaluate(
         bf16=uses_bf16(config) and fast_bf16(captioner.device),
     )
     records = [r for r in records if r.image_id in store.row]
+    say(f"evaluating on {len(records)} {split} images: captioning with beam {beam_size}")
     predictions = caption_split(captioner, records, store, beam_size)
     results = [ImageResult(r.image_id, r.path, predictions[r.image_id], list(r.captions))
                for r in records]
@@ -70,6 +75,9 @@ def evaluate(
     run_dir = run_dir_of(checkpoint)
     metrics_csv = run_dir / "logs" / "metrics.csv" if run_dir else None
     train_captions = {c for r in data.split("train") for c in r.captions}  # raw: the report normalises
+    say("scoring (BLEU, CIDEr-D, ROUGE-L" + (", METEOR" if config.eval.meteor else "")
+        + (f", {config.eval.bootstrap} bootstrap resamples" if config.eval.bootstrap else "")
+        + ") and writing the report")
     metrics = write_report(
         out_dir, results, train_captions=train_captions, objects=objects,
         metrics_csv=metrics_csv if metrics_csv and metrics_csv.exists() else None,
@@ -77,5 +85,5 @@ def evaluate(
         extra={"checkpoint": str(checkpoint), "split": split, "beam_size": beam_size,
                "images": len(results)},
     )
-    say(f"evaluated {len(results)} {split} images -> {out_dir}")
+    say(f"evaluated {len(results)} {split} images -> {out_dir.resolve()}")
     return metrics, out_dir

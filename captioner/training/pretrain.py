@@ -40,7 +40,7 @@ from captioner.model.checkpoint import refuse_interpolations
 from captioner.model.encoder import FEATURE_DIM, build_encoder, build_preprocess, export_weights
 from captioner.training.checkpoints import LAST
 from captioner.training.schedule import one_cycle
-from captioner.training.trainer import build_trainer
+from captioner.training.trainer import build_trainer, fit
 from captioner.util.atomic import write_json, write_text
 from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
@@ -204,7 +204,7 @@ def run_pretraining(config: Config, data: PreparedData, folder: Path, *,
     trainer = build_trainer(config, folder, [], monitor=MONITOR, what="pretraining",
                             resume_step=resume_step, max_epochs=p.epochs, devices=1, num_nodes=1,
                             strategy="auto")
-    trainer.fit(module, train, val, ckpt_path=resume)
+    fit(trainer, module, train, val, resume=resume)
     f1, exact = (float(trainer.callback_metrics[k]) for k in (MONITOR, "val/exact"))
     meta = {"arch": c.arch, "image_size": c.image_size, "resize_size": c.resize_size,
             "targets": targets.names, "val_f1": f1, "val_exact": exact, "pretrain": asdict(p),

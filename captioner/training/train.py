@@ -25,7 +25,7 @@ from captioner.model.checkpoint import load_checkpoint, model_state, resume_conf
 from captioner.model.encoder import VGGEncoder, build_encoder, build_preprocess
 from captioner.training.module import CaptionModule
 from captioner.training.pretrain import cached_encoder
-from captioner.training.trainer import build_trainer
+from captioner.training.trainer import build_trainer, fit
 from captioner.util import atomic
 from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
@@ -165,21 +165,8 @@ def _fit(start: RunStart) -> Path | None:
                             resume_step=start.resume_step)
     say(f"training {config.decoder.cell} decoder on {config.encoder.arch} "
           f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}")
-    _fit_or_interrupt(trainer, module, datamodule, start.resume)
+    fit(trainer, module, datamodule, resume=start.resume)
     if not trainer.is_global_zero:
         return None
     mark_latest(run_dir)
     return best_checkpoint(run_dir)
-
-
-def _fit_or_interrupt(trainer: L.Trainer, module: CaptionModule, datamodule: CaptionDataModule,
-                      resume: Path | None) -> None:
-    """trainer.fit, with Ctrl-C raised as KeyboardInterrupt (Lightning turns it into exit(1))."""
-    try:
-        trainer.fit(module, datamodule, ckpt_path=resume)
-    except SystemExit:
-        if trainer.interrupted:
-            raise KeyboardInterrupt from None
-        raise
-    if trainer.interrupted:
-        raise KeyboardInterrupt

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from captioner.config import Config
 from captioner.training.checkpoints import AtomicCheckpointIO, RunCheckpoints
 from captioner.training.runlog import RunLog
-from captioner.util.console import bars, say
+from captioner.util.console import bars, quieten_lightning, say
 from captioner.util.hardware import resolve_precision
 
 
@@ -67,6 +67,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback], *,
     `what` names the run in progress lines; `resume_step` keeps the log's rows up to that step;
     `overrides` adjust any Trainer argument (compare trains on one device, without checkpoints).
     """
+    quieten_lightning()
     t = config.trainer
     progress: L.Callback = StderrProgressBar(refresh_rate=10) if bars() else EpochLines(what)
     own = [RunCheckpoints(run_dir / "checkpoints", monitor)] if checkpoints else []
@@ -82,3 +83,15 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback], *,
         "log_every_n_steps": t.log_every_n_steps, "enable_model_summary": False,
     }
     return L.Trainer(**(settings | overrides))
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, *data: Any, resume: Path | None = None) -> None:
+    """trainer.fit, with Ctrl-C raised as KeyboardInterrupt (Lightning turns it into exit(1))."""
+    try:
+        trainer.fit(module, *data, ckpt_path=resume)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    if trainer.interrupted:
+        raise KeyboardInterrupt

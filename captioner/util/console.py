@@ -30,12 +30,20 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
     _state.update(quiet=quiet, verbose=verbose)
     if verbose:
         return
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING if not quiet else logging.ERROR)
+    quieten_lightning()
     for pattern in _NOISE:
         warnings.filterwarnings("ignore", message=pattern)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(lightning|torch|torchvision)\b.*")
+
+
+def quieten_lightning() -> None:
+    """Lightning's hardware banners and tips, off unless --verbose. Lightning sets its loggers'
+    levels when it is imported, so this runs again once it is (captioner.training.trainer)."""
+    if _state["verbose"]:
+        return
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR if _state["quiet"] else logging.WARNING)
 
 
 def say(message: str) -> None:

@@ -68,7 +68,7 @@ def kept_on_failure(run_dir: Path, claimed: bool, command: str) -> Iterator[None
         if kept:
             mark_latest(run_dir)
         if isinstance(err, KeyboardInterrupt):
-            raise Interrupted(f"interrupted; continue with: {command} --resume {last}" if kept else
+            raise Interrupted(f"interrupted; continue with: {command} --resume {last.resolve()}" if kept else
                               "interrupted before the first checkpoint; nothing was kept") from None
         raise
 
