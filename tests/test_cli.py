@@ -72,6 +72,8 @@ def test_evaluate_writes_metrics_and_predictions(trained_run: Path, tmp_path: Pa
     predictions = json.loads((out / "predictions.json").read_text())
     assert len(predictions) == 4 and set(predictions[0]) == {"image_id", "caption"}
     assert json.loads((out / "metrics.json").read_text())["run"]["beam_size"] == 2
+    # The gallery shows where the model looked for its chosen words (Grad-CAM overlays).
+    assert list((out / "maps").glob("*.png")) and "where it looked" in (out / "index.html").read_text()
 
 
 def test_resume_continues_where_it_stopped(trained_run: Path) -> None:

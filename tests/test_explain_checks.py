@@ -138,3 +138,15 @@ def test_a_file_without_boxes_is_refused(tmp_path: Path) -> None:
                    '"categories": [{"id": 1, "name": "circle"}]}')
     with pytest.raises(CaptionerError, match="attributes.colour"):
         load_scenes(bad, tmp_path)
+
+
+def test_the_gallery_explains_wrong_words_and_one_right_word() -> None:
+    from captioner.evaluation.gallery_maps import right_word, wrong_words
+
+    record = {"prediction": "a purple triangle and a red circle",
+              "references": ["a red circle and a blue square", "there is a red circle"],
+              "hallucinated": ["purple triangle"]}
+    assert wrong_words(record) == [1, 2]  # "purple", "triangle": hallucinated, in no reference
+    assert right_word(record) == [5]  # "red": the first content word the references share
+    assert right_word({"prediction": "a cat", "references": ["a dog"]}) == []
+    assert wrong_words({"prediction": "", "references": ["a dog"]}) == []

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from captioner.data.coco import ImageRecord
 from captioner.data.prepare import cache_dir, prepare
+from captioner.evaluation.gallery_maps import GalleryMaps
 from captioner.evaluation.report import ImageResult, write_report
 from captioner.features.cache import FeatureStore, load_or_extract
 from captioner.model.inference import Captioner
@@ -42,9 +43,10 @@ def caption_split(captioner: Captioner, records: Sequence[ImageRecord], store: F
 def evaluate(
     checkpoint: Path, *, split: str | None = None, out_dir: Path | None = None,
     beam_size: int | None = None, limit: int | None = None, worst: int | None = None,
-    device: str = "auto", captioner: Captioner | None = None,
+    device: str = "auto", captioner: Captioner | None = None, explain: bool = True,
 ) -> tuple[dict, Path]:
-    """Caption `split` with `checkpoint` (beam search), score it and write the report into out_dir."""
+    """Caption `split` with `checkpoint` (beam search), score it and write the report into out_dir;
+    `explain` draws where the model looked for the gallery's chosen words (Grad-CAM)."""
     captioner = captioner or Captioner.from_checkpoint(checkpoint, device)
     config = captioner.config
     split = split or config.eval.split
@@ -84,6 +86,7 @@ def evaluate(
         worst=worst or config.eval.worst, meteor=config.eval.meteor, bootstrap=config.eval.bootstrap,
         extra={"checkpoint": str(checkpoint), "split": split, "beam_size": beam_size,
                "images": len(results)},
+        gallery_maps=GalleryMaps(captioner, {r.image_id: r.path for r in records}) if explain else None,
     )
     say(f"evaluated {len(results)} {split} images -> {out_dir.resolve()}")
     return metrics, out_dir

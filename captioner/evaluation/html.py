@@ -46,6 +46,10 @@ figure img { max-width: 100%; } figcaption { margin-top: 6px; }
 .tag-hallucination { background: #c0392b; } .tag-missed-object { background: #d68910; }
 .tag-repetition { background: #7d3c98; } .tag-generic { background: #566573; }
 .tag-empty { background: #111; }
+.wordmaps { display: flex; flex-wrap: wrap; gap: 6px; align-items: flex-end; margin-top: 6px;
+            font-size: 0.8em; }
+.wordmaps figure { margin: 0; padding: 0; border: 0; background: none; text-align: center; }
+.wordmaps img { width: 72px; height: 72px; display: block; }
 """
 
 

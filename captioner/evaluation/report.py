@@ -12,7 +12,7 @@ import json
 import re
 import statistics
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
@@ -58,6 +58,12 @@ TAGS = {
 }
 
 
+# Called with the report folder and the worst and best records; returns each gallery image's
+# word maps, [{"word": ..., "file": path relative to the folder}], by image id.
+Records = Sequence[dict[str, Any]]
+GalleryMaker = Callable[[Path, Records, Records], dict[int, list[dict[str, str]]]]
+
+
 @dataclass
 class ImageResult:
     """One evaluated image: its file, the model's caption and the human references."""
@@ -81,13 +87,15 @@ def write_report(
     extra: Mapping[str, Any] | None = None,
     bootstrap: int = RESAMPLES,
     seed: int = 0,
+    gallery_maps: GalleryMaker | None = None,
 ) -> dict[str, Any]:
     """Score `results` and write the report into `out_dir`; returns what metrics.json holds.
 
     `train_captions` (raw or tokenised) lets the report count novel captions; `objects` enables
     the hallucination analysis; `metrics_csv` is Lightning's CSVLogger log for learning curves;
     `extra` (checkpoint, split, beam size...) is stored under "run". Each metric gets a 95%
-    interval from `bootstrap` resamples of the images drawn with `seed` (0: none).
+    interval from `bootstrap` resamples of the images drawn with `seed` (0: none);
+    `gallery_maps` (captioner.evaluation.gallery_maps) adds where the model looked to the gallery.
     """
     out_dir = Path(out_dir)
     _check(results)
@@ -109,6 +117,9 @@ def write_report(
                                               r["image_id"]))
     worst_records, best_records = by_cider[:worst], by_cider[::-1][:best]
     thumbnails = _write_thumbnails(out_dir, results, [*worst_records, *best_records], notes)
+    if gallery_maps is not None:
+        for image_id, maps in gallery_maps(out_dir, worst_records, best_records).items():
+            next(r for r in records if r["image_id"] == image_id)["maps"] = maps
     metrics = {
         "metrics": scores.corpus,
         **report_entries(records, list(scores.corpus), chair=objects is not None,

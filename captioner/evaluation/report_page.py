@@ -165,8 +165,19 @@ def _card(record: Mapping[str, Any], thumbnails: Mapping[int, str]) -> str:
         f"<p class=prediction>{escape(record['prediction']) or '<i>(empty)</i>'}</p>"
         f"<p class=scores>CIDEr-D {scores['cider']:.3f} · smoothed BLEU-4 "
         f"{scores['bleu4_smoothed']:.3f}</p>"
-        f"<div>{tag_badges(record)}</div><ol>{references}</ol></div></article>"
+        f"<div>{tag_badges(record)}</div>{_word_maps(record.get('maps', []))}"
+        f"<ol>{references}</ol></div></article>"
     )
+
+
+def _word_maps(maps: Sequence[Mapping[str, str]]) -> str:
+    """Grad-CAM overlays of the card's chosen words (captioner.evaluation.gallery_maps)."""
+    if not maps:
+        return ""
+    figures = "".join(f'<figure><img src="{escape(m["file"])}" alt="map of {escape(m["word"])}">'
+                      f"<figcaption>{escape(m['word'])}</figcaption></figure>" for m in maps)
+    return ('<div class=wordmaps title="Grad-CAM: where the image drove this word (red: most)">'
+            f"<span class=muted>where it looked:</span>{figures}</div>")
 
 
 def _percent(fraction: float | None) -> str:
