@@ -113,7 +113,7 @@ def test_evaluate_names_its_split_and_scales(trained_run: Path, tmp_path: Path) 
                      cwd=trained_run)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("val metrics:") and "CIDEr-D on 0-10, the others 0-1" in result.stdout
-    assert "captioning with beam 3" in result.stderr  # a stage line, since stderr is not a terminal
+    assert "captioning 3 images with beam 3" in result.stderr  # a stage line: stderr is no terminal
 
 
 def test_config_show_prints_every_setting_with_its_meaning(tmp_path: Path) -> None:

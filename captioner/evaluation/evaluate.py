@@ -55,6 +55,7 @@ def evaluate(
     data = prepare(config)
     records = data.split(split)[:limit] if limit else data.split(split)
 
+    say(f"evaluating on {len(records)} {split} images")
     # Features go through the cache: evaluating again (another beam size, say) skips the CNN, and
     # a frozen run's test features were extracted like its training features, in its precision.
     store = load_or_extract(
@@ -64,7 +65,7 @@ def evaluate(
         bf16=uses_bf16(config) and fast_bf16(captioner.device),
     )
     records = [r for r in records if r.image_id in store.row]
-    say(f"evaluating on {len(records)} {split} images: captioning with beam {beam_size}")
+    say(f"captioning {len(records)} images with beam {beam_size}")
     predictions = caption_split(captioner, records, store, beam_size)
     results = [ImageResult(r.image_id, r.path, predictions[r.image_id], list(r.captions))
                for r in records]
