@@ -71,8 +71,9 @@ class EncoderConfig:
 @dataclass
 class PretrainConfig:
     targets: str = setting(
-        "objects", "Targets from the instances files: \"objects\" (categories; on shapes, colour-shape "
-                   "pairs) or \"objects+counts\" (also: is there more than one).")
+        "auto", "What the classifier learns: objects (the instances files' categories; on shapes, "
+                "colour-shape pairs), objects+counts, words (its captions' content words), auto "
+                "(objects where there are instances files, else words).")
     epochs: int = setting(5, "Passes over the training images.")
     lr: float = setting(1e-3, "Peak learning rate (Adam) of the one-cycle schedule.")
     warmup: float = setting(0.3, "Share of the steps warming up from lr/25 to lr; the rest anneals to ~0.")
@@ -202,7 +203,7 @@ def to_yaml(config: Config) -> str:
 
 _CHOICES = {
     "encoder.mode": ("frozen", "finetune"),
-    "pretrain.targets": ("objects", "objects+counts"),
+    "pretrain.targets": ("auto", "objects", "objects+counts", "words"),
     "decoder.cell": ("lstm", "gru", "rnn"),
     "trainer.monitor": ("val/bleu4", "val/cider", "val/loss"),
     "trainer.precision": ("auto", "32", "bf16-mixed", "16-mixed"),

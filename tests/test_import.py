@@ -280,7 +280,7 @@ def test_cli_exit_statuses_and_messages(tmp_path: Path) -> None:
 
     clean = run("good.csv", "o1")
     assert clean.returncode == 0, clean.stderr
-    assert clean.stdout.splitlines()[-1] == f"captioner train data.root={tmp_path / 'o1'}"
+    assert clean.stdout.splitlines()[-1] == f"captioner train data.root={tmp_path / 'o1'} name=o1"
     (tmp_path / "some.csv").write_text("a.jpg,one dog\nmissing.jpg,a dog\n")
     partial = run("some.csv", "o2")
     assert partial.returncode == 3 and "some.csv:2:" in partial.stderr
@@ -307,7 +307,7 @@ def test_import_train_evaluate_caption(tmp_path: Path, private_cache: Path) -> N
     command = imported.stdout.splitlines()[-1].split()
     train = run_cli(*command[1:], *TINY, cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
-    assert "CIDER" in train.stdout
+    assert "CIDEr-D" in train.stdout
     evaluate = run_cli("evaluate", "--out", str(tmp_path / "report"), cwd=tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert len(json.loads((tmp_path / "report" / "predictions.json").read_text())) == 4

@@ -17,8 +17,8 @@ PRETRAIN = [o for o in TINY if not o.startswith("pretrain.")]
 
 
 def test_targets_are_objects_and_optionally_counts() -> None:
-    labels = [["red circle", "red circle", "blue square"], ["blue square"]]
-    assert Targets.build(labels, counts=False).names == ["blue square", "red circle"]
+    labels = [["red circle", "red circle", "blue square"], ["blue square"]] * 5 + [["rare one"]] * 4
+    assert Targets.build(labels, counts=False).names == ["blue square", "red circle"]  # rare: < 5 images
     targets = Targets.build(labels, counts=True)
     assert targets.names == ["blue square", "red circle", "red circle x2+"]
     assert targets.encode(labels[0]).tolist() == [1.0, 1.0, 1.0]
@@ -56,12 +56,18 @@ def test_the_cache_pretrains_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "pretraining" not in again.stderr and "using the pretrained encoder" in again.stderr
 
 
-def test_pretraining_without_object_labels_is_one_line(tmp_path: Path) -> None:
-    root = generate_shapes(tmp_path / "mine", ShapesSpec(num_train=4, num_val=2, num_test=2, size=32))
-    # Another dataset name: the shapes set's annotation files are not assumed, so no labels.
-    result = run_cli("pretrain", *PRETRAIN, "data.dataset=mine", f"data.root={root}", cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        "error: pretraining needs object labels: set data.instances_json (COCO instances files), or "
-        "use encoder.weights=imagenet or a .pth file"]
+def test_without_object_labels_the_captions_words_are_the_targets(tmp_path: Path) -> None:
+    root = generate_shapes(tmp_path / "mine", ShapesSpec(num_train=40, num_val=4, num_test=2, size=32))
+    # Another dataset name: the shapes set's annotation files are not assumed, so no object labels.
+    mine = [*PRETRAIN, "data.dataset=mine", f"data.root={root}"]
+    refused = run_cli("pretrain", *mine, "pretrain.targets=objects", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "error: pretrain.targets=objects needs object labels: set data.instances_json (COCO instances "
+        "files), or use pretrain.targets=words"]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    words = run_cli("pretrain", *mine, "pretrain.epochs=1", cwd=tmp_path)
+    assert words.returncode == 0, words.stderr[-3000:]
+    targets = torch.load(tmp_path / "runs" / "shapes-pretrain" / "encoder.pth", weights_only=True)
+    assert {"circle", "square", "triangle"} <= set(targets["captioner"]["targets"])
+    assert not {"a", "with", "of"} & set(targets["captioner"]["targets"])

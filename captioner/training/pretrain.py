@@ -51,6 +51,14 @@ from captioner.util.runs import claim_run_dir, kept_on_failure, run_dir_of
 PRETRAIN_VERSION = 1
 WEIGHTS_FILE = "encoder.pth"
 MONITOR = "val/f1"
+# A label becomes a target when this many training images carry it; at most this many targets
+# (1,000 caption words is Fang et al.'s visual-concept vocabulary).
+MIN_IMAGES, MAX_TARGETS = 5, 1000
+# Words too common and too empty to be visual concepts (nltk's stop-word list needs a download).
+STOPWORDS = frozenset("""a an the of on in at to with and or but is are was were be been being it its
+this that these those there here he she they them his her their him we you i my our your some any
+as by for from into onto over under up down out off near next while who which what where when
+has have having do does did not no very""".split())
 
 
 @dataclass(frozen=True)
@@ -61,10 +69,13 @@ class Targets:
 
     @classmethod
     def build(cls, labels: Sequence[list[str]], counts: bool) -> Targets:
-        names = sorted({label for image in labels for label in image})
+        """Every label at least MIN_IMAGES training images carry, the MAX_TARGETS most common."""
+        images = Counter(label for image in labels for label in set(image))
+        common = [label for label, n in images.most_common(MAX_TARGETS) if n >= MIN_IMAGES]
+        names = sorted(common)
         if counts:
             names += sorted({f"{label} x2+" for image in labels
-                             for label, n in Counter(image).items() if n > 1})
+                             for label, n in Counter(image).items() if n > 1 and label in common})
         return cls(names)
 
     def encode(self, labels: list[str]) -> Tensor:
@@ -167,17 +178,25 @@ class Pretrained:
     exact: float  # share of validation images with every target right
 
 
-def labelled(data: PreparedData, split: str, targets: Targets | None,
+def image_labels(data: PreparedData, targets: str) -> dict[int, list[str]]:
+    """What each image is labelled with: its objects from the instances files ("objects",
+    "objects+counts", or "auto" when there are instances files), else ("words", or "auto"
+    without them) the content words its captions use, as in Fang et al. 2015's visual concepts."""
+    if targets.startswith("objects") or (targets == "auto" and data.instances):
+        if not data.instances:
+            raise CaptionerError(f"pretrain.targets={targets} needs object labels: set "
+                                 "data.instances_json (COCO instances files), or use pretrain.targets=words")
+        return instance_labels(data.instances)[1]
+    return {r.image_id: sorted({w for tokens in data.tokens(r) for w in tokens if w not in STOPWORDS})
+            for r in data.records}
+
+
+def labelled(data: PreparedData, split: str, labels: dict[int, list[str]], targets: Targets | None,
              counts: bool) -> tuple[list[ImageRecord], list[Tensor], Targets]:
-    """A split's images that the instances files annotate, their targets, and the targets."""
-    if not data.instances:
-        raise CaptionerError("pretraining needs object labels: set data.instances_json (COCO instances "
-                             "files), or use encoder.weights=imagenet or a .pth file")
-    _, labels = instance_labels(data.instances)
+    """A split's labelled images, their target vectors, and the targets."""
     records = [r for r in data.split(split) if r.image_id in labels]
     if not records:
-        raise CaptionerError(f"pretraining: no {split} image of {data.root} is in "
-                             f"{', '.join(p.name for p in data.instances)}")
+        raise CaptionerError(f"pretraining: no {split} image of {data.root} has labels")
     targets = targets or Targets.build([labels[r.image_id] for r in records], counts)
     return records, [targets.encode(labels[r.image_id]) for r in records], targets
 
@@ -186,9 +205,9 @@ def run_pretraining(config: Config, data: PreparedData, folder: Path, *,
                     resume: Path | None = None) -> Pretrained:
     """Train the classifier into `folder` (checkpoints/, logs/) and save folder/encoder.pth."""
     p, c = config.pretrain, config.encoder
-    counts = p.targets == "objects+counts"
-    train_records, train_targets, targets = labelled(data, "train", None, counts)
-    val_records, val_targets, _ = labelled(data, "val", targets, counts)
+    labels, counts = image_labels(data, p.targets), p.targets == "objects+counts"
+    train_records, train_targets, targets = labelled(data, "train", labels, None, counts)
+    val_records, val_targets, _ = labelled(data, "val", labels, targets, counts)
     start = "none" if c.weights == "pretrain" else c.weights
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     module = ClassifierModule(to_dict(config), targets.names, encoder_weights=start)

@@ -8,6 +8,7 @@ import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePath
 
 from captioner.data.importing.write import ImportedImage, ordered_splits
 from captioner.data.vocab import SPECIALS, Vocabulary
@@ -57,7 +58,8 @@ class ImportReport:
             f"training captions cover {100 * vocab['token_coverage']:.1f}% of their words",
             f"splits ({self.split_origin}): " + ", ".join(f"{s} {n}" for s, n in self.splits.items()),
             f"report: {self.out}/import_report.json",
-            f"captioner train data.root={shlex.quote(self.out)}",
+            f"captioner train data.root={shlex.quote(self.out)} "
+            f"name={shlex.quote(PurePath(self.out).name or 'mine')}",
         ]
         return "\n".join(lines)
 
