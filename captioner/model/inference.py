@@ -96,9 +96,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 class Captioner:
     """A trained model with its vocabulary and preprocessing, ready to caption images.
 
+        >>> from captioner import Captioner
+        >>> captioner = Captioner.from_checkpoint("runs/shapes/checkpoints/best.ckpt")
+        >>> captioner.caption("photo.jpg")[0].text
+        'a red circle to the left of a blue square'
+
     `precision`: "fp32" (default) gives batch-independent results; "bf16" runs the CNN under
     bf16 autocast, faster where the hardware has bf16 units, but an image's features (so, rarely,
-    its caption) then depend on which other images share its batch.
+    its caption) then depend on which other images share its batch. `max_pixels`: larger images
+    are refused undecoded, as possible decompression bombs.
     """
 
     def __init__(self, model: CaptionModel, vocab: Vocabulary, config: Config,
@@ -119,6 +125,11 @@ class Captioner:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "auto",
                         *, precision: str = "fp32", max_pixels: int = MAX_PIXELS) -> Captioner:
+        """The model, vocabulary and settings a checkpoint holds, on `device` ("auto": CUDA when
+        there is one). Opening a checkpoint runs no code in it (weights-only).
+
+            >>> captioner = Captioner.from_checkpoint("best.ckpt", device="cpu")
+        """
         target = resolve_device(device)  # before reading a file of possibly gigabytes
         path = Path(path)
         checkpoint = load_checkpoint(path)
@@ -132,10 +143,19 @@ class Captioner:
 
     # -- images -> features -----------------------------------------------------------------------
     def load(self, item: ImageInput) -> Tensor:
+        """One image (a path, a binary file or a PIL image) as the network's input tensor
+        [3, H, W]: upright RGB, resized, centre-cropped and normalised as in training.
+
+            >>> x = captioner.load("photo.jpg")
+        """
         image = to_rgb(item) if isinstance(item, Image.Image) else open_rgb(item, self.max_pixels)
         return self.preprocess(limit_aspect(image))
 
     def encode(self, images: Tensor) -> Tensor:
+        """fc7 features [N, 4096] of loaded images [N, 3, H, W].
+
+            >>> features = captioner.encode(torch.stack([captioner.load(p) for p in paths]))
+        """
         exact = self.device.type == "cuda" and not self.bf16
         with _ieee_fp32_convs() if exact else contextlib.nullcontext():
             return encode(self.model.encoder, images, self.bf16)
@@ -145,7 +165,10 @@ class Captioner:
     def caption_features(self, features: Tensor, *, generator: torch.Generator | None = None,
                          **decoding) -> list[list[Caption]]:
         """Captions for a batch of fc7 features [N, 4096]: n_best per image, best first.
-        `decoding`: the fields of `Decoding`; `generator` drives sampling."""
+        `decoding`: the fields of `Decoding`; `generator` drives sampling.
+
+            >>> captioner.caption_features(features, beam_size=5, n_best=2)[0][1].text
+        """
         return self._decode(features, Decoding(**decoding), generator)
 
     def _decode(self, features: Tensor, decoding: Decoding,
