@@ -12,7 +12,7 @@ from html import escape
 from pathlib import PurePath
 from typing import Any
 
-from captioner.evaluation.html import HEADLINE, STYLE, section, tag_badges
+from captioner.evaluation.html import HEADLINE, STYLE, picture, reference_list, section, tag_badges
 
 _NAMES = {**HEADLINE, "chair_i": "CHAIR_i", "chair_s": "CHAIR_s"}
 _POLICY = "default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'"
@@ -118,16 +118,12 @@ def _pairs(pairs: Sequence[Mapping[str, Any]], thumbnails: Mapping[int, str]) ->
 
 def _pair(pair: Mapping[str, Any], thumbnails: Mapping[int, str]) -> str:
     image_id, name = pair["image_id"], PurePath(pair["file"]).name
-    thumbnail = thumbnails.get(image_id)
-    picture = (f'<img src="{escape(thumbnail)}" alt="{escape(name)}">' if thumbnail
-               else "<div class=missing>image not readable</div>")
     change = "up" if pair["cider_delta"] > 0 else "down"
-    references = "".join(f"<li>{escape(c)}</li>" for c in pair["references"])
     return (
-        f"<tr><td class=picture>{picture}<p class=muted>#{image_id} · "
+        f"<tr><td class=picture>{picture(thumbnails, image_id, name)}<p class=muted>#{image_id} · "
         f'<span title="{escape(pair["file"])}">{escape(name)}</span><br>CIDEr-D '
         f"<b class={change}>{pair['cider_delta']:+.3f}</b></p></td>"
-        f"{_caption(pair['a'])}{_caption(pair['b'])}<td><ol>{references}</ol></td></tr>"
+        f"{_caption(pair['a'])}{_caption(pair['b'])}<td>{reference_list(pair['references'])}</td></tr>"
     )
 
 

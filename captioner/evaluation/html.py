@@ -81,3 +81,14 @@ def tag_badges(record: Mapping[str, Any]) -> str:
         f'<span class="tag tag-{tag.replace(" ", "-")}">{escape(details.get(tag, tag))}</span>'
         for tag in record["tags"]
     )
+
+
+def picture(thumbnails: Mapping[int, str], image_id: int, file_name: str) -> str:
+    """An image's thumbnail (a path relative to the page), or a box saying it could not be read."""
+    thumbnail = thumbnails.get(image_id)
+    return (f'<img src="{escape(thumbnail)}" alt="{escape(file_name)}">' if thumbnail
+            else "<div class=missing>image not readable</div>")
+
+
+def reference_list(references: Sequence[str]) -> str:
+    return "<ol>" + "".join(f"<li>{escape(c)}</li>" for c in references) + "</ol>"

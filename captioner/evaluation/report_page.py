@@ -15,7 +15,16 @@ from html import escape
 from pathlib import PurePath
 from typing import Any
 
-from captioner.evaluation.html import HEADLINE, STYLE, figure, interval_text, section, tag_badges
+from captioner.evaluation.html import (
+    HEADLINE,
+    STYLE,
+    figure,
+    interval_text,
+    picture,
+    reference_list,
+    section,
+    tag_badges,
+)
 from captioner.evaluation.plots import Plot
 
 _DATA_FILES = ("metrics.json", "predictions.json", "per_image.jsonl")
@@ -153,20 +162,16 @@ def _gallery(records: Sequence[Mapping[str, Any]], thumbnails: Mapping[int, str]
 def _card(record: Mapping[str, Any], thumbnails: Mapping[int, str]) -> str:
     image_id = record["image_id"]
     file_name = PurePath(record["file"]).name
-    thumbnail = thumbnails.get(image_id)
-    picture = (f'<img src="{escape(thumbnail)}" alt="{escape(file_name)}">' if thumbnail
-               else "<div class=missing>image not readable</div>")
     scores = record["scores"]
-    references = "".join(f"<li>{escape(c)}</li>" for c in record["references"])
     return (
-        f"<article class=card>{picture}<div class=text>"
+        f"<article class=card>{picture(thumbnails, image_id, file_name)}<div class=text>"
         f'<p class=meta>#{image_id} · <span class=file title="{escape(record["file"])}">'
         f"{escape(file_name)}</span></p>"
         f"<p class=prediction>{escape(record['prediction']) or '<i>(empty)</i>'}</p>"
         f"<p class=scores>CIDEr-D {scores['cider']:.3f} · smoothed BLEU-4 "
         f"{scores['bleu4_smoothed']:.3f}</p>"
         f"<div>{tag_badges(record)}</div>{_word_maps(record.get('maps', []))}"
-        f"<ol>{references}</ol></div></article>"
+        f"{reference_list(record['references'])}</div></article>"
     )
 
 
