@@ -95,12 +95,12 @@ class OptimConfig:
     lr: float = setting(2e-3, "Learning rate of the decoder (Adam).")
     weight_decay: float = setting(0.0, "L2 weight decay of the decoder.")
     grad_clip: float = setting(5.0, "Gradient-norm limit (0: off); gates fix vanishing, not exploding.")
-    cooldown: float = setting(0.2, "Share of the last steps over which the learning rates decay to ~0.")
+    cooldown: float = setting(0.5, "Share of the last steps over which the learning rates decay to ~0.")
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = setting(15, "Passes over the training captions.")
+    max_epochs: int = setting(6, "Passes over the training captions.")
     accelerator: str = setting("auto", "auto, cpu or gpu.")
     devices: str = setting("auto", "Devices per node: auto or a number.")
     num_nodes: int = setting(1, "Machines taking part (Lightning DDP).")
