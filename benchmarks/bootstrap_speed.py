@@ -2,7 +2,7 @@
 
 A COCO-sized test split (5,000 images, 5 references each, captions of 8-14 words from a Zipfian
 vocabulary, predictions sharing about half their words with a reference) is scored once with
-captioner.metrics, then resampled. The engine (captioner/bootstrap.py) builds per-image statistics
+captioner.evaluation.metrics, then resampled. The engine (captioner/evaluation/bootstrap.py) builds per-image statistics
 once and scores every resample as one matrix product; the usual loop rescores each resample with
 nltk's corpus_bleu and pycocoevalcap's Cider (timed on a few resamples, the rest extrapolated).
 
@@ -101,7 +101,7 @@ def main() -> None:
     all_rescored = per_rescored * args.resamples
 
     print(f"{args.images} images, {args.resamples} resamples (BLEU-1..4, CIDEr-D, ROUGE-L)")
-    print(f"  scoring once with captioner.metrics (no METEOR):  {scoring:7.2f} s")
+    print(f"  scoring once with captioner.evaluation.metrics (no METEOR):  {scoring:7.2f} s")
     print(f"  per-image statistics, tokenising:                 {statistics_seconds:7.2f} s")
     print(f"  per-image statistics, the report's tokens:        {cached:7.2f} s")
     print(f"  all resamples and intervals (median of 5):        {resampling:7.3f} s "
@@ -111,7 +111,7 @@ def main() -> None:
     print(f"  rescoring one resample with nltk + pycocoevalcap: {per_rescored:7.2f} s "
           f"(mean of {args.rescored}); {args.resamples} would take ~{all_rescored / 60:.0f} min, "
           f"{all_rescored / (statistics_seconds + resampling):.0f}x the engine's total")
-    print(f"  full sample vs captioner.metrics: largest relative difference {worst:.1e}")
+    print(f"  full sample vs captioner.evaluation.metrics: largest relative difference {worst:.1e}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ read and preprocess the files, as `captioner caption --explain` would. Targets: 
 at most 2x the captioning time for one image and 3x for 64.
 
 Also the two ways of taking one gradient per word: the vmapped backward passes that
-captioner.explain uses (autograd.grad(is_grads_batched=True), recurrent layer in plain torch
+captioner.model.explain uses (autograd.grad(is_grads_batched=True), recurrent layer in plain torch
 ops, stopping above the max-pool) against T backward passes through one retained graph from A
 (oneDNN's recurrent layer), on the same feature maps, with the largest difference between the
 Grad-CAM channel weights they give.

@@ -3,7 +3,7 @@
 A and B are evaluation folders (what `captioner evaluate` writes) or checkpoints, which are
 evaluated first on one split. Both must have scored the same images against the same references;
 then every metric's B - A gets a paired bootstrap interval (each resample draws the same images
-for A and B, captioner/bootstrap.py), the images whose CIDEr-D moved most are set side by side,
+for A and B, captioner/evaluation/bootstrap.py), the images whose CIDEr-D moved most are set side by side,
 and the failure tags that appeared or disappeared are listed. Results: diff.json and index.html.
 """
 

@@ -15,7 +15,7 @@ recorded, and the N x T per-word gradients are taken in two batched backward pas
     explainer = Explainer(captioner)
     results = captioner.caption(paths)
     for explanation in explainer.explain_results(paths, results):
-        ...  # explanation.words, explanation.maps [T, h, w]; see captioner.explain_files
+        ...  # explanation.words, explanation.maps [T, h, w]; see captioner.evaluation.explain_files
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
 from captioner.model.encoder import VGGEncoder
 
-if TYPE_CHECKING:  # annotations only: captioner.inference may import this module
+if TYPE_CHECKING:  # annotations only: captioner.model.inference may import this module
     from captioner.model.inference import Captioner, CaptionResult, ImageInput
 
 

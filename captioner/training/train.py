@@ -1,7 +1,7 @@
 """`captioner train`: data -> encoder -> features -> Lightning fit -> best checkpoint -> report.
 
 The default run is the classic show-and-tell pipeline end to end: a VGG pretrained as a
-classifier (captioner.pretrain, the stand-in for ImageNet) loses its classifier, its fc7 of every
+classifier (captioner.training.pretrain, the stand-in for ImageNet) loses its classifier, its fc7 of every
 image is extracted once into the feature cache, and the decoder trains on those features; the
 best checkpoint is scored on the test split and the report written. The COCO configs run the same
 path with ImageNet weights.

@@ -1,9 +1,9 @@
 """The Lightning Trainer every training run uses (caption model, encoder pretraining, compare).
 
-What it adds to Lightning's defaults: atomic checkpoints and their RNG states (captioner.
-checkpointing), a metrics log that survives resuming (captioner.runlog), bf16 autocast where the
-hardware does it fast, and progress on stderr (a bar on a terminal, one line per epoch otherwise),
-so that stdout carries only results.
+What it adds to Lightning's defaults: atomic checkpoints and their RNG states (checkpoints.py),
+a metrics log that survives resuming (runlog.py), bf16 autocast where the hardware does it fast,
+and progress on stderr (a bar on a terminal, one line per epoch otherwise), so that stdout
+carries only results.
 """
 
 from __future__ import annotations
