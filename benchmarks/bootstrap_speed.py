@@ -2,8 +2,9 @@
 
 A COCO-sized test split (5,000 images, 5 references each, captions of 8-14 words from a Zipfian
 vocabulary, predictions sharing about half their words with a reference) is scored once with
-captioner.evaluation.metrics, then resampled. The engine (captioner/evaluation/bootstrap.py) builds per-image statistics
-once and scores every resample as one matrix product; the usual loop rescores each resample with
+captioner.evaluation.metrics, then resampled. The engine (captioner/evaluation/bootstrap.py)
+builds per-image statistics once and scores every resample as one matrix product; the usual loop
+rescores each resample with
 nltk's corpus_bleu and pycocoevalcap's Cider (timed on a few resamples, the rest extrapolated).
 
     python benchmarks/bootstrap_speed.py [--images 5000] [--resamples 1000] [--rescored 3]
