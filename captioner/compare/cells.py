@@ -290,7 +290,7 @@ def run_cell(config: Config, shared: Shared, encoder: VGGEncoder, folder: Path) 
         },
     }
     say(f"{cell}: {summary['epoch_seconds']:.1f} s/epoch, test BLEU-4 {test['bleu4']:.3f}, "
-          f"CIDEr-D {test['cider']:.3f}")
+        f"CIDEr-D {test['cider']:.3f}")
     return CellRun(summary, gates)
 
 

@@ -84,13 +84,15 @@ def datasets(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Voc
 
 @dataclass
 class RunStart:
+    """Where a run trains, and for a resumed run what it continues from."""
+
     config: Config
     run_dir: Path
-    vocab: Vocabulary | None  # a resumed run's; None: built from the data
-    resume: Path | None
-    resume_step: int | None
-    claimed: bool  # whether this process created run_dir (and may remove it if nothing is kept)
-    weights: dict | None = None  # a resumed run's model weights
+    claimed: bool = False  # whether this process created run_dir (and may remove it if nothing is kept)
+    vocab: Vocabulary | None = None  # a resumed run's; None: built from the data
+    resume: Path | None = None  # the checkpoint it continues
+    resume_step: int | None = None
+    weights: dict | None = None  # the resumed model's weights
 
 
 def new_run(config: Config) -> RunStart:
@@ -99,10 +101,10 @@ def new_run(config: Config) -> RunStart:
         # Only rank 0 writes into the run folder; the other ranks learn it from the launcher's
         # environment where there is one, and otherwise never need it.
         fallback = Path(config.output_dir) / config.name
-        return RunStart(config, Path(os.environ.get(RUN_DIR_ENV, fallback)), None, None, None, False)
+        return RunStart(config, Path(os.environ.get(RUN_DIR_ENV, fallback)))
     run_dir = claim_run_dir(Path(config.output_dir), config.name)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # Lightning's launcher copies the environment to the ranks
-    return RunStart(config, run_dir, None, None, None, True)
+    return RunStart(config, run_dir, claimed=True)
 
 
 def _resumed_run(resume: Path, overrides: list[str]) -> RunStart:
@@ -114,7 +116,7 @@ def _resumed_run(resume: Path, overrides: list[str]) -> RunStart:
     checkpoint = load_checkpoint(resume)
     config, vocab = resume_config(checkpoint, resume, overrides)
     run_dir = run_dir_of(resume)
-    start = new_run(config) if run_dir is None else RunStart(config, run_dir, vocab, None, None, False)
+    start = new_run(config) if run_dir is None else RunStart(config, run_dir)
     if run_dir is None and global_rank() == 0:
         say(f"{resume} is not inside a run folder: continuing it in {start.run_dir}")
     start.vocab, start.resume, start.resume_step = vocab, resume, int(checkpoint["global_step"])
@@ -147,11 +149,11 @@ def _fit(start: RunStart) -> Path | None:
         atomic.write_text(run_dir / "config.yaml", to_yaml(config))
     precision = resolve_precision(config)
     # A resumed run takes every weight from its checkpoint: no pretraining, no ImageNet file.
-    weights = "none" if start.resume is not None else encoder_weights(config, data)
+    starting_weights = "none" if start.resume is not None else encoder_weights(config, data)
     # Seeded here, after any pretraining, so the decoder starts the same whether or not this
     # process pretrained the encoder first.
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    module = CaptionModule(to_dict(config), vocab.to_list(), encoder_weights=weights)
+    module = CaptionModule(to_dict(config), vocab.to_list(), encoder_weights=starting_weights)
     if start.weights is not None:  # now, not at fit: a frozen run's features come from this encoder
         module.model.load_state_dict(start.weights)
     train_set, val_set = datasets(config, data, module.model.encoder, vocab, bf16=precision == "bf16-mixed")
@@ -164,7 +166,7 @@ def _fit(start: RunStart) -> Path | None:
     trainer = build_trainer(config, run_dir, callbacks, monitor=t.monitor, what="training",
                             resume_step=start.resume_step)
     say(f"training {config.decoder.cell} decoder on {config.encoder.arch} "
-          f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}")
+        f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}")
     fit(trainer, module, datamodule, resume=start.resume)
     if not trainer.is_global_zero:
         return None
