@@ -46,9 +46,9 @@ def sensitive(trained: Captioner, images: list[Image.Image]) -> Captioner:
                       num_layers=d.num_layers, pad_id=trained.vocab.pad)
     with torch.no_grad():
         for init in (decoder.init_h, decoder.init_c):
-            init.weight *= 20.0
+            init.weight *= 60.0
             init.bias.copy_(-init.weight @ mean)
-        decoder.out.weight *= 4.0
+        decoder.out.weight *= 2.0
     model = CaptionModel(trained.model.encoder, decoder)
     return Captioner(model, trained.vocab, trained.config, torch.device("cpu"))
 

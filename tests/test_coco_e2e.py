@@ -65,12 +65,12 @@ def test_download_extract_train_evaluate(tmp_path: Path, monkeypatch: pytest.Mon
     assert (run / "checkpoints" / "best.ckpt").is_file()
     header = (run / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val/cider", "val/bleu4", "train/loss"} <= set(header)
-    assert "CIDER" in train.stdout and (run / "eval-test" / "index.html").is_file()
+    assert "CIDEr-D" in train.stdout and (run / "eval-test" / "index.html").is_file()
 
     evaluate = run_cli("evaluate", "--out", str(tmp_path / "report"), cwd=work)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert "extracting" not in evaluate.stderr and _meta_times(cache) == extracted
-    assert "BLEU4" in evaluate.stdout
+    assert "BLEU-4" in evaluate.stdout
     predictions = json.loads((tmp_path / "report" / "predictions.json").read_text())
     assert len(predictions) == 3
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())

@@ -36,7 +36,7 @@ def test_overrides_are_typed_and_applied() -> None:
     (["encoder.mode=half"], "encoder.mode"),
     (["optim.schedule=cosine"], "optim.schedule"),  # a setting of captioner 0.1, gone
     (["pretrain.warmup=1.5"], "pretrain.warmup=1.5; it must be between 0 and 0.99"),
-    (["pretrain.targets=words"], "pretrain.targets"),
+    (["pretrain.targets=colours"], "pretrain.targets"),
     (["optim.cooldown=2"], "optim.cooldown=2"),
     (["trainer.max_epochs=-1"], "trainer.max_epochs=-1; it must be at least 1"),
     (["eval.beam_size=0"], "eval.beam_size=0"),

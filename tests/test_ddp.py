@@ -171,7 +171,7 @@ def test_extract_processes_started_together(tmp_path: Path, shapes: Path) -> Non
 def test_ddp_on_cpu_counts_each_validation_image_once(tmp_path: Path, shapes: Path) -> None:
     env = {**os.environ, "CAPTIONER_CACHE": str(tmp_path / "cache")}
     ddp = ["trainer.strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    proc = _cli("train", f"data.root={shapes}", *TINY_FROZEN, *ddp, cwd=tmp_path, env=env)
+    proc = _cli("train", "-v", f"data.root={shapes}", *TINY_FROZEN, *ddp, cwd=tmp_path, env=env)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert "GLOBAL_RANK: 1" in err and "distributed_backend=gloo" in err
