@@ -23,16 +23,17 @@ def register(sub: argparse._SubParsersAction) -> None:
              "on stderr: a taken port, a missing checkpoint, the serve extra not installed); "
              "2 wrong command line")
     checkpoint_arguments(p)
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
                    help="address to listen on; any but a loopback address lets other machines use "
                         "the model")
-    p.add_argument("--port", type=_port, default=8000, help="port to listen on; 0 picks a free one")
-    p.add_argument("--max-upload-mb", type=positive_float, default=20.0,
+    p.add_argument("--port", type=_port, default=8000, metavar="N",
+                   help="port to listen on; 0 picks a free one")
+    p.add_argument("--max-upload-mb", type=positive_float, default=20.0, metavar="MB",
                    help="largest request body accepted, in MiB")
-    p.add_argument("--max-pixels", type=at_least(1), default=None,
+    p.add_argument("--max-pixels", type=at_least(1), default=None, metavar="N",
                    help="refuse larger images undecoded, as possible decompression bombs "
                         "(default: Pillow's limit, 89,478,485)")
-    p.add_argument("--batch-size", type=at_least(1), default=32,
+    p.add_argument("--batch-size", type=at_least(1), default=32, metavar="N",
                    help="most images per forward pass: requests that arrive together share one")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
