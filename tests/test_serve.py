@@ -159,6 +159,9 @@ def test_other_paths_methods_and_hosts_answer_json(server: Served) -> None:
     assert request("GET", server.url + "nothing") == (404, {"error": "GET /nothing: Not Found"})
     status, answer = request("GET", server.url + "health", headers={"Host": "attacker.example"})
     assert status == 403 and "attacker.example" in answer["error"]
+    port = server.url.rstrip("/").rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
+        assert request("GET", server.url + "health", headers={"Host": host})[0] == 200
 
 
 def test_ten_concurrent_requests_all_answer(server: Served, api: Captioner) -> None:
@@ -219,7 +222,7 @@ def test_one_pass_over_requests_with_different_options(api: Captioner) -> None:
     jobs = [Job(load_uploads(api, uploads[:2]), Options(Decoding(n_best=2), explain=True)),
             Job(load_uploads(api, uploads[2:3]), Options()),
             Job(load_uploads(api, uploads[3:]), Options(Decoding(beam_size=1)))]
-    results = Pass(api)(jobs)
+    results = Pass(api, batch_size=2)(jobs)  # the CNN and the explanations in chunks
     assert [len(r) for r in results] == [2, 1, 1]
     flat = [one for job in results for one in job]
     settings = [{"n_best": 2}, {"n_best": 2}, {}, {"beam_size": 1}]

@@ -35,14 +35,16 @@ _PAGE_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/jav
 
 
 @dataclass
-class Server:
+class State:
+    """What the handlers share: the model, the limits, the batcher."""
+
     captioner: Captioner
     limits: Limits
     batcher: Batcher[Job, list[Captioned]]
     checkpoint: str  # as the health answer names it
 
 
-SERVER = web.AppKey("server", Server)
+STATE = web.AppKey("state", State)
 
 
 def build_app(captioner: Captioner, limits: Limits, *, checkpoint: str, local_only: bool) -> web.Application:
@@ -50,8 +52,8 @@ def build_app(captioner: Captioner, limits: Limits, *, checkpoint: str, local_on
     not a loopback name."""
     middlewares = [_json_errors, *([_loopback_hosts] if local_only else [])]
     app = web.Application(middlewares=middlewares)
-    batcher: Batcher[Job, list[Captioned]] = Batcher(Pass(captioner), limits.batch_size)
-    app[SERVER] = Server(captioner, limits, batcher, checkpoint)
+    batcher: Batcher[Job, list[Captioned]] = Batcher(Pass(captioner, limits.batch_size), limits.batch_size)
+    app[STATE] = State(captioner, limits, batcher, checkpoint)
     app.cleanup_ctx.append(_model_thread)
     app.on_response_prepare.append(_security_headers)
     for path, (name, content_type) in _PAGE_FILES.items():
@@ -63,7 +65,7 @@ def build_app(captioner: Captioner, limits: Limits, *, checkpoint: str, local_on
 
 async def caption(request: web.Request) -> web.Response:
     """Caption the request's images; see docs/serve.md for the fields and the answer."""
-    server = request.app[SERVER]
+    server = request.app[STATE]
     uploads, fields = await read_form(request, server.limits)
     options = parse_options([*request.query.items(), *fields])
     if not uploads:
@@ -79,7 +81,7 @@ async def caption(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     """200 once the model is loaded (the server listens only then): what it serves and its limits."""
-    server = request.app[SERVER]
+    server = request.app[STATE]
     return web.json_response({"status": "ok", "checkpoint": server.checkpoint,
                               "device": str(server.captioner.device), "limits": asdict(server.limits),
                               "forward_passes": server.batcher.passes})
@@ -94,7 +96,7 @@ def _page_file(name: str, content_type: str) -> Callable[[web.Request], Awaitabl
 
 
 async def _model_thread(app: web.Application) -> AsyncIterator[None]:
-    batcher = app[SERVER].batcher
+    batcher = app[STATE].batcher
     batcher.start()
     yield
     await batcher.stop()
@@ -109,7 +111,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except web.HTTPException as err:
         if err.status < 400:
             raise
-        status, message = err.status, f"{request.method} {request.path}: {err.reason}"
+        allow = {"Allow": err.headers["Allow"]} if "Allow" in err.headers else {}  # with a 405
+        return web.json_response({"error": f"{request.method} {request.path}: {err.reason}"},
+                                 status=err.status, headers=allow)
     except Exception as err:  # a bug or an exhausted machine: say so, and keep serving
         status, message = 500, f"the server failed: {one_line(err)}"
         warn(f"{request.method} {request.path}: {message}")

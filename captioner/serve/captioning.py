@@ -63,17 +63,19 @@ def load_uploads(captioner: Captioner, uploads: Sequence[Upload]) -> Tensor:
 
 
 class Pass:
-    """Callable on the model's thread: captions for a batch of jobs, one list per job."""
+    """Callable on the model's thread: captions for a batch of jobs, one list per job. The CNN
+    and the explanations take at most `batch_size` images at a time (one request may hold more)."""
 
-    def __init__(self, captioner: Captioner) -> None:
-        self.captioner = captioner
+    def __init__(self, captioner: Captioner, batch_size: int) -> None:
+        self.captioner, self.batch_size = captioner, batch_size
         self._explainer: Explainer | None = None  # built at the first request that explains
 
     @torch.inference_mode()
     def __call__(self, jobs: Sequence[Job]) -> list[list[Captioned]]:
         images = torch.cat([job.images for job in jobs])
         options = [job.options for job in jobs for _ in range(len(job.images))]  # per image
-        captions = self._captions(self.captioner.encode(images), [o.decoding for o in options])
+        features = torch.cat([self.captioner.encode(chunk) for chunk in images.split(self.batch_size)])
+        captions = self._captions(features, [o.decoding for o in options])
         explained = self._explain(images, captions, [o.explain for o in options])
         results = iter([Captioned(c, e) for c, e in zip(captions, explained)])
         return [list(itertools.islice(results, len(job.images))) for job in jobs]
@@ -97,7 +99,9 @@ class Pass:
         explained: list[Explanation | None] = [None] * len(captions)
         if rows:
             self._explainer = self._explainer or Explainer(self.captioner)
-            found = self._explainer.explain(images[rows], [captions[row][0].tokens for row in rows])
-            for row, explanation in zip(rows, found):
-                explained[row] = explanation
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                found = self._explainer.explain(images[chunk], [captions[row][0].tokens for row in chunk])
+                for row, explanation in zip(chunk, found):
+                    explained[row] = explanation
         return explained

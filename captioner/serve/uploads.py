@@ -30,6 +30,8 @@ async def read_form(request: web.Request, limits: Limits) -> tuple[list[Upload],
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise RequestError(400, "a multipart body inside a multipart body is not accepted")
+            if not part.name:
+                raise RequestError(400, "a multipart part without a field name; name files 'image'")
             data = await _read_part(part, budget, limits)
             budget -= len(data)
             if part.name == IMAGE_FIELD:
@@ -38,8 +40,8 @@ async def read_form(request: web.Request, limits: Limits) -> tuple[list[Upload],
                                             "send them in several")
                 uploads.append(Upload(_file_name(part.filename, len(uploads) + 1), data))
             else:
-                fields.append((part.name or "", data.decode("utf-8", "replace")))
-    except (ValueError, AssertionError) as err:  # aiohttp's complaints about a malformed body
+                fields.append((part.name, data.decode("utf-8", "replace")))
+    except (ValueError, AssertionError) as err:  # aiohttp's on a malformed body; asserts on a cut one
         raise RequestError(400, f"malformed multipart body: {one_line(err)}") from None
     return uploads, fields
 
