@@ -7,7 +7,8 @@ Side by side on the same machine, a server process started here (`captioner serv
   2. --requests single-image requests: one after another (each waits for the previous answer)
      against all at once (the server batches what arrives while a pass runs), alternating,
      medians; target: all at once at least 3x faster. The forward passes the server ran for
-     each are printed too.
+     each are printed too, and what bounds the gain: the model alone (CNN, then beam search)
+     on one preprocessed image and on all of them, in this process.
 The images are --images' first files (e.g. the shapes test scenes) resized to 640x480 JPEGs.
 
 OpenMP's threads wait passively here (OMP_WAIT_POLICY=PASSIVE, unless the environment says
@@ -93,8 +94,10 @@ async def passes(session: aiohttp.ClientSession, url: str) -> int:
 
 
 async def single_image(captioner: Captioner, session: aiohttp.ClientSession, url: str, path: Path,
-                       repeats: int) -> tuple[float, float]:
-    """Median seconds for one image: the Python API, and the server."""
+                       repeats: int) -> tuple[float, float, float]:
+    """Median seconds for one image with the Python API and with the server, and the median of
+    the server-to-API ratios of the runs taken side by side (steadier while the machine's load
+    drifts)."""
     async def api() -> None:
         captioner.caption(path)
 
@@ -107,7 +110,8 @@ async def single_image(captioner: Captioner, session: aiohttp.ClientSession, url
     for _ in range(repeats):  # alternating, so that load on the machine hits both alike
         api_s.append(await seconds(api))
         served_s.append(await seconds(served))
-    return statistics.median(api_s), statistics.median(served_s)
+    paired = statistics.median(served / api for api, served in zip(api_s, served_s))
+    return statistics.median(api_s), statistics.median(served_s), paired
 
 
 async def many_requests(session: aiohttp.ClientSession, url: str, paths: list[Path],
@@ -130,18 +134,44 @@ async def many_requests(session: aiohttp.ClientSession, url: str, paths: list[Pa
     return {name: (statistics.median(values), counts[name]) for name, values in timings.items()}
 
 
+def model_alone(captioner: Captioner, paths: list[Path], repeats: int) -> dict[int, tuple[float, float]]:
+    """Median seconds of the CNN and of the beam search, for one image and for all of them."""
+    import torch  # here, not at the top: main() sets OMP_WAIT_POLICY before torch loads
+
+    images = torch.stack([captioner.load(path) for path in paths])
+    found = {}
+    with torch.inference_mode():
+        for n in (1, len(paths)):
+            features = captioner.encode(images[:n])  # warm-up, and the search's input
+            cnn = [_timed(lambda n=n: captioner.encode(images[:n])) for _ in range(repeats)]
+            search = [_timed(lambda f=features: captioner.caption_features(f)) for _ in range(repeats)]
+            found[n] = statistics.median(cnn), statistics.median(search)
+    return found
+
+
+def _timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
 async def measure(args: argparse.Namespace, captioner: Captioner, url: str, paths: list[Path]) -> None:
     connector = aiohttp.TCPConnector(limit=len(paths))
     async with aiohttp.ClientSession(connector=connector) as session:
         await many_requests(session, url, paths, 1)  # warm-up: every batch size met once
-        api_s, served_s = await single_image(captioner, session, url, paths[0], args.repeats)
+        api_s, served_s, paired = await single_image(captioner, session, url, paths[0], args.repeats)
         print(f"one 640x480 JPEG, median of {args.repeats}: Python API {api_s * 1000:.1f} ms, "
-              f"server {served_s * 1000:.1f} ms, ratio {served_s / api_s:.2f}x (target <= 1.2x)")
+              f"server {served_s * 1000:.1f} ms, ratio {served_s / api_s:.2f}x, median ratio of "
+              f"side-by-side runs {paired:.2f}x (target <= 1.2x)")
         found = await many_requests(session, url, paths, max(3, args.repeats // 3))
         (serial, serial_passes), (together, together_passes) = found["one by one"], found["all at once"]
         print(f"{len(paths)} single-image requests, median of {max(3, args.repeats // 3)}: one by one "
               f"{serial:.2f} s ({serial_passes} passes), all at once {together:.2f} s "
               f"({together_passes} passes), {serial / together:.1f}x faster (target >= 3x)")
+    alone = model_alone(captioner, paths, max(3, args.repeats // 3))
+    print("the model alone, medians: " + "; ".join(
+        f"{n} image{'s' * (n > 1)}: CNN {cnn * 1000:.0f} ms, beam search {search * 1000:.0f} ms"
+        for n, (cnn, search) in alone.items()))
 
 
 def main() -> None:
