@@ -1,6 +1,7 @@
 """The page of `captioner serve` in a real browser: headless Chromium, driven over its DevTools
-protocol, picks an image (and a file that is none) in the page's file input, and the test reads
-what a person would see: the caption, the n-best table, each word's map drawn on hover.
+protocol, picks an image (and a file that is none) in the page's file input or drops images on
+it, and the test reads what a person would see: the caption, the n-best table, each word's map
+drawn on hover.
 
 Chromium is driven over DevTools' websocket with aiohttp's client (the serve extra's own
 framework), not Playwright: Playwright pins the browser builds it drives and downloads them,
@@ -79,10 +80,20 @@ class Tab:
         await self.send("DOM.setFileInputFiles", nodeId=node, files=[str(p) for p in paths])
 
     async def hover(self, selector: str) -> None:
-        box = await self.evaluate(f"(() => {{ const r = document.querySelector({selector!r})"
-                                  ".getBoundingClientRect(); "
-                                  "return [r.x + r.width / 2, r.y + r.height / 2]; })()")
-        await self.send("Input.dispatchMouseEvent", type="mouseMoved", x=box[0], y=box[1])
+        x, y = await self.centre(selector)
+        await self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+
+    async def drop(self, selector: str, *paths: Path) -> None:
+        """Drag files from outside the page and drop them on the element."""
+        x, y = await self.centre(selector)
+        data = {"items": [], "files": [str(p) for p in paths], "dragOperationsMask": 1}  # copy
+        for kind in ("dragEnter", "dragOver", "drop"):
+            await self.send("Input.dispatchDragEvent", type=kind, x=x, y=y, data=data)
+
+    async def centre(self, selector: str) -> tuple[float, float]:
+        return tuple(await self.evaluate(f"(() => {{ const r = document.querySelector({selector!r})"
+                                         ".getBoundingClientRect(); "
+                                         "return [r.x + r.width / 2, r.y + r.height / 2]; })()"))
 
 
 @asynccontextmanager
@@ -208,3 +219,22 @@ def test_a_file_that_is_no_image_shows_the_servers_message(server: Served, tmp_p
                                       ".map((e) => e.textContent)")
 
     assert asyncio.run(visit()) == ["notes.txt: not an image Pillow can read"]
+
+
+def test_dropped_images_are_captioned_each(server: Served, photo: Path, trained_run: Path,
+                                           tmp_path: Path) -> None:
+    other = tmp_path / "other.png"
+    Image.open(BytesIO(jpeg(8, (300, 200)))).save(other)
+    best = trained_run / "runs" / "shapes" / "checkpoints" / "best.ckpt"
+    want = [r.text for r in Captioner.from_checkpoint(best, device="cpu").caption([photo, other], n_best=3)]
+
+    async def visit() -> list[list[str]]:
+        async with browser_tab(server.url, tmp_path / "profile") as tab:
+            await tab.drop("#drop", photo, other)
+            await tab.wait_for("[...document.querySelectorAll('.result')].filter("
+                               "(card) => card.dataset.state === 'done').length === 2")
+            return await tab.evaluate("[...document.querySelectorAll('.result')].map((card) => "
+                                      "[card.querySelector('h2').textContent, "
+                                      "card.querySelector('.caption').textContent])")
+
+    assert asyncio.run(visit()) == [["holiday snap.jpg", want[0]], ["other.png", want[1]]]
