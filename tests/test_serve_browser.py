@@ -98,12 +98,15 @@ class Tab:
 
 @asynccontextmanager
 async def browser_tab(url: str, profile: Path) -> AsyncIterator[Tab]:
-    """A headless Chromium showing `url`, stopped afterwards."""
-    process = await asyncio.create_subprocess_exec(
-        CHROMIUM, *_FLAGS, f"--user-data-dir={profile}", "about:blank",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """A headless Chromium showing `url`, stopped afterwards. Its stderr goes to a file beside
+    the profile (a pipe nobody reads could fill and stall it)."""
+    log = profile.with_suffix(".log")
+    with open(log, "wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            CHROMIUM, *_FLAGS, f"--user-data-dir={profile}", "about:blank",
+            stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        endpoint = await _devtools_endpoint(process)
+        endpoint = await _devtools_endpoint(process, log)
         async with aiohttp.ClientSession() as http, http.ws_connect(endpoint, max_msg_size=0) as socket:
             browser = Tab(socket)
             target = (await browser.send("Target.createTarget", url="about:blank"))["targetId"]
@@ -117,13 +120,14 @@ async def browser_tab(url: str, profile: Path) -> AsyncIterator[Tab]:
         await process.wait()
 
 
-async def _devtools_endpoint(process: asyncio.subprocess.Process) -> str:
+async def _devtools_endpoint(process: asyncio.subprocess.Process, log: Path) -> str:
     """Chromium says where its DevTools websocket listens on stderr, once it is up."""
-    async with asyncio.timeout(_WAIT_S):
-        while line := (await process.stderr.readline()).decode(errors="replace"):
-            if found := re.search(r"DevTools listening on (ws://\S+)", line):
-                return found.group(1)
-    raise AssertionError("chromium exited without opening DevTools")
+    deadline = asyncio.get_running_loop().time() + _WAIT_S
+    while asyncio.get_running_loop().time() < deadline and process.returncode is None:
+        if found := re.search(r"DevTools listening on (ws://\S+)", log.read_text(errors="replace")):
+            return found.group(1)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"chromium did not open DevTools: {log.read_text(errors='replace')[-2000:]}")
 
 
 @pytest.fixture(scope="module")
