@@ -1,0 +1,94 @@
+"""What a caption request may ask for (options read from form fields or query parameters) and
+the limits the server holds every request to, checked in one place; free of torch and aiohttp."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from captioner.data.images import MAX_PIXELS
+from captioner.errors import CaptionerError
+from captioner.model.decoding import Decoding
+
+# Bounds that keep one request from holding the model for everyone else: a beam of 1000 or
+# captions of 10,000 words would run for minutes while other requests wait behind them.
+MAX_BEAM = 20
+MAX_WORDS = 100
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+class RequestError(Exception):
+    """A request the server refuses: an HTTP status (4xx) and a one-line message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may send; larger ones are refused with a 4xx, undecoded."""
+
+    max_upload_bytes: int = 20 * 2**20  # the whole request body
+    max_images: int = 64  # image fields in one request
+    max_pixels: int = MAX_PIXELS  # per image, checked before decoding (decompression bombs)
+    batch_size: int = 32  # most images per forward pass; more wait for the next pass
+
+
+@dataclass(frozen=True)
+class Options:
+    """One request's captioning options: how to search, and whether to explain each word."""
+
+    decoding: Decoding = Decoding()
+    explain: bool = False
+
+
+def parse_options(pairs: Iterable[tuple[str, str]]) -> Options:
+    """Options from (name, value) pairs, query parameters and form fields together; an unknown
+    or repeated name, or a bad value, is a RequestError(400) saying which."""
+    given: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in _PARSERS:
+            raise RequestError(400, f"unknown option {name!r}; the options are {', '.join(_PARSERS)}")
+        if name in given:
+            raise RequestError(400, f"option {name!r} given twice")
+        given[name] = value.strip()
+    values = {name: _PARSERS[name](name, text) for name, text in given.items()}
+    explain = bool(values.pop("explain", False))
+    try:
+        return Options(Decoding(**values), explain)
+    except CaptionerError as err:
+        raise RequestError(400, str(err)) from None
+
+
+def _whole(low: int, high: int):
+    def parse(name: str, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise RequestError(400, f"{name}: not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise RequestError(400, f"{name} must be from {low} to {high}, got {value}")
+        return value
+    return parse
+
+
+def _number(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise RequestError(400, f"{name}: not a number: {text!r}")
+    return value
+
+
+def _flag(name: str, text: str) -> bool:
+    if text.lower() not in _TRUE + _FALSE:
+        raise RequestError(400, f"{name}: say 1 or 0 (true/false, yes/no, on/off), got {text!r}")
+    return text.lower() in _TRUE
+
+
+_PARSERS = {"beam_size": _whole(1, MAX_BEAM), "n_best": _whole(1, MAX_BEAM),
+            "max_length": _whole(1, MAX_WORDS), "length_penalty": _number, "explain": _flag}
