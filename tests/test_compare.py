@@ -19,6 +19,7 @@ from captioner.model.unroll import (
     WEIGHT_SETS,
     gate_trace,
     hidden_gradient_norms,
+    initial_state_gradient_norms,
     parameter_counts,
     unroll,
 )
@@ -77,6 +78,26 @@ def test_gradient_norms_are_what_travels_back_through_time() -> None:
     ids = torch.randint(4, VOCAB, (4, 6))
     norms = hidden_gradient_norms(decoder, torch.randn(4, FEATURES), ids[:, :-1], ids[:, 1:])
     assert norms[:-1] == [0.0] * 4 and norms[-1] > 0
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_gradient_to_the_initial_state_matches_the_fused_layer(cell: str, layers: int) -> None:
+    decoder = _decoder(cell, layers)
+    features, ids = torch.randn(3, FEATURES), torch.randint(4, VOCAB, (3, 7))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    norms = initial_state_gradient_norms(decoder, features, inputs, targets)
+    assert not any(p.grad is not None for p in decoder.parameters())
+    # The same quantity from torch's fused layer, the initial state made a leaf of the graph.
+    state = tuple(s.detach().requires_grad_() for s in decoder.initial_state(features))
+    outputs, _ = decoder.rnn(decoder.embed(inputs), state if cell == "lstm" else state[0])
+    losses = torch.nn.functional.cross_entropy(decoder.out(outputs).transpose(1, 2), targets,
+                                               reduction="none")
+    for t, norm in enumerate(norms):
+        grads = torch.autograd.grad(losses[:, t].sum(), state, retain_graph=True)
+        per_caption = torch.cat([g.transpose(0, 1).flatten(1) for g in grads], dim=1).norm(dim=1)
+        assert norm == pytest.approx(per_caption.mean().item(), rel=1e-4)
+    assert len(norms) == 6 and all(n > 0 for n in norms)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
