@@ -47,3 +47,8 @@ def score_positions(captions: Mapping[int, Sequence[str]], objects: ObjectIndex)
 
 def _shares(counts: Sequence[int], totals: Sequence[int]) -> list[float | None]:
     return [count / total if total else None for count, total in zip(counts, totals, strict=True)]
+
+
+def ordinal(n: int) -> str:
+    """ "1st", "2nd", "3rd", "4th", ... "11th", "21st": how the page names a position."""
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
