@@ -33,6 +33,8 @@ class ShapesConfig:
     num_test: int = setting(250, "Test images.")
     size: int = setting(128, "Side of each square image, in pixels.")
     seed: int = setting(0, "Seed of the generator: the same seed and sizes give byte-identical files.")
+    max_objects: int = setting(3, "Most objects per image (1-5); above 3, longer captions that name "
+                                  "them all test the decoder's memory.")
 
 
 @dataclass
@@ -214,6 +216,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "data.batch_size": (1, None), "data.num_workers": (0, None),
     "data.shapes.num_train": (1, None), "data.shapes.num_val": (1, None),
     "data.shapes.num_test": (1, None), "data.shapes.size": (32, None),
+    "data.shapes.max_objects": (1, 5),
     "encoder.image_size": (32, None), "encoder.resize_size": (32, None), "encoder.lr": (0, None),
     "encoder.weight_decay": (0, None),
     "pretrain.epochs": (1, None), "pretrain.lr": (0, None), "pretrain.warmup": (0, 0.99),
@@ -263,4 +266,25 @@ def validate(config: Config) -> Config:
         raise CaptionerError(f"bad configuration: trainer.devices={devices!r}; use auto or a number >= 1")
     if config.eval.bootstrap != 0 and config.eval.bootstrap < 1000:
         raise CaptionerError("bad configuration: eval.bootstrap must be 0 (off) or at least 1000")
+    _check_shapes_caption_length(config)
     return config
+
+
+def shapes_caption_words(max_objects: int) -> int:
+    """The most words a generated shapes caption can have: a phrasing's own words (up to 4, "a
+    dark background with"), up to 4 per object ("two small red circles") and "and"."""
+    return 4 + 4 * max_objects + (max_objects > 1)
+
+
+def _check_shapes_caption_length(config: Config) -> None:
+    # Cut captions would teach the decoder to stop before the last objects, the very ones a
+    # crowded scene is there to test. The standard 1-3 objects are left as they were.
+    d, shapes = config.data, config.data.shapes
+    if d.dataset != "shapes" or d.root or shapes.max_objects <= 3:
+        return
+    words = shapes_caption_words(shapes.max_objects)
+    if min(d.max_length, config.eval.max_length) < words:
+        raise CaptionerError(
+            f"bad configuration: data.shapes.max_objects={shapes.max_objects} makes captions of up "
+            f"to {words} words; set data.max_length (now {d.max_length}) and eval.max_length "
+            f"(now {config.eval.max_length}) to at least {words}")

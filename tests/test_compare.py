@@ -19,6 +19,7 @@ from captioner.model.unroll import (
     WEIGHT_SETS,
     gate_trace,
     hidden_gradient_norms,
+    initial_state_gradient_norms,
     parameter_counts,
     unroll,
 )
@@ -80,6 +81,26 @@ def test_gradient_norms_are_what_travels_back_through_time() -> None:
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_gradient_to_the_initial_state_matches_the_fused_layer(cell: str, layers: int) -> None:
+    decoder = _decoder(cell, layers)
+    features, ids = torch.randn(3, FEATURES), torch.randint(4, VOCAB, (3, 7))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    norms = initial_state_gradient_norms(decoder, features, inputs, targets)
+    assert not any(p.grad is not None for p in decoder.parameters())
+    # The same quantity from torch's fused layer, the initial state made a leaf of the graph.
+    state = tuple(s.detach().requires_grad_() for s in decoder.initial_state(features))
+    outputs, _ = decoder.rnn(decoder.embed(inputs), state if cell == "lstm" else state[0])
+    losses = torch.nn.functional.cross_entropy(decoder.out(outputs).transpose(1, 2), targets,
+                                               reduction="none")
+    for t, norm in enumerate(norms):
+        grads = torch.autograd.grad(losses[:, t].sum(), state, retain_graph=True)
+        per_caption = torch.cat([g.transpose(0, 1).flatten(1) for g in grads], dim=1).norm(dim=1)
+        assert norm == pytest.approx(per_caption.mean().item(), rel=1e-4)
+    assert len(norms) == 6 and all(n > 0 for n in norms)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_gate_values_lie_in_the_unit_interval(cell: str) -> None:
     decoder = _decoder(cell)
     with torch.no_grad():  # large weights push the sigmoids to their limits
@@ -93,7 +114,7 @@ def test_gate_values_lie_in_the_unit_interval(cell: str) -> None:
 
 
 def test_encoder_defaults_to_the_configs_without_a_run(tmp_path: Path, monkeypatch) -> None:
-    from captioner.compare.cells import config_encoder, encoder_checkpoint
+    from captioner.compare.encoders import config_encoder, encoder_checkpoint
 
     monkeypatch.chdir(tmp_path)
     config = load_config(None, TINY)
@@ -150,3 +171,32 @@ def test_compare_cli_end_to_end(trained_run: Path, tmp_path: Path) -> None:
     first = page.split('src="data:image/png;base64,', 1)[1].split('"', 1)[0]
     assert base64.b64decode(first).startswith(b"\x89PNG")
     assert "src=\"http" not in page and "src=\"file" not in page
+
+
+@pytest.mark.slow
+def test_compare_over_seeds_with_objects_by_position(tmp_path: Path) -> None:
+    from captioner.compare.cells import compare
+
+    config = load_config(None, [*TINY, "encoder.weights=none", "data.shapes.max_objects=4",
+                                "data.max_length=21", "eval.max_length=21"])
+    data = compare(config, ["rnn", "gru"], tmp_path, seeds=2)
+    assert data["settings"]["seeds"] == [0, 1] and data["settings"]["max_objects"] == 4
+    positions = data["positions"]["images_by_position"]
+    assert positions[0] == 6 and len(positions) <= 4  # each test image holds 1 to 4 objects
+    steps = data["grad_flow"]["steps"]
+    for cell, run in data["cells"].items():
+        assert [r["seed"] for r in run["runs"]] == [0, 1]
+        assert (tmp_path / cell / "seed-1" / "logs" / "metrics.csv").is_file()
+        for key in ("mention_precision_by_position", "mention_coverage_by_position"):
+            assert len(run[key]) == len(run["spread"][key]) == len(positions)
+            assert all(v is None or 0 <= v <= 1 for v in run[key])
+        assert len(run["grad_to_initial_state"]) == steps and all(v > 0 for v in run["grad_to_initial_state"])
+        assert run["test"]["cider"] == pytest.approx(sum(r["test"]["cider"] for r in run["runs"]) / 2)
+        assert run["spread"]["test"]["cider"] is not None
+    judged = {(d["figure"], d["higher"], d["lower"]) for d in data["differences"]}
+    assert any(figure == "test CIDEr-D" for figure, _, _ in judged)
+    page = (tmp_path / "index.html").read_text()
+    for title in ("How much of each word&#x27;s error reaches the image",
+                  "Objects by their place in the caption", "Which differences are real"):
+        assert title in page
+    assert page.count('src="data:image/png;base64,') >= 7  # 5 plots, 1 gate heatmap, the image

@@ -43,15 +43,18 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 # Size word -> half-extent range in pixels (inclusive) on a 128 px canvas.
 SIZE_WORDS: dict[str, tuple[int, int]] = {"small": (8, 12), "large": (16, 22)}
-# Count -> the word captions use when same colour+shape objects are grouped.
-NUMBER_WORDS: dict[int, str] = {2: "two", 3: "three"}
+# Count -> the word captions use when same colour+shape objects are grouped ("four" and "five"
+# only occur in scenes of more than three objects, data.shapes.max_objects).
+NUMBER_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four", 5: "five"}
 SPLITS = ("train", "val", "test")
 KARPATHY_FILE = "dataset_shapes.json"
 
 _REFERENCE_SIZE = 128
 _MARGIN_PX = 4
 _GAP_PX = 4
-_MAX_OBJECTS = 3
+# The specification's 1-3 objects per image. A spec at this count leaves max_objects out of its
+# files and cache key, so they stay byte-identical to those written before the setting existed.
+_STANDARD_MAX_OBJECTS = 3
 _COLOUR_JITTER = 15
 _MAX_BACKGROUND = 60
 _MAX_NOISE_SIGMA = 6.0
@@ -95,16 +98,27 @@ class ShapesSpec:
     num_test: int = _DEFAULT.num_test
     size: int = _DEFAULT.size
     seed: int = _DEFAULT.seed
+    max_objects: int = _DEFAULT.max_objects
 
     def __post_init__(self) -> None:
         if min(self.num_train, self.num_val, self.num_test) < 0:
             raise CaptionerError(f"shapes: split sizes must be >= 0, got {self}")
+        if not 1 <= self.max_objects <= max(NUMBER_WORDS):
+            raise CaptionerError(f"shapes: max_objects must be between 1 and {max(NUMBER_WORDS)} "
+                                 f"(the largest group with a number word), got {self.max_objects}")
         # Below this, three large objects with their gaps no longer fit reliably.
         if self.size < 32:
             raise CaptionerError(f"shapes: image size must be >= 32 px, got {self.size}")
 
     def split_sizes(self) -> dict[str, int]:
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}
+
+    def recorded(self) -> dict[str, int]:
+        """The spec as the files and the cache key record it (see _STANDARD_MAX_OBJECTS)."""
+        fields = asdict(self)
+        if self.max_objects == _STANDARD_MAX_OBJECTS:
+            del fields["max_objects"]
+        return fields
 
 
 @dataclass(frozen=True)
@@ -154,7 +168,7 @@ def generate_shapes(out_dir: Path, spec: ShapesSpec) -> Path:
 
 
 def _spec_hash(spec: ShapesSpec) -> str:
-    key = json.dumps({"generator_version": GENERATOR_VERSION, **asdict(spec)}, sort_keys=True)
+    key = json.dumps({"generator_version": GENERATOR_VERSION, **spec.recorded()}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -209,7 +223,7 @@ def _write_dataset(root: Path, spec: ShapesSpec) -> None:
         for index in range(count):
             # One generator per image: any image can be reproduced without generating the rest.
             rng = np.random.default_rng([spec.seed, split_index, index])
-            objects = _sample_objects(rng, spec.size)
+            objects = _sample_objects(rng, spec.size, spec.max_objects)
             file_name = f"shapes_{split}_{image_id:06d}.png"
             _render(rng, objects, spec.size).save(
                 root / "images" / split / file_name, format="PNG", compress_level=1
@@ -244,7 +258,7 @@ def _write_dataset(root: Path, spec: ShapesSpec) -> None:
     _write_compact(root / KARPATHY_FILE, {"dataset": "shapes", "images": karpathy})
     # Written last: its presence says the folder is complete, and it lists what was generated.
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    write_json(root / _COMPLETE, {"generator_version": GENERATOR_VERSION, "spec": asdict(spec),
+    write_json(root / _COMPLETE, {"generator_version": GENERATOR_VERSION, "spec": spec.recorded(),
                                   "files": files})
 
 
@@ -253,7 +267,7 @@ def _info(spec: ShapesSpec) -> dict[str, Any]:
         "description": "captioner built-in shapes dataset",
         "version": str(GENERATOR_VERSION),
         "contributor": "captioner",
-        "spec": asdict(spec),
+        "spec": spec.recorded(),
     }
 
 
@@ -265,8 +279,8 @@ def _scaled(px: float, size: int) -> int:
     return max(1, round(px * size / _REFERENCE_SIZE))
 
 
-def _sample_objects(rng: np.random.Generator, size: int) -> list[_Object]:
-    count = int(rng.integers(1, _MAX_OBJECTS + 1))
+def _sample_objects(rng: np.random.Generator, size: int, max_objects: int) -> list[_Object]:
+    count = int(rng.integers(1, max_objects + 1))
     while True:  # rarely more than one pass: a crowded scene is resampled from scratch
         objects: list[_Object] = []
         for _ in range(count):

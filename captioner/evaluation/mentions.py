@@ -147,6 +147,10 @@ class ObjectIndex(Protocol):
 
     def objects_in_caption(self, tokens: Sequence[str]) -> set[str]: ...
 
+    def objects_in_caption_order(self, tokens: Sequence[str]) -> list[str]:
+        """The objects a caption mentions, each once, in the order it first names them."""
+        ...
+
 
 @dataclass(frozen=True)
 class _AnnotatedImages:
@@ -168,6 +172,9 @@ class CocoObjects(_AnnotatedImages):
     def objects_in_caption(self, tokens: Sequence[str]) -> set[str]:
         return coco_mentions(tokens)
 
+    def objects_in_caption_order(self, tokens: Sequence[str]) -> list[str]:
+        return coco_mentions_in_order(tokens)
+
 
 @dataclass(frozen=True)
 class ShapeObjects(_AnnotatedImages):
@@ -178,26 +185,39 @@ class ShapeObjects(_AnnotatedImages):
     def objects_in_caption(self, tokens: Sequence[str]) -> set[str]:
         return shape_mentions(tokens)
 
+    def objects_in_caption_order(self, tokens: Sequence[str]) -> list[str]:
+        return shape_mentions_in_order(tokens)
+
 
 def coco_mentions(tokens: Sequence[str]) -> set[str]:
     """COCO categories named in a caption's tokens; two-word names win ("hot dog" is no dog)."""
+    return set(coco_mentions_in_order(tokens))
+
+
+def coco_mentions_in_order(tokens: Sequence[str]) -> list[str]:
+    """coco_mentions, each category once, in the order the caption first names it."""
     phrases = _coco_phrases()
     # PTB keeps hyphenated words whole; "cell-phone" is "cell phone".
     words = [w for token in tokens for w in token.split("-") if w]
-    found: set[str] = set()
+    found: list[str] = []
     i = 0
     while i < len(words):
         length, category = _phrase_at(words, i, phrases)
         qualifies_next = words[i] in _QUALIFIERS and _phrase_at(words, i + 1, phrases)[1]
         if category and not qualifies_next:
-            found.add(category)
+            found.append(category)
         i += length
-    return found
+    return list(dict.fromkeys(found))
 
 
 def shape_mentions(tokens: Sequence[str]) -> set[str]:
     """ "colour shape" labels: a colour, at most one size or number word, then a shape word."""
-    found: set[str] = set()
+    return set(shape_mentions_in_order(tokens))
+
+
+def shape_mentions_in_order(tokens: Sequence[str]) -> list[str]:
+    """shape_mentions, each label once, in the order the caption first names it."""
+    found: list[str] = []
     for i, word in enumerate(tokens):
         if word not in COLOURS:
             continue
@@ -205,8 +225,8 @@ def shape_mentions(tokens: Sequence[str]) -> set[str]:
         if shape is None and i + 2 < len(tokens) and tokens[i + 1] in _SHAPE_MODIFIERS:
             shape = _shape_word(tokens[i + 2])
         if shape is not None:
-            found.add(f"{word} {shape}")
-    return found
+            found.append(f"{word} {shape}")
+    return list(dict.fromkeys(found))
 
 
 def kind_of(categories: Iterable[Mapping[str, Any]]) -> Kind:

@@ -10,7 +10,8 @@ test holds them to the fused layer's outputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,7 @@ STEPS: dict[str, Callable[[Tensor, CellState, LayerWeights], tuple[CellState, Ga
 
 @dataclass
 class Unrolled:
+    initial: tuple[Tensor, ...]  # the state the image sets, (h0,) or (h0, c0), each [layers, B, H]
     hidden: list[Tensor]  # the top layer's h_t for every step t, each [B, H]: graph nodes
     logits: Tensor  # [B, T, V]
     gates: dict[str, Tensor]  # the top layer's gates, each [B, T, H]
@@ -100,7 +102,7 @@ def unroll(decoder: Decoder, features: Tensor, inputs: Tensor) -> Unrolled:
         hidden.append(x)
         gates.append(step_gates)
     logits = decoder.out(decoder.dropout(torch.stack(hidden, dim=1)))
-    return Unrolled(hidden, logits,
+    return Unrolled(initial, hidden, logits,
                     {name: torch.stack([g[name] for g in gates], dim=1) for name in GATES[decoder.cell]})
 
 
@@ -112,17 +114,44 @@ def hidden_gradient_norms(decoder: Decoder, features: Tensor, inputs: Tensor, ta
     through time, so the curve shows how fast each cell forgets (vanishing gradients). Measured
     in eval mode (no dropout), so two measurements of the same weights agree.
     """
+    with _measuring(decoder):
+        run = unroll(decoder, features, inputs)
+        # Summed, not averaged: each caption's gradient is that of its own loss.
+        loss = F.cross_entropy(run.logits[:, -1].float(), targets[:, -1], reduction="sum")
+        grads = torch.autograd.grad(loss, run.hidden)
+    return [g.norm(dim=-1).mean().item() for g in grads]
+
+
+def initial_state_gradient_norms(decoder: Decoder, features: Tensor, inputs: Tensor,
+                                 targets: Tensor) -> list[float]:
+    """‖d loss_t / d s_0‖ for every step t, averaged over the captions of the batch.
+
+    loss_t is the cross-entropy of word t alone and s_0 the whole initial state the image sets
+    (every layer's h0, and the LSTM's c0 too): the image reaches the words only through s_0, so
+    this is how much of each word's error gets back to the image. Eval mode, as above.
+    """
+    with _measuring(decoder):
+        run = unroll(decoder, features, inputs)
+        # [B, T]; captions are independent, so the sum over the batch keeps each one's gradient.
+        losses = F.cross_entropy(run.logits.float().transpose(1, 2), targets, reduction="none")
+        norms = []
+        for t in range(losses.shape[1]):
+            grads = torch.autograd.grad(losses[:, t].sum(), run.initial, retain_graph=True)
+            per_caption = torch.cat([g.transpose(0, 1).flatten(1) for g in grads], dim=1)
+            norms.append(per_caption.norm(dim=-1).mean().item())
+    return norms
+
+
+@contextmanager
+def _measuring(decoder: Decoder) -> Iterator[None]:
+    """Gradients on, dropout off, and the decoder's mode restored afterwards."""
     training = decoder.training
     decoder.eval()
     try:
         with torch.enable_grad():
-            run = unroll(decoder, features, inputs)
-            # Summed, not averaged: each caption's gradient is that of its own loss.
-            loss = F.cross_entropy(run.logits[:, -1].float(), targets[:, -1], reduction="sum")
-            grads = torch.autograd.grad(loss, run.hidden)
+            yield
     finally:
         decoder.train(training)
-    return [g.norm(dim=-1).mean().item() for g in grads]
 
 
 @torch.no_grad()
