@@ -131,6 +131,22 @@ def test_missing_encoder_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
     assert result.stderr.strip() == "error: checkpoint not found: missing.ckpt"
 
 
+def test_encoder_from_a_pretrained_encoder_file(tmp_path: Path) -> None:
+    from captioner.compare.encoders import source_encoder
+    from captioner.model.encoder import build_encoder, export_weights
+
+    encoder = build_encoder("vgg11", "none", seed=5)
+    path = tmp_path / "encoder.pth"
+    export_weights(encoder, path, {"arch": "vgg11", "image_size": 48, "resize_size": 56})
+    source = source_encoder(path, load_config(None, TINY))  # TINY says vgg11_bn at 32 px
+    assert (source.arch, source.image_size, source.resize_size) == ("vgg11", 48, 56)
+    assert "captioner pretrain" in source.origin and source.checkpoint is None
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(source.encoder.state_dict()[name], value), name
+    with pytest.raises(CaptionerError, match="encoder file not found"):
+        source_encoder(tmp_path / "missing.pth", load_config(None, TINY))
+
+
 def test_cells_and_epochs_are_checked_before_any_work(tmp_path: Path) -> None:
     from captioner.compare.cells import compare
 

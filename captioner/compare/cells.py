@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from captioner.compare.encoders import cell_config, checkpoint_encoder, config_encoder, encoder_checkpoint
+from captioner.compare.encoders import cell_config, config_encoder, encoder_checkpoint, source_encoder
 from captioner.compare.page import GateTrace, render_compare_page
 from captioner.compare.positions import ordinal, score_positions
 from captioner.compare.seeds import differences, mean_and_spread
@@ -93,7 +93,7 @@ def compare(config: Config, cells: Sequence[str], out_dir: Path, *,
         raise CaptionerError(f"--cells: choose among {', '.join(CELLS)} (got {', '.join(cells)})")
     seed_list = seeds_of(config, seeds)
     checkpoint = encoder_checkpoint(config, encoder_from)
-    source = checkpoint_encoder(checkpoint) if checkpoint is not None else None
+    source = source_encoder(checkpoint, config) if checkpoint is not None else None
     data = prepare(config)
     source = source or config_encoder(config, data)
     say(f"encoder: {source.origin}")

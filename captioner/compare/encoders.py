@@ -1,4 +1,5 @@
-"""The frozen encoder every cell of a comparison shares: a trained checkpoint's, or the config's.
+"""The frozen encoder every cell of a comparison shares: a trained checkpoint's, an encoder file's
+(from `captioner pretrain`), or the config's.
 
 Only the decoder differs between cells, so all of them read one set of fc7 features, extracted
 once by this encoder (or read from the cache).
@@ -13,7 +14,7 @@ from captioner.config import Config, from_dict, to_dict, validate
 from captioner.data.prepare import PreparedData
 from captioner.errors import CaptionerError
 from captioner.model.checkpoint import load_checkpoint, model_state
-from captioner.model.encoder import VGGEncoder, build_encoder
+from captioner.model.encoder import VGGEncoder, build_encoder, weights_meta
 from captioner.training.train import configured_encoder
 from captioner.util.runs import LATEST, latest_checkpoint
 
@@ -46,6 +47,27 @@ def config_encoder(config: Config, data: PreparedData) -> EncoderSource:
     return EncoderSource(encoder, c.arch, c.image_size, c.resize_size,
                          f"the config's encoder: {c.arch}, encoder.weights={c.weights}{initialised}, "
                          "no trained run to take one from", None)
+
+
+def source_encoder(path: Path, config: Config) -> EncoderSource:
+    """The encoder in `path`: a training checkpoint, or a weights file (.pth)."""
+    if path.suffix != ".pth":
+        return checkpoint_encoder(path)
+    if not path.is_file():
+        raise CaptionerError(f"--encoder-from: encoder file not found: {path}")
+    return file_encoder(path, config)
+
+
+def file_encoder(path: Path, config: Config) -> EncoderSource:
+    """The encoder of a weights file; `captioner pretrain` records the architecture and image size
+    it was trained at, a plain torchvision state dict takes the config's."""
+    meta, c = weights_meta(path), config.encoder
+    arch = meta.get("arch", c.arch)
+    image_size, resize_size = meta.get("image_size", c.image_size), meta.get("resize_size", c.resize_size)
+    encoder = build_encoder(arch, str(path))
+    made = "pretrained by captioner pretrain" if meta else "a torchvision state dict"
+    return EncoderSource(encoder, arch, image_size, resize_size,
+                         f"the encoder file {path} ({arch} at {image_size}px, {made})", None)
 
 
 def checkpoint_encoder(path: Path) -> EncoderSource:

@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -94,6 +95,16 @@ def _load_file(path: Path) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CaptionerError(f"encoder.weights: {path} holds no state dict of tensors")
     return state
+
+
+def weights_meta(path: Path) -> dict[str, Any]:
+    """What `export_weights` recorded beside the weights (arch, image size, ...); {} if nothing."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CaptionerError(f"{path} is not a readable weights file ({err})") from err
+    meta = saved.get("captioner") if isinstance(saved, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def build_encoder(arch: str = "vgg16", weights: str = "imagenet", seed: int = 0) -> VGGEncoder:
