@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import replace
 from itertools import pairwise
@@ -13,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO
+from shapes_helpers import objects_by_image, parse
 
 from captioner.data.shapes import (
     COLOURS,
-    NUMBER_WORDS,
     SHAPES,
     SIZE_WORDS,
     ShapesSpec,
@@ -28,9 +27,7 @@ from captioner.errors import CaptionerError
 
 SPEC = ShapesSpec(num_train=24, num_val=4, num_test=4, size=128, seed=3)
 TINY = ShapesSpec(num_train=4, num_val=2, num_test=2, size=32, seed=1)
-SHAPE_FORMS = {s: s for s in SHAPES} | {s + "s": s for s in SHAPES}
 RELATIONS = ("to the left of", "to the right of", "above", "below")
-COUNTS = {"a": 1, "an": 1} | {w: n for n, w in NUMBER_WORDS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -42,37 +39,6 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def objects_by_image(root: Path, split: str) -> dict[int, list[dict]]:
-    instances = load(root / "annotations" / f"instances_{split}.json")
-    by_image: dict[int, list[dict]] = {im["id"]: [] for im in instances["images"]}
-    for ann in instances["annotations"]:
-        by_image[ann["image_id"]].append(ann)
-    return by_image
-
-
-def parse(caption: str) -> tuple[Counter, str]:
-    """(colour, shape) counts a caption mentions, and its phrasing with each object list as X."""
-    tokens = tokenize(caption)
-    mentioned: Counter = Counter()
-    spans = []
-    for j, token in enumerate(tokens):
-        if token not in SHAPE_FORMS:
-            continue
-        # The colour comes before the shape, with at most a size or number word between.
-        k = j - 1 if tokens[j - 1] in COLOURS else j - 2
-        assert tokens[k] in COLOURS, caption
-        assert k == j - 1 or tokens[j - 1] in set(SIZE_WORDS) | set(NUMBER_WORDS.values())
-        start = k - 1 if tokens[k - 1] in SIZE_WORDS else k
-        assert start >= 1, caption
-        count = COUNTS[tokens[start - 1]]
-        assert (count > 1) == token.endswith("s"), caption
-        mentioned[(tokens[k], SHAPE_FORMS[token])] += count
-        spans.append((start - 1, j))
-    words = list(tokens)
-    for start, end in reversed(spans):
-        words[start:end + 1] = ["X"]
-    assert not set(words) & set(COLOURS), f"colour word without a shape: {caption}"
-    return mentioned, re.sub(r"X(?: (?:and )?X)*", "X", " ".join(words))
 
 
 def articles_agree(caption: str) -> bool:
@@ -248,3 +214,16 @@ def test_rewriting_a_dataset_replaces_only_what_the_generator_wrote(tmp_path: Pa
     fresh = generate_shapes(tmp_path / "fresh", TINY)
     for name in ("dataset_shapes.json", "COMPLETE", "annotations/captions_train.json"):
         assert (out / name).read_bytes() == (fresh / name).read_bytes()
+
+
+def test_generation_draws_a_progress_bar_only_on_a_terminal(tmp_path: Path, monkeypatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    import captioner.data.shapes as shapes
+
+    monkeypatch.setattr(shapes, "bars", lambda: True)  # as on a terminal
+    generate_shapes(tmp_path / "bar", TINY)
+    err = capsys.readouterr().err
+    assert "generating shapes" in err and "/8 " in err  # 4 + 2 + 2 images
+    monkeypatch.setattr(shapes, "bars", lambda: False)  # piped, or --quiet
+    generate_shapes(tmp_path / "plain", TINY)
+    assert capsys.readouterr().err == ""

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_shapes import objects_by_image, parse
+from shapes_helpers import objects_by_image, parse
 
 from captioner.config import load_config, shapes_caption_words
 from captioner.data.shapes import SHAPES, ShapesSpec, ensure_shapes, generate_shapes
