@@ -21,16 +21,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = command(dsub, "shapes", "write the built-in shapes dataset in COCO's formats", [
         "captioner data shapes --out data/shapes",
         "captioner data shapes --out data/big --num-train 20000 --seed 1",
+        "captioner data shapes --out data/crowded --max-objects 5",
     ])
     s.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="folder to write (new, empty, or an earlier shapes dataset, whose generated "
                         "files are replaced; nothing else in it is touched)")
     defaults = ShapesConfig()
-    s.add_argument("--num-train", type=at_least(1), default=defaults.num_train, help="training images")
-    s.add_argument("--num-val", type=at_least(1), default=defaults.num_val, help="validation images")
-    s.add_argument("--num-test", type=at_least(1), default=defaults.num_test, help="test images")
-    s.add_argument("--size", type=at_least(32), default=defaults.size, help="image side in pixels")
-    s.add_argument("--seed", type=int, default=defaults.seed, help="the same seed writes the same files")
+    s.add_argument("--num-train", type=at_least(1), default=defaults.num_train, metavar="N",
+                   help="training images")
+    s.add_argument("--num-val", type=at_least(1), default=defaults.num_val, metavar="N",
+                   help="validation images")
+    s.add_argument("--num-test", type=at_least(1), default=defaults.num_test, metavar="N",
+                   help="test images")
+    s.add_argument("--size", type=at_least(32), default=defaults.size, metavar="PX",
+                   help="image side in pixels")
+    s.add_argument("--seed", type=int, default=defaults.seed, metavar="N",
+                   help="the same seed writes the same files")
+    s.add_argument("--max-objects", type=at_least(1), default=defaults.max_objects, metavar="N",
+                   help="most objects per image, up to 5; captions name every one (train with "
+                        "data.max_length=25 eval.max_length=25 above 3)")
     _add_data_import(dsub)
 
 
@@ -81,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from captioner.util.console import say
 
     spec = ShapesSpec(num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
-                      size=args.size, seed=args.seed)
+                      size=args.size, seed=args.seed, max_objects=args.max_objects)
     say(f"writing {args.num_train + args.num_val + args.num_test} shapes images into {args.out}")
     print(generate_shapes(args.out, spec).resolve())
     return 0

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,12 +21,13 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from captioner.config import ShapesConfig
 from captioner.data.tokenize import tokenize
 from captioner.errors import CaptionerError
 from captioner.util.atomic import write_json
-from captioner.util.console import say
+from captioner.util.console import bars, say
 from captioner.util.locks import flock
 from captioner.util.paths import default_cache_dir
 
@@ -217,6 +219,8 @@ def _write_dataset(root: Path, spec: ShapesSpec) -> None:
     karpathy: list[dict[str, Any]] = []
     categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
     image_id = caption_id = instance_id = 1
+    bar = tqdm(total=sum(spec.split_sizes().values()), desc="generating shapes", unit="image",
+               file=sys.stderr, disable=not bars(), leave=False)  # a terminal's progress bar
     for split_index, (split, count) in enumerate(spec.split_sizes().items()):
         (root / "images" / split).mkdir(parents=True)
         images, captions, instances = [], [], []
@@ -250,11 +254,13 @@ def _write_dataset(root: Path, spec: ShapesSpec) -> None:
                 "sentences": sentences,
             })
             image_id += 1
+            bar.update()
         header = {"info": _info(spec), "licenses": _LICENSES, "images": images}
         _write_compact(root / "annotations" / f"captions_{split}.json",
                        {**header, "annotations": captions})
         _write_compact(root / "annotations" / f"instances_{split}.json",
                        {**header, "annotations": instances, "categories": categories})
+    bar.close()
     _write_compact(root / KARPATHY_FILE, {"dataset": "shapes", "images": karpathy})
     # Written last: its presence says the folder is complete, and it lists what was generated.
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
