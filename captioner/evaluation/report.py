@@ -118,8 +118,7 @@ def write_report(
     worst_records, best_records = by_cider[:worst], by_cider[::-1][:best]
     thumbnails = _write_thumbnails(out_dir, results, [*worst_records, *best_records], notes)
     if gallery_maps is not None:
-        for image_id, maps in gallery_maps(out_dir, worst_records, best_records).items():
-            next(r for r in records if r["image_id"] == image_id)["maps"] = maps
+        _attach_maps(records, gallery_maps(out_dir, worst_records, best_records))
     metrics = {
         "metrics": scores.corpus,
         **report_entries(records, list(scores.corpus), chair=objects is not None,
@@ -130,13 +129,26 @@ def write_report(
         "notes": notes,
         "run": {str(k): _plain(v) for k, v in (extra or {}).items()},
     }
+    _write_files(out_dir, metrics, results, records,
+                 render_page(metrics, worst_records, best_records, plots, thumbnails, TAGS))
+    return metrics
+
+
+def _attach_maps(records: list[dict[str, Any]], maps: Mapping[int, Any]) -> None:
+    """Give the gallery's records where the model looked, by image id."""
+    by_id = {r["image_id"]: r for r in records}
+    for image_id, image_maps in maps.items():
+        by_id[image_id]["maps"] = image_maps
+
+
+def _write_files(out_dir: Path, metrics: dict[str, Any], results: Sequence[ImageResult],
+                 records: list[dict[str, Any]], page: str) -> None:
+    """metrics.json, predictions.json, per_image.jsonl and index.html, each atomically."""
     write_json(out_dir / "metrics.json", metrics)
     write_json(out_dir / "predictions.json",
                [{"image_id": r.image_id, "caption": r.prediction} for r in results])
     write_text(out_dir / "per_image.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    write_text(out_dir / "index.html",
-               render_page(metrics, worst_records, best_records, plots, thumbnails, TAGS))
-    return metrics
+    write_text(out_dir / "index.html", page)
 
 
 def _plain(value: Any) -> Any:
