@@ -116,7 +116,7 @@ def main() -> None:
 
     captioner = Captioner.from_checkpoint(args.checkpoint, device=args.device)
     explainer = Explainer(captioner)
-    paths = list_images(args.images.expanduser())[:64]
+    paths = list_images(args.images.expanduser()).images[:64]
     lengths = [len(r.tokens or ()) for r in captioner.caption(paths, batch_size=len(paths))]
     one = min(range(len(paths)), key=lambda i: (abs(lengths[i] - 5), i))
     print(f"machine: {describe(args.device)}")
