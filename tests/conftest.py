@@ -46,6 +46,12 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, private_cache: Path) -
     return workdir
 
 
+@pytest.fixture(scope="session")
+def best(trained_run: Path) -> Path:
+    """The tiny training run's best checkpoint."""
+    return trained_run / "runs" / "shapes" / "checkpoints" / "best.ckpt"
+
+
 def random_image_records(folder: Path, n: int) -> list[ImageRecord]:
     """n small random PNGs in `folder`, as val-split records with ids 1..n."""
     rng = np.random.default_rng(0)

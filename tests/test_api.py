@@ -22,11 +22,6 @@ from captioner.model.network import CaptionModel
 
 
 @pytest.fixture(scope="module")
-def best(trained_run: Path) -> Path:
-    return trained_run / "runs" / "shapes" / "checkpoints" / "best.ckpt"
-
-
-@pytest.fixture(scope="module")
 def trained(best: Path) -> Captioner:
     from captioner import Captioner  # the documented import, resolved lazily
 

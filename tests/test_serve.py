@@ -29,11 +29,6 @@ LIMIT_MB = 1  # the test server's upload limit
 
 
 @pytest.fixture(scope="module")
-def best(trained_run: Path) -> Path:
-    return trained_run / "runs" / "shapes" / "checkpoints" / "best.ckpt"
-
-
-@pytest.fixture(scope="module")
 def api(best: Path) -> Captioner:
     return Captioner.from_checkpoint(best, device="cpu")
 

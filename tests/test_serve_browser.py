@@ -131,8 +131,7 @@ async def _devtools_endpoint(process: asyncio.subprocess.Process, log: Path) -> 
 
 
 @pytest.fixture(scope="module")
-def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Served:
-    best = trained_run / "runs" / "shapes" / "checkpoints" / "best.ckpt"
+def server(best: Path, tmp_path_factory: pytest.TempPathFactory) -> Served:
     with running_server(best, tmp_path_factory.mktemp("serve")) as served:
         yield served
 
@@ -144,9 +143,8 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_upload_shows_the_caption_n_best_and_word_maps(server: Served, photo: Path, trained_run: Path,
+def test_upload_shows_the_caption_n_best_and_word_maps(server: Served, photo: Path, best: Path,
                                                         tmp_path: Path) -> None:
-    best = trained_run / "runs" / "shapes" / "checkpoints" / "best.ckpt"
     want = Captioner.from_checkpoint(best, device="cpu").caption(photo, n_best=3, explain=True)[0]
 
     async def visit() -> dict:
@@ -225,11 +223,10 @@ def test_a_file_that_is_no_image_shows_the_servers_message(server: Served, tmp_p
     assert asyncio.run(visit()) == ["notes.txt: not an image Pillow can read"]
 
 
-def test_dropped_images_are_captioned_each(server: Served, photo: Path, trained_run: Path,
+def test_dropped_images_are_captioned_each(server: Served, photo: Path, best: Path,
                                            tmp_path: Path) -> None:
     other = tmp_path / "other.png"
     Image.open(BytesIO(jpeg(8, (300, 200)))).save(other)
-    best = trained_run / "runs" / "shapes" / "checkpoints" / "best.ckpt"
     want = [r.text for r in Captioner.from_checkpoint(best, device="cpu").caption([photo, other], n_best=3)]
 
     async def visit() -> list[list[str]]:
