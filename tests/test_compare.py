@@ -216,3 +216,43 @@ def test_compare_over_seeds_with_objects_by_position(tmp_path: Path) -> None:
                   "Objects by their place in the caption", "Which differences are real"):
         assert title in page
     assert page.count('src="data:image/png;base64,') >= 7  # 5 plots, 1 gate heatmap, the image
+
+
+def _difference(higher: str, lower: str, means: tuple[float, float], separated: bool,
+                chance: float) -> dict:
+    return {"figure": "3rd object named: coverage", "higher": higher, "lower": lower,
+            "higher_mean": means[0], "lower_mean": means[1], "separated": separated,
+            "chance": chance, "real": separated and chance <= 0.05}
+
+
+def test_the_page_says_why_a_complete_separation_is_not_real_and_when_cells_tie() -> None:
+    from captioner.compare.page import _differences
+
+    text = _differences({"settings": {"seeds": [0, 1, 2, 3]}, "differences": [
+        _difference("lstm", "rnn", (0.6, 0.2), True, 1 / 35),
+        _difference("lstm", "gru", (0.6, 0.2), True, 2 / 35),  # 4 seeds against 3
+        _difference("rnn", "gru", (0.0, 0.0), False, 1 / 35),
+    ]})
+    rows = text.split("<tr>")[1:]
+    assert "lstm above rnn" in rows[0] and "class=real" in rows[0]
+    assert "every seed apart, but by chance 1 time in 18" in rows[1] and "class=real" not in rows[1]
+    assert "rnn level with gru" in rows[2] and "above" not in rows[2] and "seeds overlap" in rows[2]
+
+
+def test_the_table_says_when_a_mean_is_over_fewer_seeds_than_ran() -> None:
+    from captioner.compare.page import _table
+
+    def run(precision: list[float | None]) -> dict:
+        return {"weight_sets": 1, "params": 10, "recurrent_params": 5, "epoch_seconds": 1.0,
+                "best_epoch": 1, "test": dict.fromkeys(("bleu1", "bleu2", "bleu3", "bleu4", "cider"), 0.5),
+                "mention_precision_by_position": precision, "clip_fraction": None,
+                "grad_first_over_last": {"start": 1.0, "end": 1.0}}
+
+    seeds = [run([0.2, 0.4]), run([0.4, None]), run([0.3, None])]
+    cell = {**run([0.3, 0.4]), "spread": {**run([0.1, None]), "test": dict.fromkeys(
+        ("bleu1", "bleu2", "bleu3", "bleu4", "cider"), 0.0)}, "runs": seeds}
+    page = _table({"rnn": cell}, {"grad_clip": 5.0, "monitor": "val/loss"})
+    first, second = (page.split(f"{place} object named: precision</th>")[1].split("</tr>")[0]
+                     for place in ("1st", "2nd"))
+    assert "0.300 ± 0.100<" in first and "seeds" not in first
+    assert "0.400 (1 of 3 seeds)" in second

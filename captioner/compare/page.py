@@ -128,7 +128,11 @@ def _table(cells: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any]) 
         if value is None:
             return "n/a"
         spread = get(run["spread"])
-        return f"{value:{fmt}}" + ("" if not spread else f" ± {spread:{fmt}}")
+        # A mean over fewer seeds than ran (a place no caption of some seeds reached) says so.
+        runs = run.get("runs") or []
+        counted = sum(get(r) is not None for r in runs)
+        fewer = f" ({counted} of {len(runs)} seeds)" if 1 < len(runs) and counted < len(runs) else ""
+        return f"{value:{fmt}}" + ("" if not spread else f" ± {spread:{fmt}}") + fewer
 
     head = "".join(f"<th>{escape(cell)}</th>" for cell in cells)
     body = "".join(
@@ -182,14 +186,29 @@ def _differences(result: Mapping[str, Any]) -> str:
              "<span class=real>real</span> when every seed of one cell lies above every seed of "
              f"the other: were the cells alike, that happens by chance 1 time in {1 / chance:.0f}"
              f"{' (too often to call it real: use 4 or more seeds)' if chance > REAL_CHANCE else ''}"
-             ". Otherwise the seeds overlap and the difference is not shown to be real.</p>")
+             ". Otherwise the seeds overlap and the difference is not shown to be real. A place in "
+             "the caption that no caption of some seed reached is judged on the other seeds only, "
+             "and fewer seeds fall apart by chance more often.</p>")
     rows = "".join(
-        f"<tr><th>{escape(d['figure'])}</th><td>{escape(d['higher'])} above {escape(d['lower'])}"
+        f"<tr><th>{escape(d['figure'])}</th><td>{escape(_order(d))}"
         f"</td><td class=num>{d['higher_mean']:.3f} vs {d['lower_mean']:.3f}</td><td>"
-        + ("<span class=real>real</span>" if d["real"] else
-           "every seed apart" if d["separated"] else "seeds overlap") + "</td></tr>"
+        + _verdict(d) + "</td></tr>"
         for d in result["differences"])
     return intro + f"<table>{rows}</table>"
+
+
+def _order(d: Mapping[str, Any]) -> str:
+    if d["higher_mean"] == d["lower_mean"]:
+        return f"{d['higher']} level with {d['lower']}"
+    return f"{d['higher']} above {d['lower']}"
+
+
+def _verdict(d: Mapping[str, Any]) -> str:
+    if d["real"]:
+        return "<span class=real>real</span>"
+    if d["separated"]:
+        return f"every seed apart, but by chance 1 time in {1 / d['chance']:.0f}: not rare enough"
+    return "seeds overlap"
 
 
 def _gates(traces: Sequence[GateTrace], cells: set[str]) -> str:
