@@ -313,7 +313,11 @@ def load_or_extract(
                          desc=f"features {split}", **extract_options)
         with flock(folder / "merge.lock", wait=True):
             store = cached_store(folder, key)
-            return store if store is not None else merge_shards(folder, key)
+            store = store if store is not None else merge_shards(folder, key)
+            # Finished: a process that came late may have created the lock anew; whoever still
+            # waits on the old one finds meta.json.
+            (folder / "merge.lock").unlink(missing_ok=True)
+            return store
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
