@@ -17,12 +17,32 @@ PRETRAIN = [o for o in TINY if not o.startswith("pretrain.")]
 
 
 def test_targets_are_objects_and_optionally_counts() -> None:
-    labels = [["red circle", "red circle", "blue square"], ["blue square"]] * 5 + [["rare one"]] * 4
+    labels = [["red circle", "red circle", "blue square"], ["blue square"]] * 250 + [["rare one"]] * 4
     assert Targets.build(labels, counts=False).names == ["blue square", "red circle"]  # rare: < 5 images
     targets = Targets.build(labels, counts=True)
     assert targets.names == ["blue square", "red circle", "red circle x2+"]
     assert targets.encode(labels[0]).tolist() == [1.0, 1.0, 1.0]
     assert targets.encode(["red circle", "green triangle"]).tolist() == [0.0, 1.0, 0.0]  # unseen: no column
+
+
+def test_a_small_set_keeps_its_rarer_labels() -> None:
+    # 5 images of 14 would leave nothing to learn from a tiny set: there, 1% of the images is enough.
+    labels = [["red circle"], ["blue square"]] * 5 + [["rare one"]] * 4
+    assert Targets.build(labels, counts=False).names == ["blue square", "rare one", "red circle"]
+    assert Targets.build([[], []], counts=False).names == []
+
+
+def test_images_without_labels_are_a_one_line_error(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from captioner.data.coco import ImageRecord
+    from captioner.errors import CaptionerError
+    from captioner.training.pretrain import labelled
+
+    records = [ImageRecord(i, tmp_path / f"{i}.png", "train", ("a picture",)) for i in (1, 2)]
+    data = SimpleNamespace(root=tmp_path, split=lambda split: records)
+    with pytest.raises(CaptionerError, match="carry no labels to classify; set encoder.weights"):
+        labelled(data, "train", {1: [], 2: []}, None, counts=False)
 
 
 @pytest.mark.slow
@@ -47,6 +67,7 @@ def test_pretrain_saves_an_encoder_that_train_loads_and_resumes(tmp_path: Path) 
     assert "pretraining" not in trained.stderr  # a given file is used as it is
 
 
+@pytest.mark.slow
 def test_the_cache_pretrains_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
     first = run_cli("extract", *TINY, "--split", "val", cwd=tmp_path)
@@ -56,6 +77,7 @@ def test_the_cache_pretrains_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "pretraining" not in again.stderr and "using the pretrained encoder" in again.stderr
 
 
+@pytest.mark.slow
 def test_without_object_labels_the_captions_words_are_the_targets(tmp_path: Path) -> None:
     root = generate_shapes(tmp_path / "mine", ShapesSpec(num_train=40, num_val=4, num_test=2, size=32))
     # Another dataset name: the shapes set's annotation files are not assumed, so no object labels.

@@ -48,11 +48,11 @@ from captioner.util.locks import flock
 from captioner.util.runs import claim_run_dir, kept_on_failure, run_dir_of
 
 # Bump when a change of this module changes the weights a given config produces.
-PRETRAIN_VERSION = 1
+PRETRAIN_VERSION = 2
 WEIGHTS_FILE = "encoder.pth"
 MONITOR = "val/f1"
-# A label becomes a target when this many training images carry it; at most this many targets
-# (1,000 caption words is Fang et al.'s visual-concept vocabulary).
+# A label becomes a target when this many training images carry it (or 1% of them, on a set too
+# small for that); at most this many targets (1,000 caption words is Fang et al.'s vocabulary).
 MIN_IMAGES, MAX_TARGETS = 5, 1000
 KEEP_BYTES = 1 << 30
 # Words too common and too empty to be visual concepts (nltk's stop-word list needs a download).
@@ -70,9 +70,11 @@ class Targets:
 
     @classmethod
     def build(cls, labels: Sequence[list[str]], counts: bool) -> Targets:
-        """Every label at least MIN_IMAGES training images carry, the MAX_TARGETS most common."""
+        """Every label at least MIN_IMAGES training images carry (1% of them on a small set), the
+        MAX_TARGETS most common."""
         images = Counter(label for image in labels for label in set(image))
-        common = [label for label, n in images.most_common(MAX_TARGETS) if n >= MIN_IMAGES]
+        least = min(MIN_IMAGES, max(1, len(labels) // 100))
+        common = [label for label, n in images.most_common(MAX_TARGETS) if n >= least]
         names = sorted(common)
         if counts:
             names += sorted({f"{label} x2+" for image in labels
@@ -213,6 +215,9 @@ def labelled(data: PreparedData, split: str, labels: dict[int, list[str]], targe
     if not records:
         raise CaptionerError(f"pretraining: no {split} image of {data.root} has labels")
     targets = targets or Targets.build([labels[r.image_id] for r in records], counts)
+    if not targets.names:
+        raise CaptionerError(f"pretraining: the {split} images of {data.root} carry no labels to "
+                             "classify; set encoder.weights (imagenet, none or a .pth file) instead")
     return records, [targets.encode(labels[r.image_id]) for r in records], targets
 
 
