@@ -145,9 +145,12 @@ def test_train_keeps_stdout_for_results_and_stderr_free_of_noise(trained_run: Pa
 
 def _train_until(workdir: Path, wait_for: Path | None) -> subprocess.Popen:
     """A long tiny `captioner train`, running until `wait_for` exists (or it has started)."""
+    # A shell starts background jobs with SIGINT ignored, and exec keeps it so: give the child
+    # the default, as a terminal's foreground process has, whoever started pytest.
     process = subprocess.Popen([*CAPTIONER, "train", *TINY, "trainer.max_epochs=200", "--no-eval"],
                                cwd=workdir, env=os.environ.copy(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         if wait_for is not None and wait_for.exists():
