@@ -61,3 +61,11 @@ def random_image_records(folder: Path, n: int) -> list[ImageRecord]:
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
         records.append(ImageRecord(i + 1, path, "val", ("a caption",)))
     return records
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Whatever needs the tiny training run is slow (the run itself takes ~15 s): the fast loop,
+    `pytest -m "not slow"`, leaves it out."""
+    for item in items:
+        if "trained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -109,6 +109,7 @@ def test_identical_runs_differ_by_nothing_and_win_half_the_time() -> None:
         assert delta.interval == [0.0, 0.0] and delta.b_wins == 0.5, name
 
 
+@pytest.mark.slow
 def test_a_per_image_shift_gives_an_interval_around_it() -> None:
     rng = np.random.default_rng(1)
     a = rng.gamma(2.0, 0.5, size=2000)  # images vary a lot...

@@ -124,6 +124,7 @@ def test_encoder_defaults_to_the_configs_without_a_run(tmp_path: Path, monkeypat
     assert source.image_size == 32
 
 
+@pytest.mark.slow
 def test_missing_encoder_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
     result = run_cli("compare", "--encoder-from", "missing.ckpt", "--out", str(tmp_path / "cmp"),
                      cwd=tmp_path)
@@ -131,6 +132,7 @@ def test_missing_encoder_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
     assert result.stderr.strip() == "error: checkpoint not found: missing.ckpt"
 
 
+@pytest.mark.slow
 def test_encoder_from_a_pretrained_encoder_file(tmp_path: Path) -> None:
     from captioner.compare.encoders import source_encoder
     from captioner.model.encoder import build_encoder, export_weights

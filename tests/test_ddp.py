@@ -51,6 +51,7 @@ def _slow(seconds: float, seen: Counter | None = None) -> Callable[[Image.Image]
     return preprocess
 
 
+@pytest.mark.slow
 def test_ranks_share_the_shards_and_merge_once(tmp_path: Path, vgg11: torch.nn.Module) -> None:
     records, seen = random_image_records(tmp_path, 12), Counter()
     options = {"split": "val", "arch": "vgg11", "image_size": 32, "dataset": "t", "shard_size": 2,

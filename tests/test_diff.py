@@ -103,6 +103,7 @@ def test_identical_evaluations_differ_by_nothing(folders: tuple[Path, Path]) -> 
     assert not any(t["appeared"] or t["disappeared"] for t in found["tags"].values())
 
 
+@pytest.mark.slow
 def test_refuses_other_images_with_one_line(fake: FakeSet, folders: tuple[Path, Path],
                                             tmp_path: Path) -> None:
     val = tmp_path / "val"

@@ -72,6 +72,7 @@ def test_weights_errors_are_clear(tmp_path: Path) -> None:
     assert weights_file("vgg16").name == "vgg16-397923af.pth"
 
 
+@pytest.mark.slow
 def test_weights_from_a_file(tmp_path: Path) -> None:
     import torchvision
 
@@ -83,6 +84,7 @@ def test_weights_from_a_file(tmp_path: Path) -> None:
         build_encoder("vgg13", str(tmp_path / "vgg11.pth"))
 
 
+@pytest.mark.slow
 def test_an_exported_encoder_loads_without_its_classifier(tmp_path: Path) -> None:
     encoder = build_encoder("vgg11", "none", seed=3)
     export_weights(encoder, tmp_path / "encoder.pth", {"arch": "vgg11"})
@@ -93,6 +95,7 @@ def test_an_exported_encoder_loads_without_its_classifier(tmp_path: Path) -> Non
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_feature_cache_reuse_and_invalidation(tmp_path: Path, vgg11: torch.nn.Module) -> None:
     records = random_image_records(tmp_path, 5)
     preprocess = build_preprocess("vgg11_bn", 32, 32)

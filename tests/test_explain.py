@@ -62,6 +62,7 @@ def pictures() -> list[Image.Image]:
     return pictures
 
 
+@pytest.mark.slow
 def test_explaining_leaves_captions_and_model_as_they_were(captioner: Captioner,
                                                           pictures: list[Image.Image]) -> None:
     encoder_params = list(captioner.model.encoder.parameters())

@@ -104,6 +104,7 @@ def captioner() -> Captioner:
     return Captioner(model, vocab, config, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_randomised_weights_change_the_maps(captioner: Captioner, scenes: list[Scene]) -> None:
     images = torch.stack([captioner.load(scene.image) for scene in scenes])
     captions = [["a", colour, shape] for colour, shape, _ in (s.objects[0] for s in scenes)]

@@ -271,6 +271,7 @@ def test_output_folder_is_never_a_users(tmp_path: Path) -> None:
         import_dataset(tmp_path / "c.csv", out)
 
 
+@pytest.mark.slow
 def test_cli_exit_statuses_and_messages(tmp_path: Path) -> None:
     jpegs(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
     (tmp_path / "good.csv").write_text("a.jpg,one dog\nb.jpg,two dogs\nc.jpg,three dogs\n")

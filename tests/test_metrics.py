@@ -100,6 +100,7 @@ def test_a_failing_java_becomes_a_note(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "could not reserve heap" in scores.notes[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs Java (java not on PATH)")
 def test_meteor_matches_coco_caption_and_writes_nothing_into_the_package() -> None:
     package = Path(next(iter(pycocoevalcap.__path__)))

@@ -64,6 +64,7 @@ def _chromium(page: Path, profile: Path, *args: str) -> str:
     return completed.stdout
 
 
+@pytest.mark.slow
 def test_gallery_images_load(page: Path, tmp_path: Path) -> None:
     dom = _chromium(page, tmp_path / "profile", "--dump-dom")
     body = re.search(r"<body([^>]*)>", dom)
