@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -76,14 +78,24 @@ def test_evaluate_writes_metrics_and_predictions(trained_run: Path, tmp_path: Pa
     assert list((out / "maps").glob("*.png")) and "where it looked" in (out / "index.html").read_text()
 
 
-def test_resume_continues_where_it_stopped(trained_run: Path) -> None:
-    last = trained_run / "runs" / "shapes" / "checkpoints" / "last.ckpt"
-    result = run_cli("train", "--resume", str(last), "trainer.max_epochs=2", "--no-eval",
-                     cwd=trained_run)
+def test_resume_continues_where_it_stopped(trained_run: Path, tmp_path: Path) -> None:
+    # On a copy: the shared run's best.ckpt must stay the one its eval-test report scored.
+    # Checkpoints are hard-linked (resuming replaces them by rename, never writes into them).
+    work = tmp_path / "work"
+    shutil.copytree(trained_run / "runs", work / "runs", copy_function=_link_checkpoints)
+    last = work / "runs" / "shapes" / "checkpoints" / "last.ckpt"
+    result = run_cli("train", "--resume", str(last), "trainer.max_epochs=2", "--no-eval", cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = load_checkpoint(trained_run / "runs" / "shapes" / "checkpoints" / "last.ckpt")
+    checkpoint = load_checkpoint(last)
     assert checkpoint["global_step"] == 4  # 2 more steps after the first 2, not 4 anew
     assert checkpoint["lr_schedulers"][0]["last_epoch"] == 4  # the schedule continued too
+
+
+def _link_checkpoints(source: str, target: str) -> None:
+    if source.endswith(".ckpt"):
+        os.link(source, target)
+    else:
+        shutil.copy2(source, target)
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -131,24 +131,25 @@ def test_completion_scripts(shell: str, tmp_path: Path) -> None:
     assert result.returncode == 0 and "captioner" in result.stdout and len(result.stdout) > 200
 
 
-def test_train_keeps_stdout_for_results_and_stderr_free_of_noise(trained_run: Path) -> None:
-    result = run_cli("train", *TINY, "--no-eval", "name=quiet", cwd=trained_run)
+@pytest.mark.slow
+def test_train_keeps_stdout_for_results_and_stderr_free_of_noise(tmp_path: Path) -> None:
+    result = run_cli("train", *TINY, "--no-eval", "name=quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["run folder", "best checkpoint"]
     for noise in ("litlogger", "LitLogger", "GPU available", "TPU available", "LeafSpec",
                   "module(s) in eval mode", "limit_train_batches", "weights_only"):
         assert noise not in result.stderr, noise
     assert "training: epoch 1/1" in result.stderr  # one line per epoch when not on a terminal
-    quiet = run_cli("train", *TINY, "--no-eval", "name=quieter", "-q", cwd=trained_run)
+    quiet = run_cli("train", *TINY, "--no-eval", "name=quieter", "-q", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
-def _train_until(workdir: Path, wait_for: Path | None) -> subprocess.Popen:
+def _train_until(workdir: Path, wait_for: Path | None, env: dict[str, str] | None = None) -> subprocess.Popen:
     """A long tiny `captioner train`, running until `wait_for` exists (or it has started)."""
     # A shell starts background jobs with SIGINT ignored, and exec keeps it so: give the child
     # the default, as a terminal's foreground process has, whoever started pytest.
     process = subprocess.Popen([*CAPTIONER, "train", *TINY, "trainer.max_epochs=200", "--no-eval"],
-                               cwd=workdir, env=os.environ.copy(), stdout=subprocess.PIPE,
+                               cwd=workdir, env=env or os.environ.copy(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
@@ -175,7 +176,10 @@ def test_ctrl_c_during_train_exits_130_with_the_resume_command(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_ctrl_c_before_the_first_checkpoint_keeps_nothing(tmp_path: Path) -> None:
-    process = _train_until(tmp_path, None)
+    # An empty cache of its own: the dataset and the encoder take seconds to make, so the signal
+    # lands well before the first checkpoint (with the session's warm cache it could come after).
+    env = {**os.environ, "CAPTIONER_CACHE": str(tmp_path / "cache")}
+    process = _train_until(tmp_path, None, env)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-2000:]
