@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,10 @@ def _load_file(path: Path) -> dict[str, Tensor]:
 
 
 def weights_meta(path: Path) -> dict[str, Any]:
-    """What `export_weights` recorded beside the weights (arch, image size, ...); {} if nothing."""
+    """What `export_weights` recorded beside the weights (arch, image size, ...); {} if nothing.
+    Memory-mapped where the format allows, so the weights themselves are not read twice."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:
         raise CaptionerError(f"{path} is not a readable weights file ({err})") from err
     meta = saved.get("captioner") if isinstance(saved, dict) else None
