@@ -73,7 +73,7 @@ class Decoder(nn.Module):
         hx = state if self.cell == "lstm" else state[0]
         if self.training:
             # Training tolerates the noise of bf16 autocast (where the trainer enables it): the
-            # recurrent matrix products run ~1.5x faster on CPUs with bf16 units.
+            # recurrent matrix products run faster on CPUs with bf16 units.
             outputs, hx = self.rnn(embedded, hx)
         else:
             # Captions run in fp32: bf16 kernels' blocking would make them depend on batch composition.

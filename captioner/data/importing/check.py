@@ -65,8 +65,8 @@ def _tokenize_chunk(captions: Sequence[str]) -> list[list[str]]:
 
 
 def tokenize_all(captions: Sequence[str]) -> list[list[str]]:
-    """Tokens of every caption. nltk's PTB regexes take ~0.1 ms a caption, most of an import's
-    time, so large files are shared out over the cores."""
+    """Tokens of every caption. nltk's PTB regexes are most of an import's time (see
+    benchmarks/import_speed.py), so large files are shared out over the cores."""
     workers = cores()
     if workers == 1 or len(captions) < PARALLEL_FROM:
         return _tokenize_chunk(captions)
