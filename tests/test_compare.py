@@ -149,14 +149,18 @@ def test_encoder_from_a_pretrained_encoder_file(tmp_path: Path) -> None:
         source_encoder(tmp_path / "missing.pth", load_config(None, TINY))
 
 
-def test_cells_and_epochs_are_checked_before_any_work(tmp_path: Path) -> None:
+def test_cells_and_the_output_folder_are_checked_before_any_work(tmp_path: Path) -> None:
     from captioner.compare.cells import compare
 
-    with pytest.raises(CaptionerError, match="trainer.max_epochs=0; it must be at least 1"):
-        compare(load_config(None, [*TINY, "trainer.max_epochs=0"]), ["rnn"], tmp_path)
     with pytest.raises(CaptionerError, match="--cells"):
         compare(load_config(None, TINY), ["lstm", "transformer"], tmp_path)
     assert not any(tmp_path.iterdir())
+    report = tmp_path / "eval-test"  # an evaluation's report, not a comparison's
+    report.mkdir()
+    (report / "index.html").write_text("the user's report")
+    with pytest.raises(CaptionerError, match="index.html is there already and not from a compare"):
+        compare(load_config(None, TINY), ["rnn"], report)
+    assert (report / "index.html").read_text() == "the user's report"
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ from captioner.model.encoder import VGGEncoder
 from captioner.util.atomic import write_json, write_text
 from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
+from captioner.util.paths import check_out_dir
 
 CELLS = ("rnn", "lstm", "gru")
 GRAD_LOSS = ("cross-entropy of each caption's last target word only, so that at earlier steps "
@@ -92,6 +93,8 @@ def compare(config: Config, cells: Sequence[str], out_dir: Path, *,
     if not cells or unknown:
         raise CaptionerError(f"--cells: choose among {', '.join(CELLS)} (got {', '.join(cells)})")
     seed_list = seeds_of(config, seeds)
+    check_out_dir(out_dir, ("compare.json", "index.html", *cells), marker="compare.json",
+                  command="compare")
     checkpoint = encoder_checkpoint(config, encoder_from)
     source = source_encoder(checkpoint, config) if checkpoint is not None else None
     data = prepare(config)

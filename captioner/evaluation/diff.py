@@ -29,6 +29,7 @@ from captioner.evaluation.diff_page import render_diff_page
 from captioner.evaluation.report import TAGS, write_thumbnail
 from captioner.util.atomic import write_json, write_text
 from captioner.util.console import say
+from captioner.util.paths import check_out_dir
 
 SHOW = 12
 _WRITES = ("diff.json", "index.html", "thumbs")
@@ -185,24 +186,10 @@ def _tag_changes(a: Evaluation, b: Evaluation) -> dict[str, dict[str, Any]]:
     return changes
 
 
-def check_out_dir(out_dir: Path, names: tuple[str, ...]) -> None:
-    """Refuse to write `names` into out_dir where one is there already and no earlier diff
-    wrote it (an evaluation folder, say), so that nothing a user keeps is overwritten."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CaptionerError(f"--out {out_dir}: is a file, not a folder")
-    if (out_dir / "diff.json").is_file():
-        return
-    taken = [name for name in names if (out_dir / name).exists()]
-    if taken:
-        raise CaptionerError(f"--out {out_dir}: {taken[0]} is there already and not from a diff; "
-                             "choose a new or empty folder")
-
-
 def write_diff(out_dir: Path, result: dict[str, Any]) -> Path:
     """diff.json, thumbnails of the moved images and index.html in `out_dir`; returns the page."""
     out_dir = Path(out_dir)
-    check_out_dir(out_dir, _WRITES)
+    check_out_dir(out_dir, _WRITES, marker="diff.json", command="diff")
     thumbnails: dict[int, str] = {}
     for pair in [*result["moved"]["b_better"], *result["moved"]["b_worse"]]:
         relative = f"thumbs/{pair['image_id']}.jpg"
@@ -243,7 +230,8 @@ def diff_paths(a: Path, b: Path, *, out_dir: Path | None = None, split: str | No
         raise CaptionerError(f"--resamples {resamples}: use at least 1000")
     paths = {"a": Path(a), "b": Path(b)}
     if out_dir is not None:  # checked before any evaluation runs
-        check_out_dir(out_dir, (*_WRITES, *(side for side, p in paths.items() if not p.is_dir())))
+        check_out_dir(out_dir, (*_WRITES, *(side for side, p in paths.items() if not p.is_dir())),
+                      marker="diff.json", command="diff")
     # A folder fixes the split for a checkpoint on the other side, so it is read first.
     order = ["b", "a"] if paths["b"].is_dir() and not paths["a"].is_dir() else ["a", "b"]
     found: dict[str, Evaluation] = {}
