@@ -189,8 +189,8 @@ def test_ensure_shapes_regenerates_an_incomplete_dataset(
     assert ensure_shapes(TINY, cache_dir=tmp_path) == root
     assert "generating" in capsys.readouterr().err
     assert (root / "annotations" / "captions_train.json").read_bytes() == reference
-    assert [p.name for p in tmp_path.joinpath("shapes").iterdir() if not p.name.startswith(".")] == [
-        root.name]
+    assert [p.name for p in tmp_path.joinpath("shapes").iterdir() if p.name != f".{root.name}.lock"] == [
+        root.name]  # no build folder left behind
 
 
 def test_refuses_to_replace_a_folder_that_is_not_a_shapes_dataset(tmp_path: Path) -> None:
@@ -227,3 +227,14 @@ def test_generation_draws_a_progress_bar_only_on_a_terminal(tmp_path: Path, monk
     monkeypatch.setattr(shapes, "bars", lambda: False)  # piped, or --quiet
     generate_shapes(tmp_path / "plain", TINY)
     assert capsys.readouterr().err == ""
+
+
+def test_regenerating_never_removes_a_file_outside_the_folder(tmp_path: Path) -> None:
+    keep = tmp_path / "keep.txt"
+    keep.write_text("a user's file")
+    root = generate_shapes(tmp_path / "ds", TINY)
+    marker = json.loads((root / "COMPLETE").read_text())
+    marker["files"] += [str(keep), "../keep.txt"]  # an edited or corrupted marker
+    (root / "COMPLETE").write_text(json.dumps(marker))
+    generate_shapes(root, TINY)
+    assert keep.read_text() == "a user's file"

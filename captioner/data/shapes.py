@@ -207,7 +207,9 @@ def _generated_files(out_dir: Path) -> list[Path]:
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             listed = None
         if isinstance(listed, list):
-            return [out_dir / name for name in listed if isinstance(name, str) and ".." not in name]
+            # Only names inside the folder: an edited marker must not reach a user's files.
+            return [out_dir / name for name in listed if isinstance(name, str) and ".." not in name
+                    and not Path(name).is_absolute()]
     files = [out_dir / KARPATHY_FILE]
     for split in SPLITS:
         files += [out_dir / "annotations" / f"{kind}_{split}.json" for kind in ("captions", "instances")]
