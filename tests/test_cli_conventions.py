@@ -93,6 +93,21 @@ def test_bad_numbers_are_usage_errors(tmp_path: Path, args: list[str], needle: s
     assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
 
 
+def test_empty_stdin_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "model.ckpt").write_bytes(b"never read: the inputs are checked first")
+    result = subprocess.run([*CAPTIONER, "caption", "-", "--checkpoint", "model.ckpt"], input="\n\n",
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: no images given: standard input held no paths"
+
+
+def test_help_shows_a_default_of_zero() -> None:
+    from captioner.cli import build_parser
+
+    caption = build_parser()._subparsers._group_actions[0].choices["caption"]
+    assert "(default: 0.0)" in " ".join(caption.format_help().split())  # --length-penalty
+
+
 def test_option_errors_come_before_torch_loads(tmp_path: Path) -> None:
     script = ("import sys\nfrom captioner.cli import main\n"
               "code = main(['caption', 'x.png', '--n-best', '5', '--beam-size', '2'])\n"

@@ -71,10 +71,12 @@ def run(args: argparse.Namespace) -> int:
     device = _device(args.device)
     ckpt = checkpoint(args)
     inputs = _inputs(args.inputs)
+    if not inputs:
+        raise CaptionerError("no images given: standard input held no paths")
     missing = {arg for arg, items in inputs if not items and not Path(arg).exists()}
     for arg in sorted(missing):
         print(f"error: {arg}: no such file", file=sys.stderr, flush=True)
-    if len(missing) == len(inputs):
+    if all(arg in missing for arg, _ in inputs):
         return 1
 
     from captioner.model.inference import MAX_PIXELS, Captioner

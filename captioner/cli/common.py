@@ -17,7 +17,9 @@ class Help(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "default" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        # By identity: 0 == False, and a default of 0 is worth showing.
+        if "default" in text or any(default is x for x in (None, False, argparse.SUPPRESS)) \
+                or not action.option_strings:
             return text
         shown = " ".join(map(str, default)) if isinstance(default, list) else default
         return f"{text} (default: {str(shown).replace('%', '%%')})"
