@@ -249,6 +249,12 @@ def test_files_on_disk(tmp_path: Path) -> None:
         write_explanation(tmp_path / "mine", "y.png", shorter)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
+    record = json.loads((folder / "maps.json").read_text())
+    record["files"].append("../../mine/notes.txt")
+    (folder / "maps.json").write_text(json.dumps(record))
+    write_explanation(folder, "x.png", shorter)  # an edited maps.json reaches nothing outside
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
 
 def test_folder_names_are_unique() -> None:
     assert folder_names(["a/x.png", "b/x.jpg", "<image 2>", "c d.png"]) == [

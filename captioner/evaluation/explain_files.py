@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from captioner.errors import CaptionerError
 from captioner.model.explain import Explanation, upsample
-from captioner.util.atomic import atomic_path, write_json
+from captioner.util.atomic import TEMP_SUFFIX, atomic_path, write_json
 
 MAPS_FILE = "maps.json"
 HEAT_ALPHA = 0.6  # a map's peak hides 60% of the image beneath it; where it is 0, nothing
@@ -120,17 +120,18 @@ def _earlier_files(folder: Path) -> set[str]:
         return set()
     if not folder.is_dir():
         raise CaptionerError(f"explain: {folder} exists and is not a folder")
-    # Leftovers of a write that was killed (atomic_path's hidden temporary files) are ours too.
-    present = {p.name for p in folder.iterdir()
-               if not (p.name.startswith(".") and p.name.endswith(".tmp"))}
     try:
         listed = set(json.loads((folder / MAPS_FILE).read_text(encoding="utf-8"))["files"])
     except (OSError, ValueError, KeyError, TypeError):
         listed = None
+    # Leftovers of a write that was killed (atomic_path's hidden temporary files) are ours too.
+    present = {p.name for p in folder.iterdir()
+               if not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))}
     if present and (listed is None or present - listed - {MAPS_FILE}):
         raise CaptionerError(f"explain: {folder} holds files that are not an explanation; "
                              "choose another output folder")
-    return listed or set()
+    # Only what is in this folder: names in an edited maps.json must not reach anything else.
+    return listed & present if listed else set()
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
