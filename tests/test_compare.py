@@ -158,7 +158,7 @@ def test_cells_and_the_output_folder_are_checked_before_any_work(tmp_path: Path)
     report = tmp_path / "eval-test"  # an evaluation's report, not a comparison's
     report.mkdir()
     (report / "index.html").write_text("the user's report")
-    with pytest.raises(CaptionerError, match="index.html is there already and not from a compare"):
+    with pytest.raises(CaptionerError, match="index.html is there already and not from an earlier compare"):
         compare(load_config(None, TINY), ["rnn"], report)
     assert (report / "index.html").read_text() == "the user's report"
 

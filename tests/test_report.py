@@ -73,6 +73,19 @@ def test_writes_every_file(report: tuple[Path, dict]) -> None:
     assert not list(out.glob(".*.tmp")), "atomic writes left temporary files behind"
 
 
+def test_a_folder_with_someone_elses_page_is_refused(report: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = report
+    results = [ImageResult(r["image_id"], Path(r["file"]), r["prediction"], r["references"])
+               for r in map(json.loads, (out / "per_image.jsonl").read_text().splitlines())]
+    again = shutil.copytree(out, tmp_path / "again")
+    write_report(again, results, bootstrap=0, meteor=False)  # an earlier report's folder: rewritten
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("a user's page")
+    with pytest.raises(CaptionerError, match="index.html is there already and not from an earlier eval"):
+        write_report(tmp_path / "site", results, bootstrap=0, meteor=False)
+    assert (tmp_path / "site" / "index.html").read_text() == "a user's page"
+
+
 def test_predictions_are_in_coco_results_format(report: tuple[Path, dict],
                                                 fake: FakeSet) -> None:
     out, _ = report

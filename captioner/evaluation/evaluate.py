@@ -12,11 +12,12 @@ from tqdm import tqdm
 from captioner.data.coco import ImageRecord
 from captioner.data.prepare import cache_dir, prepare
 from captioner.evaluation.gallery_maps import GalleryMaps
-from captioner.evaluation.report import ImageResult, write_report
+from captioner.evaluation.report import REPORT_FILES, ImageResult, write_report
 from captioner.features.cache import FeatureStore, load_or_extract
 from captioner.model.inference import Captioner
 from captioner.util.console import bars, say
 from captioner.util.hardware import fast_bf16, uses_bf16
+from captioner.util.paths import check_out_dir
 from captioner.util.runs import run_dir_of
 
 
@@ -52,6 +53,7 @@ def evaluate(
     split = split or config.eval.split
     beam_size = beam_size or config.eval.beam_size
     out_dir = out_dir or default_out_dir(checkpoint, split)
+    check_out_dir(out_dir, REPORT_FILES, marker="metrics.json", command="evaluation")  # before the work
     data = prepare(config)
     records = data.split(split)[:limit] if limit else data.split(split)
 

@@ -31,5 +31,5 @@ def check_out_dir(out_dir: Path, names: tuple[str, ...], *, marker: str, command
         return
     taken = [name for name in names if (out_dir / name).exists()]
     if taken:
-        raise CaptionerError(f"--out {out_dir}: {taken[0]} is there already and not from a {command}; "
-                             "choose a new or empty folder")
+        raise CaptionerError(f"--out {out_dir}: {taken[0]} is there already and not from an "
+                             f"earlier {command}; choose a new or empty folder")
