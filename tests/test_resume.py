@@ -74,3 +74,13 @@ def test_a_checkpoint_outside_a_run_folder_continues_in_a_new_one(uninterrupted:
     assert sorted(p.name for p in downloads.iterdir()) == ["x.ckpt"]  # nothing written beside it
     assert "continuing it in runs/shapes" in result.stderr
     assert load_checkpoint(tmp_path / "runs" / "shapes" / "checkpoints" / "last.ckpt")["epoch"] == 4
+
+
+def test_a_column_that_starts_after_the_resume_step_is_dropped(tmp_path: Path) -> None:
+    from captioner.training.runlog import RunLog
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "metrics.csv").write_text("epoch,step,a,b\n0,1,1.0,\n0,5,,2.0\n")
+    RunLog(tmp_path, resume_step=3)  # b's first value came after step 3: it crashed the rewrite
+    assert read_rows(logs / "metrics.csv") == [{"epoch": "0", "step": "1", "a": "1.0"}]

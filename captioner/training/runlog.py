@@ -19,6 +19,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from captioner.util.atomic import write_text
+from captioner.util.runs import global_rank
 
 FILE = "metrics.csv"
 _FIRST = ("epoch", "step")
@@ -34,7 +35,8 @@ class RunLog(Logger):
         if resume_step is not None and self.path.is_file():
             self._rows = [row for row in read_rows(self.path) if _step(row) < resume_step]
             self._columns = sorted({k for row in self._rows for k in row if row[k] != ""})
-            self._rewrite()
+            if global_rank() == 0:  # the run folder is rank 0's (util.runs)
+                self._rewrite()
         self._written = len(self._rows)
 
     @property
@@ -85,7 +87,8 @@ class RunLog(Logger):
 
     def _rewrite(self) -> None:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self._header())
+        # A column empty in every kept row is dropped, though the rows read back still name it.
+        writer = csv.DictWriter(buffer, fieldnames=self._header(), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self._rows)
         write_text(self.path, buffer.getvalue())
