@@ -29,7 +29,7 @@ def _epoch(path: Path) -> int:
 def _fit(folder: Path, epochs: int, resume: Path | None = None) -> tuple[Path, Path]:
     trainer = L.Trainer(max_epochs=epochs, callbacks=[RunCheckpoints(folder, "val/bleu4")], logger=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2,
-                        limit_val_batches=1, num_sanity_val_steps=0, enable_checkpointing=False,
+                        limit_val_batches=1, num_sanity_val_steps=0, enable_checkpointing=True,
                         plugins=[AtomicCheckpointIO()])
     trainer.fit(Scripted(), ckpt_path=resume)
     return folder / "best.ckpt", folder / "last.ckpt"
@@ -72,3 +72,17 @@ def test_a_moved_run_folder_resumes_with_its_best_score(tmp_path: Path) -> None:
     shutil.copytree(tmp_path / "run", tmp_path / "moved")
     best, last = _fit(tmp_path / "moved", epochs=4, resume=tmp_path / "moved" / "last.ckpt")
     assert _epoch(best) == 1 and _epoch(last) == 3  # 0.4 and 0.45 did not beat 0.5
+
+
+def test_early_stopping_state_in_the_checkpoint_is_that_of_its_epoch(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    stopping = EarlyStopping(monitor="val/bleu4", mode="max", patience=5)
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=1, limit_val_batches=1,
+                        num_sanity_val_steps=0, enable_progress_bar=False, logger=False,
+                        enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+                        callbacks=[RunCheckpoints(tmp_path, "val/bleu4"), stopping])
+    trainer.fit(Scripted())  # 0.3, 0.5, 0.4: the third epoch did not improve
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)["callbacks"]
+    state = next(v for k, v in saved.items() if k.startswith("EarlyStopping"))
+    assert state["wait_count"] == stopping.wait_count == 1  # a resumed run waits as this one did

@@ -24,6 +24,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from captioner.config import monitor_mode
@@ -42,8 +43,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-class RunCheckpoints(L.Callback):
-    """last.ckpt at the end of every training epoch; best.ckpt when `monitor` improved."""
+class RunCheckpoints(Checkpoint):
+    """last.ckpt at the end of every training epoch; best.ckpt when `monitor` improved.
+
+    A Checkpoint, so Lightning runs it after the other callbacks at each epoch's end: the state
+    early stopping saves is then that of the epoch the checkpoint is of."""
 
     def __init__(self, folder: Path, monitor: str) -> None:
         self.folder, self.monitor, self.mode = Path(folder), monitor, monitor_mode(monitor)

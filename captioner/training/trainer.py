@@ -77,7 +77,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback], *,
         "strategy": t.strategy, "precision": resolve_precision(config),
         "callbacks": [*own, *callbacks, progress, LearningRateMonitor(logging_interval="step")],
         "logger": RunLog(run_dir, resume_step), "plugins": [AtomicCheckpointIO()],
-        "enable_checkpointing": False,  # RunCheckpoints writes them; Lightning's own would too
+        "enable_checkpointing": checkpoints,  # with RunCheckpoints, Lightning adds no ModelCheckpoint
         "enable_progress_bar": bars(),
         "limit_train_batches": t.limit_train_batches, "limit_val_batches": t.limit_val_batches,
         "log_every_n_steps": t.log_every_n_steps, "enable_model_summary": False,
