@@ -1,7 +1,7 @@
 """Batched beam search against the per-image, per-hypothesis loop most captioners use.
 
 im2txt, neuraltalk2 and the popular tutorials decode one image at a time and step each
-hypothesis on its own, keeping beams in Python lists. captioner.search.beam_search advances
+hypothesis on its own, keeping beams in Python lists. captioner.model.search.beam_search advances
 all images and beams as one batch. Both run here on the same random COCO-sized decoder and
 the same features, with the same search rules, so the captions should agree; with random
 weights a near-tie may still round differently in a batched matmul, hence a match fraction.

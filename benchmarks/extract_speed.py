@@ -5,7 +5,7 @@ Three ways over the same synthetic 640x480 JPEGs (COCO's usual size), VGG16 with
 
     naive:     decode + preprocess in the main process, batched fp32 forward, default NCHW layout
     bare:      the forward alone, bf16 autocast + channels_last, on tensors decoded beforehand
-    pipeline:  captioner.features.extract_features: DataLoader workers decode, bf16 autocast +
+    pipeline:  captioner.features.cache.extract_features: DataLoader workers decode, bf16 autocast +
                channels_last forward, float16 shards written to disk, then merged
 
 The images are cut into rounds and the three take turns on each, so a shared machine's changing

@@ -12,8 +12,8 @@ are, not which one the word names), and the ceiling of the grid (some cell centr
 
 Model randomisation (Adebayo et al. 2018): the same captions explained again with the
 encoder's fc6+fc7, its convolutions, then all of its layers re-initialised (torchvision's VGG
-init, from --seed, which must differ from the run's trainer.seed: with encoder.fc_lr=0, fc6 and
-fc7 never train, and that seed would rebuild them exactly). Spearman's rank correlation between
+init, from --seed, which must differ from the run's trainer.seed: with pretrain.train_fc=false,
+fc6 and fc7 never train, and that seed would rebuild them exactly). Spearman's rank correlation between
 each word's trained and randomised maps: near 1 means the maps do not depend on those weights.
 Pointing is scored for them too. See captioner/evaluation/explain_checks.py.
 
@@ -85,7 +85,7 @@ def main() -> None:
                          dataset / "images" / "test")[:args.limit]
     captioner = Captioner.from_checkpoint(args.checkpoint, device=args.device)
     if args.seed == captioner.config.trainer.seed:
-        # The run drew its untrained weights (fc6, fc7 unless encoder.fc_lr > 0) from this seed.
+        # The run drew its untrained weights (fc6, fc7 unless pretrain.train_fc) from this seed.
         parser.error(f"--seed {args.seed} is the run's trainer.seed: re-initialising would "
                      "restore its untrained weights exactly; choose another")
     encoder = captioner.config.encoder

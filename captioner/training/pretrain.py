@@ -241,7 +241,9 @@ def run_pretraining(config: Config, data: PreparedData, folder: Path, *,
     val = loader(LabelledImages(val_records, val_targets, preprocess))
     say(f"pretraining {c.arch} at {c.image_size}px as a classifier of {len(targets.names)} "
         f"targets on {len(train_records)} images into {folder}")
-    resume_step = torch.load(resume, map_location="cpu", weights_only=True)["global_step"] if resume else None
+    # Memory-mapped: only the step is read, not the weights and Adam's moments.
+    resume_step = (torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+                   if resume else None)
     trainer = build_trainer(config, folder, [], monitor=MONITOR, what="pretraining",
                             resume_step=resume_step, max_epochs=p.epochs, devices=1, num_nodes=1,
                             strategy="auto")
