@@ -23,11 +23,11 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 def __getattr__(name: str):
     # Imported lazily so that `import captioner` (and the CLI's start-up) stays cheap.
-    if name in ("Captioner", "CaptionResult", "Caption"):
+    if name in ("Captioner", "CaptionResult", "Caption", "Decoding"):
         from captioner import api
 
         return getattr(api, name)
     raise AttributeError(name)
 
 
-__all__ = ["Caption", "CaptionResult", "Captioner", "__version__"]
+__all__ = ["Caption", "CaptionResult", "Captioner", "Decoding", "__version__"]

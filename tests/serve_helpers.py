@@ -38,7 +38,8 @@ def running_server(checkpoint: Path, folder: Path, *args: str) -> Iterator[Serve
     with open(log, "w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "captioner", "serve", "--checkpoint", str(checkpoint), "--port", "0",
-             *args], stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=folder, env=os.environ.copy())
+             "--device", "cpu", *args], stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=folder,
+            env=os.environ.copy())
     served = Served("", process, log)
     try:
         served.url = process.stdout.readline().strip()  # printed once the model is loaded

@@ -214,7 +214,8 @@ def evaluation_of(path: Path, side: str, *, out_dir: Path | None, split: str | N
     from captioner.evaluation.evaluate import evaluate  # torch and the model: only for checkpoints
 
     say(f"evaluating {side.upper()} ({path}) on split {split or 'of its config'}")
-    evaluate(path, split=split, out_dir=out_dir / side, limit=limit, device=device)
+    # No Grad-CAM maps: the diff's page shows captions, not where the model looked.
+    evaluate(path, split=split, out_dir=out_dir / side, limit=limit, device=device, explain=False)
     return load_evaluation(out_dir / side)
 
 

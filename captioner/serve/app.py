@@ -9,6 +9,8 @@ rebinding.
 from __future__ import annotations
 
 import asyncio
+import sys
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -23,7 +25,6 @@ from captioner.serve.options import Limits, RequestError, parse_options
 from captioner.serve.records import result_record
 from captioner.serve.server import is_loopback
 from captioner.serve.uploads import read_form
-from captioner.util.console import warn
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -75,8 +76,11 @@ async def caption(request: web.Request) -> web.Response:
     # Decoding runs beside the model's thread, so the next batch is ready when a pass ends.
     images = await loop.run_in_executor(None, load_uploads, server.captioner, uploads)
     captioned = await server.batcher.submit(Job(images, options), len(uploads))
-    return web.json_response({"results": [result_record(upload.name, one)
-                                          for upload, one in zip(uploads, captioned)]})
+    # The answer (PNG-encoded maps with explain) is built off the event loop, which keeps reading
+    # other requests meanwhile.
+    records = await loop.run_in_executor(
+        None, lambda: [result_record(upload.name, one) for upload, one in zip(uploads, captioned)])
+    return web.json_response({"results": records})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -116,7 +120,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
                                  status=err.status, headers=allow)
     except Exception as err:  # a bug or an exhausted machine: say so, and keep serving
         status, message = 500, f"the server failed: {one_line(err)}"
-        warn(f"{request.method} {request.path}: {message}")
+        # Printed even with --quiet, with the traceback: a failure of the server must leave a trace.
+        print(f"error: {request.method} {request.path}: {message}", file=sys.stderr, flush=True)
+        traceback.print_exc()
     return web.json_response({"error": message}, status=status)
 
 
