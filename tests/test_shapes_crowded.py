@@ -18,8 +18,9 @@ from captioner.data.tokenize import tokenize
 from captioner.errors import CaptionerError
 
 STANDARD = ShapesSpec(num_train=6, num_val=2, num_test=2, size=32, seed=1)
-# What the generator wrote for STANDARD before max_objects existed (JSON only: PNG bytes follow
-# the zlib build). A GENERATOR_VERSION bump is the one reason to change these.
+# What the generator writes for STANDARD: its data files and cache key as before max_objects
+# existed, and the COMPLETE marker that lists them (JSON only: PNG bytes follow the zlib build).
+# A GENERATOR_VERSION bump is the one reason to change these.
 STANDARD_KEY = "0efd6cc3d97e"
 STANDARD_SHA256 = {
     "dataset_shapes.json": "f515473ae5e0e89a65b1abbbab4aaaa4c111ff01f4afaf44ea62a940a345f094",

@@ -55,7 +55,7 @@ _REFERENCE_SIZE = 128
 _MARGIN_PX = 4
 _GAP_PX = 4
 # The specification's 1-3 objects per image. A spec at this count leaves max_objects out of its
-# files and cache key, so they stay byte-identical to those written before the setting existed.
+# files and cache key, so its data files and cache key are those written before the setting existed.
 _STANDARD_MAX_OBJECTS = 3
 _COLOUR_JITTER = 15
 _MAX_BACKGROUND = 60
