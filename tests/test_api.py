@@ -114,6 +114,7 @@ def test_beam_of_one_is_greedy(sensitive: Captioner, images: list[Image.Image]) 
         [r.text for r in results]
 
 
+@pytest.mark.slow  # both models come from the tiny training run, fetched by name below
 @pytest.mark.parametrize("model", ["trained", "sensitive"])
 def test_a_caption_does_not_depend_on_the_rest_of_the_batch(
     model: str, request: pytest.FixtureRequest, images: list[Image.Image]

@@ -4,6 +4,7 @@ another's private names, and no function grows past 60 lines."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "captioner"
@@ -13,6 +14,7 @@ LEVEL = {"errors": 0, "config": 0, "util": 0, "data": 1, "model": 2, "features":
 MAX_LINES = 60
 
 
+@functools.cache
 def _modules() -> list[tuple[Path, str, ast.Module]]:
     """(file, its stage, its syntax tree) for every module of the package."""
     found = []
