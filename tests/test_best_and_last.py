@@ -86,3 +86,23 @@ def test_early_stopping_state_in_the_checkpoint_is_that_of_its_epoch(tmp_path: P
     saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)["callbacks"]
     state = next(v for k, v in saved.items() if k.startswith("EarlyStopping"))
     assert state["wait_count"] == stopping.wait_count == 1  # a resumed run waits as this one did
+
+
+def test_best_keeps_the_weights_only_once_a_later_epoch_is_last(tmp_path: Path) -> None:
+    best, last = _fit(tmp_path, epochs=3)  # best: epoch 1; last: epoch 2
+    saved_best = torch.load(best, map_location="cpu", weights_only=True)
+    saved_last = torch.load(last, map_location="cpu", weights_only=True)
+    assert "optimizer_states" in saved_last and "optimizer_states" not in saved_best
+    for name, value in saved_best["state_dict"].items():  # still epoch 1's weights, whole
+        assert value.shape == saved_last["state_dict"][name].shape
+    assert saved_best["epoch"] == 1
+
+
+def test_resuming_a_weights_only_best_names_last(tmp_path: Path) -> None:
+    from captioner.errors import CaptionerError
+    from captioner.model.checkpoint import refuse_weights_only
+
+    best, last = _fit(tmp_path, epochs=3)
+    refuse_weights_only(torch.load(last, map_location="cpu", weights_only=True), last)
+    with pytest.raises(CaptionerError, match="resume from .*last.ckpt"):
+        refuse_weights_only(torch.load(best, map_location="cpu", weights_only=True), best)

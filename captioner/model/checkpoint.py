@@ -22,6 +22,7 @@ from captioner.config import Config, from_dict, load_config
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError, one_line
 from captioner.model.network import CaptionModel, build_model
+from captioner.model.stored_encoder import restore
 
 # Settings of captioner 0.1's training recipe (a CNN fine-tuned from scratch with an auxiliary
 # loss and a freeze window), which later versions dropped: ignored when a 0.1 checkpoint is read.
@@ -36,7 +37,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A captioner checkpoint's contents; `weights_only` so opening one cannot run code.
 
     Zip checkpoints (all that torch.save writes nowadays) are memory-mapped: tensors nobody
-    reads, such as the optimizer state, never leave the disk.
+    reads, such as the optimizer state, never leave the disk. A frozen run's checkpoint names its
+    encoder file instead of holding it; the weights come back from that file, hash checked.
     """
     path = Path(path)
     if path.is_dir():
@@ -57,6 +59,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CaptionerError(f"{path}: not a captioner checkpoint (no config and vocabulary inside)")
     if not isinstance(checkpoint.get("state_dict"), dict):
         raise CaptionerError(f"{path}: checkpoint holds no model weights")
+    restore(checkpoint, path)  # a frozen run's encoder, kept once beside its checkpoints
     return checkpoint
 
 
@@ -100,8 +103,16 @@ def resume_config(checkpoint: dict[str, Any], path: Path, overrides: list[str]) 
         raise CaptionerError(f"{path}: written by captioner {saved_by(checkpoint)}, whose training "
                              "recipe this version no longer has; caption and evaluate still read it, "
                              "but it cannot be resumed")
+    refuse_weights_only(checkpoint, path)
     check_weights_fit(config, vocab, model_state(checkpoint), path)
     return config, vocab
+
+
+def refuse_weights_only(checkpoint: dict[str, Any], path: Path) -> None:
+    """A best.ckpt that is no longer last.ckpt keeps the weights only: resuming needs last.ckpt."""
+    if "optimizer_states" not in checkpoint:
+        raise CaptionerError(f"{path}: holds the weights only (a best.ckpt keeps no optimiser state "
+                             f"once a later epoch is last); resume from {path.with_name('last.ckpt')}")
 
 
 def check_weights_fit(config: Config, vocab: Vocabulary, state: Mapping[str, torch.Tensor],

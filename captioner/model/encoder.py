@@ -88,14 +88,32 @@ def _load_imagenet(arch: str) -> dict[str, Tensor]:
 def _load_file(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CaptionerError(f"encoder.weights: no such file {path}")
+    return read_weights(path, what="encoder.weights")
+
+
+def read_weights(path: Path, what: str) -> dict[str, Tensor]:
+    """A weights file's torchvision state dict (memory-mapped where the format allows); `what`
+    names the file's role in the error a bad file gives."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:
-        raise CaptionerError(f"encoder.weights: {path} is not a readable weights file ({err})") from err
+        raise CaptionerError(f"{what}: {path} is not a readable weights file ({err})") from err
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CaptionerError(f"encoder.weights: {path} holds no state dict of tensors")
+        raise CaptionerError(f"{what}: {path} holds no state dict of tensors")
     return state
+
+
+def encoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A torchvision VGG state dict under VGGEncoder's names (fc6, fc7 in `fc`; no fc8)."""
+    names = {"classifier.0.": "fc.0.", "classifier.3.": "fc.3."}
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("features."):
+            renamed[key] = value
+        elif key[:13] in names:
+            renamed[names[key[:13]] + key[13:]] = value
+    return renamed
 
 
 def weights_meta(path: Path) -> dict[str, Any]:

@@ -4,7 +4,9 @@
   synced to the disk, then renamed over it. A rename never follows a symbolic link and never
   crosses a file system, so no save can write into another checkpoint or leave half a file.
 - best.ckpt is a hard link to (or, without hard links, a copy of) the last.ckpt that scored best;
-  writing the next last.ckpt replaces that name only, so best.ckpt keeps its state.
+  writing the next last.ckpt replaces that name only, so best.ckpt keeps its state. Once a later
+  epoch is last, best.ckpt drops the optimiser's state, which only resuming needs (resume from
+  last.ckpt): a run folder then holds one full checkpoint, not two.
 - The best score travels inside every checkpoint, so a run folder that was moved or copied resumes
   comparing with it rather than taking whatever its first validation gives.
 - The random number generators travel too, and are restored when training resumes: with the
@@ -31,6 +33,7 @@ from captioner.config import monitor_mode
 from captioner.util.atomic import atomic_path, is_temp_file, same_file
 
 BEST, LAST = "best.ckpt", "last.ckpt"
+RESUME_ONLY = ("optimizer_states", "lr_schedulers")  # what a checkpoint holds for resuming alone
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -74,10 +77,13 @@ class RunCheckpoints(Checkpoint):
         improved = score is not None and self._better(float(score))
         if improved:
             self.best = float(score)
-        last = self.folder / LAST
+        last, best = self.folder / LAST, self.folder / BEST
+        shared = trainer.is_global_zero and _same_inode(last, best)
         trainer.save_checkpoint(last, weights_only=False)  # every rank takes part; rank 0 writes
         if improved and trainer.is_global_zero:
-            same_file(last, self.folder / BEST)
+            same_file(last, best)
+        elif shared:  # best.ckpt is no longer last.ckpt: it keeps what captioning needs
+            keep_weights_only(best)
         trainer.strategy.barrier("RunCheckpoints")
 
     def _better(self, score: float) -> bool:
@@ -94,6 +100,22 @@ class RunCheckpoints(Checkpoint):
         if state.get("monitor") == self.monitor:  # a changed trainer.monitor starts a new contest
             self.best = state.get("best")
         self._rng = state.get("rng")
+
+
+def _same_inode(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def keep_weights_only(path: Path) -> None:
+    """Rewrite a checkpoint without the optimiser's and schedulers' state (atomically)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    for key in RESUME_ONLY:
+        checkpoint.pop(key, None)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
 
 
 def rng_states() -> dict[str, Any]:

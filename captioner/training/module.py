@@ -20,6 +20,7 @@ from captioner.config import Config, from_dict
 from captioner.data.vocab import Vocabulary
 from captioner.evaluation.validation import GreedyValidation
 from captioner.model.network import CaptionModel, build_model
+from captioner.model.stored_encoder import PREFIX, StoredEncoder, strip
 from captioner.training.schedule import cooldown
 
 
@@ -49,9 +50,22 @@ class CaptionModule(L.LightningModule):
         self.model.encoder.requires_grad_(self.finetune)
         self.model.encoder.to(memory_format=torch.channels_last)
         self.validation = GreedyValidation(self.vocab, self.config.eval.max_length)
+        # Where a frozen run keeps its encoder: checkpoints then name this file, not the weights.
+        self.stored_encoder: StoredEncoder | None = None
 
     def on_train_epoch_start(self) -> None:
         self.model.encoder.train(self.finetune)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.stored_encoder is not None and not self.finetune:
+            strip(checkpoint, self.stored_encoder)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores the weights after this hook: a checkpoint that names its encoder file
+        # gets the frozen encoder this module already holds (loaded from that file, hash checked).
+        state = checkpoint["state_dict"]
+        if not any(k.startswith(PREFIX) for k in state):
+            state.update({PREFIX + k: v for k, v in self.model.encoder.state_dict().items()})
 
     def features(self, batch: dict) -> Tensor:
         """Cached fc7 vectors pass through; images go through the CNN (channels_last for speed)."""

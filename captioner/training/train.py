@@ -22,7 +22,8 @@ from captioner.data.prepare import PreparedData, build_vocab, prepare
 from captioner.data.vocab import Vocabulary
 from captioner.features.extract import split_features
 from captioner.model.checkpoint import load_checkpoint, model_state, resume_config
-from captioner.model.encoder import VGGEncoder, build_encoder, build_preprocess
+from captioner.model.encoder import VGGEncoder, build_encoder, build_preprocess, weights_file
+from captioner.model.stored_encoder import RECORD, locate, store
 from captioner.training.module import CaptionModule
 from captioner.training.pretrain import cached_encoder
 from captioner.training.trainer import build_trainer, fit
@@ -54,6 +55,13 @@ def encoder_weights(config: Config, data: PreparedData) -> str:
     if config.encoder.weights == "pretrain":
         return str(cached_encoder(config, data))
     return config.encoder.weights
+
+
+def encoder_source(config: Config, weights: str) -> Path | None:
+    """The file a run's starting encoder weights come from; None for random weights."""
+    if weights == "none":
+        return None
+    return weights_file(config.encoder.arch) if weights == "imagenet" else Path(weights).expanduser()
 
 
 def configured_encoder(config: Config, data: PreparedData) -> VGGEncoder:
@@ -93,6 +101,7 @@ class RunStart:
     resume: Path | None = None  # the checkpoint it continues
     resume_step: int | None = None
     weights: dict | None = None  # the resumed model's weights
+    encoder_file: Path | None = None  # the file a resumed frozen run's encoder came from
 
 
 def new_run(config: Config) -> RunStart:
@@ -121,6 +130,8 @@ def _resumed_run(resume: Path, overrides: list[str]) -> RunStart:
         say(f"{resume} is not inside a run folder: continuing it in {start.run_dir}")
     start.vocab, start.resume, start.resume_step = vocab, resume, int(checkpoint["global_step"])
     start.weights = model_state(checkpoint)
+    if isinstance(checkpoint.get(RECORD), dict):
+        start.encoder_file = locate(checkpoint[RECORD], resume)
     return start
 
 
@@ -140,6 +151,15 @@ def train(config: Config | None, *, resume: Path | None = None, overrides: list[
     return TrainResult(start.run_dir, best, metrics, report)
 
 
+def _keep_encoder(start: RunStart, module: CaptionModule, starting_weights: str) -> None:
+    """A frozen run keeps its encoder once, in the run folder; its checkpoints name that file."""
+    c = start.config.encoder
+    resumed = start.resume is not None
+    source = start.encoder_file if resumed else encoder_source(start.config, starting_weights)
+    meta = {"arch": c.arch, "image_size": c.image_size, "resize_size": c.resize_size}
+    module.stored_encoder = store(start.run_dir, module.model.encoder, source, meta)
+
+
 def _fit(start: RunStart) -> Path | None:
     """Build everything and fit; the best checkpoint on rank 0, None elsewhere."""
     config, run_dir = start.config, start.run_dir
@@ -156,6 +176,8 @@ def _fit(start: RunStart) -> Path | None:
     module = CaptionModule(to_dict(config), vocab.to_list(), encoder_weights=starting_weights)
     if start.weights is not None:  # now, not at fit: a frozen run's features come from this encoder
         module.model.load_state_dict(start.weights)
+    if config.encoder.mode == "frozen" and global_rank() == 0:
+        _keep_encoder(start, module, starting_weights)
     train_set, val_set = datasets(config, data, module.model.encoder, vocab, bf16=precision == "bf16-mixed")
     datamodule = CaptionDataModule(train_set, val_set, batch_size=config.data.batch_size,
                                    num_workers=config.data.num_workers, seed=config.trainer.seed)
