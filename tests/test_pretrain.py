@@ -46,6 +46,18 @@ def test_images_without_labels_are_a_one_line_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_classifier_starts_at_each_targets_frequency() -> None:
+    from captioner.config import load_config, to_dict
+    from captioner.training.pretrain import ClassifierModule
+
+    module = ClassifierModule(to_dict(load_config(None, ["encoder.arch=vgg11"])), ["a", "b", "c"])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    module.start_at_priors(targets)
+    # sigmoid(bias) is each column's share of positives (a never-seen one clamped above 0).
+    torch.testing.assert_close(torch.sigmoid(module.head.bias), torch.tensor([0.75, 0.25, 1e-3]))
+
+
+@pytest.mark.slow
 def test_pretrain_saves_an_encoder_that_train_loads_and_resumes(tmp_path: Path) -> None:
     result = run_cli("pretrain", *PRETRAIN, "pretrain.epochs=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -12,6 +12,7 @@ the cache, keyed by everything that made them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import Counter
@@ -36,7 +37,7 @@ from captioner.data.prepare import PreparedData, cache_dir, prepare
 from captioner.errors import CaptionerError
 from captioner.evaluation.mentions import instance_labels
 from captioner.features.cache import records_fingerprint
-from captioner.model.checkpoint import refuse_interpolations
+from captioner.model.checkpoint import refuse_interpolations, refuse_weights_only
 from captioner.model.encoder import FEATURE_DIM, build_encoder, build_preprocess, export_weights
 from captioner.training.checkpoints import LAST
 from captioner.training.schedule import one_cycle
@@ -48,7 +49,7 @@ from captioner.util.locks import flock
 from captioner.util.runs import claim_run_dir, kept_on_failure, run_dir_of
 
 # Bump when a change of this module changes the weights a given config produces.
-PRETRAIN_VERSION = 2
+PRETRAIN_VERSION = 3
 WEIGHTS_FILE = "encoder.pth"
 MONITOR = "val/f1"
 # A label becomes a target when this many training images carry it (or 1% of them, on a set too
@@ -144,6 +145,14 @@ class ClassifierModule(L.LightningModule):
         self._counts = torch.zeros(3)  # true positives, predicted, actual positives
         self._exact = [0, 0]
 
+    def start_at_priors(self, targets: Tensor) -> None:
+        """Bias each output at its training frequency (Lin et al. 2017's prior initialisation): the
+        classifier starts where it would spend its first epoch getting to, predicting every
+        target as often as it occurs, and the gradient goes to telling images apart at once."""
+        share = targets.float().mean(dim=0).clamp(1e-3, 1 - 1e-3)
+        with torch.no_grad():
+            self.head.bias.copy_(torch.log(share / (1 - share)))
+
     def on_train_epoch_start(self) -> None:
         self.encoder.fc.train(self.config.pretrain.train_fc)
 
@@ -231,6 +240,7 @@ def run_pretraining(config: Config, data: PreparedData, folder: Path, *,
     start = "none" if c.weights == "pretrain" else c.weights
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     module = ClassifierModule(to_dict(config), targets.names, encoder_weights=start)
+    module.start_at_priors(torch.stack(train_targets))
     preprocess = build_preprocess(c.arch, c.image_size, c.resize_size)
     loader = partial(DataLoader, batch_size=p.batch_size, num_workers=config.data.num_workers,
                      collate_fn=_collate)
@@ -239,8 +249,8 @@ def run_pretraining(config: Config, data: PreparedData, folder: Path, *,
     train = loader(LabelledImages(train_records, train_targets, preprocess, keep), shuffle=True,
                    generator=torch.Generator().manual_seed(config.trainer.seed))
     val = loader(LabelledImages(val_records, val_targets, preprocess))
-    say(f"pretraining {c.arch} at {c.image_size}px as a classifier of {len(targets.names)} "
-        f"targets on {len(train_records)} images into {folder}")
+    say(f"pretraining {c.arch} at {c.image_size}px ({resolve_precision(config)}) as a classifier of "
+        f"{len(targets.names)} targets on {len(train_records)} images into {folder}")
     # Memory-mapped: only the step is read, not the weights and Adam's moments.
     resume_step = (torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["global_step"]
                    if resume else None)
@@ -285,9 +295,21 @@ def cached_encoder(config: Config, data: PreparedData) -> Path:
                 say(f"resuming the interrupted pretraining in {folder}")
             write_json(folder / "key.json", key)
             run_pretraining(config, data, folder, resume=last if last.is_file() else None)
+            _drop_checkpoints(folder / "checkpoints")
         else:
             say(f"using the pretrained encoder {weights}")
     return weights
+
+
+def _drop_checkpoints(folder: Path) -> None:
+    """The cache needs encoder.pth only: the classifier's checkpoints (the VGG again, with Adam's
+    moments) served an interrupted pretraining, which is now complete."""
+    if folder.is_dir() and not folder.is_symlink():
+        for path in folder.iterdir():
+            if path.suffix == ".ckpt" or path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: something else lives there; keep it
+            folder.rmdir()
 
 
 def pretrain(config_path: Path | None, overrides: list[str], *, resume: Path | None = None) -> Pretrained:
@@ -314,5 +336,6 @@ def _resumed(path: Path, overrides: list[str]) -> Config:
         checkpoint["hyper_parameters"]["targets"]
     except Exception as err:
         raise CaptionerError(f"{path}: not a pretraining checkpoint ({type(err).__name__})") from err
+    refuse_weights_only(checkpoint, path)
     refuse_interpolations(config, path)
     return load_config(None, overrides, base=config)
