@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from captioner.model.decoder import Decoder
+from captioner.util.hardware import fast_bf16
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -75,6 +76,9 @@ def test_each_feature_serves_repeats_captions() -> None:
                                decoder(features.repeat_interleave(3, dim=0), inputs))
 
 
+@pytest.mark.skipif(not fast_bf16(torch.device("cpu")),
+                    reason="needs a CPU with bf16 units (AVX512-BF16 or AMX): oneDNN has no bf16 LSTM "
+                           "on AVX2-only CPUs, and training there runs in fp32")
 def test_the_recurrent_layer_runs_in_fp32_for_captions_and_bf16_for_training() -> None:
     # bf16 kernels make results depend on batch composition, so captions (eval mode) keep the
     # recurrence in fp32 under autocast; training (train mode) takes bf16's speed.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from captioner.config import Config
@@ -13,12 +15,28 @@ def wants_cuda(accelerator: str) -> bool:
 
 
 def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast pays off here: CUDA with bf16, or a CPU with AMX / AVX512-BF16."""
+    """Whether bf16 autocast pays off here: CUDA with bf16, or a CPU with AMX / AVX512-BF16 that
+    torch's kernels are allowed to use (ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA can cap them
+    at AVX2, which is how an AVX2-only machine is reproduced on a newer one)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+        return cpu_bf16_units() and torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2") \
+            and os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in _ONEDNN_WITHOUT_BF16
     return False
+
+
+# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) below avx512_core_bf16: its bf16 kernels are emulated there.
+_ONEDNN_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                        "AVX512_CORE_VNNI"}
+
+
+def cpu_bf16_units() -> bool:
+    """Whether the CPU has bf16 arithmetic (AMX tiles or AVX512-BF16); False where torch cannot
+    tell (these probes are private torch API, absent from some releases)."""
+    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None),
+              getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(bool(probe()) for probe in probes if probe is not None)
 
 
 def resolve_precision(config: Config) -> str:
