@@ -114,6 +114,7 @@ class TrainerConfig:
     limit_train_batches: float = setting(1.0, "Share (or, above 1, number) of training batches per epoch.")
     limit_val_batches: float = setting(1.0, "Share (or, above 1, number) of validation batches per epoch.")
     log_every_n_steps: int = setting(10, "Log training figures every this many steps.")
+    profile: bool = setting(False, "Write logs/fit-profile.txt: the seconds each part of training took.")
 
 
 @dataclass

@@ -307,7 +307,7 @@ def load_or_extract(
     home = next(encoder.parameters()).device
     device = device or home
     say(f"extracting {arch} fc7 features of split {split!r}: {len(records)} images, "
-        f"{image_size}px, on {device} -> {folder}")
+        f"{image_size}px, on {device} in {'bf16' if bf16 else 'fp32'} -> {folder}")
     try:
         extract_features(encoder.to(device), preprocess, records, folder, key=key, bf16=bf16,
                          desc=f"features {split}", **extract_options)

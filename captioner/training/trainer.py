@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.profilers import SimpleProfiler
 
 from captioner.config import Config
 from captioner.training.checkpoints import AtomicCheckpointIO, RunCheckpoints
@@ -81,6 +82,8 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback], *,
         "enable_progress_bar": bars(),
         "limit_train_batches": t.limit_train_batches, "limit_val_batches": t.limit_val_batches,
         "log_every_n_steps": t.log_every_n_steps, "enable_model_summary": False,
+        # Lightning's own timer of every hook: where a step's time goes (logs/fit-profile.txt).
+        "profiler": SimpleProfiler(dirpath=run_dir / "logs", filename="profile") if t.profile else None,
     }
     return L.Trainer(**(settings | overrides))
 
