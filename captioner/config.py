@@ -87,7 +87,7 @@ class PretrainConfig:
 class DecoderConfig:
     cell: str = setting("lstm", "Recurrent cell: lstm, gru or rnn (plain tanh).")
     embed_dim: int = setting(256, "Size of the word embeddings.")
-    hidden_dim: int = setting(512, "Size of the recurrent state, which fc7 initialises.")
+    hidden_dim: int = setting(256, "Size of the recurrent state, which fc7 initialises.")
     num_layers: int = setting(1, "Stacked recurrent layers.")
     dropout: float = setting(0.3, "Dropout on fc7, between layers and before the output layer.")
 
@@ -102,7 +102,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = setting(6, "Passes over the training captions.")
+    max_epochs: int = setting(10, "Passes over the training captions.")
     accelerator: str = setting("auto", "auto, cpu or gpu.")
     devices: str = setting("auto", "Devices per node: auto or a number.")
     num_nodes: int = setting(1, "Machines taking part (Lightning DDP).")
