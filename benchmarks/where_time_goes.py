@@ -7,8 +7,8 @@ Side by side in one process, at the default config's sizes (or the overrides giv
 - pretraining step: the VGG's conv stack forward + backward + Adam at pretrain.batch_size, in the
   precision the run would choose (FLOPs counted per layer from the real layers' shapes);
 - extraction: the encoder's forward at eval.batch_size, as `captioner extract` runs it;
-- decoder step: one teacher-forced LSTM/GRU step, forward + backward + Adam, at data.batch_size
-  captions of the shapes' length mix.
+- decoder step: one teacher-forced LSTM/GRU step, forward + backward + Adam, at the training
+  batch (data.batch_size x data.captions_per_image captions) of the shapes' length mix.
 
 The share of each training step spent on data loading, the optimiser, validation and checkpoint
 writes comes from a real run: `python benchmarks/default_train.py trainer.profile=true` prints it.
@@ -104,7 +104,8 @@ def extraction(config, bf16: bool, steps: int) -> tuple[float, float]:
 
 
 def decoder_step(config, bf16: bool, steps: int) -> tuple[float, float]:
-    d, n = config.decoder, config.data.batch_size
+    # A training batch: data.batch_size images' worth of captions, each from a different image.
+    d, n = config.decoder, config.data.batch_size * config.data.captions_per_image
     decoder = Decoder(VOCAB, cell=d.cell, embed_dim=d.embed_dim, hidden_dim=d.hidden_dim,
                       num_layers=d.num_layers, dropout=d.dropout).train()
     optimizer = torch.optim.Adam(decoder.parameters(), fused=True)
@@ -153,8 +154,8 @@ def main() -> None:
             (f"extraction ({c.image_size}px, batch {config.eval.batch_size})",
              extraction(config, bf16, args.steps), config.eval.batch_size),
             (f"decoder step ({config.decoder.cell} {config.decoder.hidden_dim}, "
-             f"{config.data.batch_size} captions)", decoder_step(config, bf16, args.steps),
-             config.data.batch_size)]
+             f"{config.data.batch_size * config.data.captions_per_image} captions)",
+             decoder_step(config, bf16, args.steps), config.data.batch_size * config.data.captions_per_image)]
     for name, (seconds, rate), batch in rows:
         print(f"  {name}: {seconds * 1000:.0f} ms ({batch / seconds:.0f} items/s), {rate:.0f} GFLOP/s "
               f"= {rate / top:.0%} of the {'bf16' if top is bf16_peak else 'fp32'} peak")
