@@ -93,3 +93,17 @@ def test_a_record_naming_a_path_is_refused(best: Path, tmp_path: Path) -> None:
     torch.save(raw, tmp_path / "crafted.ckpt")
     with pytest.raises(CaptionerError, match="not a file name"):
         load_checkpoint(tmp_path / "crafted.ckpt")
+
+
+def test_a_symlinked_weights_file_is_stored_as_the_file_it_names(tmp_path: Path) -> None:
+    from captioner.model.stored_encoder import store
+
+    real = tmp_path / "weights" / "vgg.pth"
+    real.parent.mkdir()
+    real.write_bytes(b"weights, as far as this test is concerned")
+    (tmp_path / "link.pth").symlink_to(Path("weights") / "vgg.pth")  # relative: breaks if copied
+    run = tmp_path / "run"
+    run.mkdir()
+    stored = store(run, None, tmp_path / "link.pth", {})
+    assert not stored.path.is_symlink() and stored.path.read_bytes() == real.read_bytes()
+    assert stored.digest == sha256(real) and stored.record()["file"] == "encoder.pth"

@@ -57,7 +57,7 @@ def store(run_dir: Path, encoder: VGGEncoder, source: Path | None, meta: dict[st
     linked or copied, or else (random or ImageNet weights held in memory) exported."""
     target = run_dir / ENCODER_FILE
     if source is not None and source.resolve() != target.resolve():
-        same_file(source, target)
+        same_file(source.resolve(), target)  # resolved: a link to a symbolic link would break
     elif source is None:
         export_weights(encoder, target, meta)
     return StoredEncoder(target, sha256(target))
