@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ SPLITS = ("train", "val", "test")
 KARPATHY_FILE = "dataset_shapes.json"
 
 _REFERENCE_SIZE = 128
+IN_FLIGHT = 64  # rendered images waiting for a PNG-encoding thread at most
 _MARGIN_PX = 4
 _GAP_PX = 4
 # The specification's 1-3 objects per image. A spec at this count leaves max_objects out of its
@@ -226,16 +228,19 @@ def _write_dataset(root: Path, spec: ShapesSpec) -> None:
     bar = tqdm(total=sum(spec.split_sizes().values()), desc="generating shapes", unit="image",
                file=sys.stderr, disable=not bars(), leave=False)  # a terminal's progress bar
     # PNG encoding (zlib, which lets go of the GIL) runs in threads beside the drawing and the
-    # captions: the files are the same, written about twice as fast on two cores.
+    # captions; the files are the same as written in order. At most IN_FLIGHT images wait for
+    # their thread, so a large set is not held in memory.
     with ThreadPoolExecutor(max_workers=2) as pool:
         for split_index, (split, count) in enumerate(spec.split_sizes().items()):
             (root / "images" / split).mkdir(parents=True)
-            images, captions, instances, saves = [], [], [], []
+            images, captions, instances, saves = [], [], [], deque()
             for index in range(count):
                 # One generator per image: any image can be reproduced without generating the rest.
                 rng = np.random.default_rng([spec.seed, split_index, index])
                 objects = _sample_objects(rng, spec.size, spec.max_objects)
                 file_name = f"shapes_{split}_{ids['image']:06d}.png"
+                if len(saves) >= IN_FLIGHT:
+                    saves.popleft().result()  # a failed write (a full disk) fails the generation here
                 saves.append(pool.submit(_render(rng, objects, spec.size).save,
                                          root / "images" / split / file_name, format="PNG", compress_level=6))
                 images.append({"id": ids["image"], "file_name": file_name, "width": spec.size,
@@ -244,7 +249,7 @@ def _write_dataset(root: Path, spec: ShapesSpec) -> None:
                                           captions, instances))
                 bar.update()
             for save in saves:
-                save.result()  # a failed write (a full disk) fails the generation here
+                save.result()
             header = {"info": _info(spec), "licenses": _LICENSES, "images": images}
             _write_compact(root / "annotations" / f"captions_{split}.json",
                            {**header, "annotations": captions})

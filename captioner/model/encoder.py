@@ -106,14 +106,9 @@ def read_weights(path: Path, what: str) -> dict[str, Tensor]:
 
 def encoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """A torchvision VGG state dict under VGGEncoder's names (fc6, fc7 in `fc`; no fc8)."""
-    names = {"classifier.0.": "fc.0.", "classifier.3.": "fc.3."}
-    renamed = {}
-    for key, value in state.items():
-        if key.startswith("features."):
-            renamed[key] = value
-        elif key[:13] in names:
-            renamed[names[key[:13]] + key[13:]] = value
-    return renamed
+    prefixes = {"features.": "features.", "classifier.0.": "fc.0.", "classifier.3.": "fc.3."}
+    return {ours + key.removeprefix(theirs): value for key, value in state.items()
+            for theirs, ours in prefixes.items() if key.startswith(theirs)}
 
 
 def weights_meta(path: Path) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from captioner.model.encoder import FEATURE_DIM, build_encoder, build_preprocess
 from captioner.training.checkpoints import LAST
 from captioner.training.schedule import one_cycle
 from captioner.training.trainer import build_trainer, fit
-from captioner.util.atomic import write_json, write_text
+from captioner.util.atomic import TEMP_SUFFIX, write_json, write_text
 from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
 from captioner.util.locks import flock
@@ -144,6 +144,7 @@ class ClassifierModule(L.LightningModule):
         # Fixed fc6/fc7 take no gradient (the encoder then folds fc6 for small images) and no dropout.
         self.encoder.fc.requires_grad_(self.config.pretrain.train_fc)
         self._counts = torch.zeros(3)  # true positives, predicted, actual positives
+        self._fingerprint: Tensor | None = None  # of the fixed fc6/fc7, see _fc_fingerprint
         self._exact = [0, 0]
 
     def start_at_priors(self, targets: Tensor) -> None:
@@ -175,8 +176,18 @@ class ClassifierModule(L.LightningModule):
         checkpoint["state_dict"].update({FIXED + k: v for k, v in self.encoder.fc.state_dict().items()})
 
     def _fc_fingerprint(self) -> Tensor:
-        return torch.stack([t.double().sum() for t in self.encoder.fc.state_dict().values()]
-                           + [t.double().square().sum() for t in self.encoder.fc.state_dict().values()])
+        """Sum and sum of squares of each fixed fc tensor in float64, computed once (they never
+        change) and a chunk at a time (a float64 copy of fc6 whole would take 0.8 GB)."""
+        if self._fingerprint is None:
+            sums = []
+            for tensor in self.encoder.fc.state_dict().values():
+                total = squares = torch.zeros((), dtype=torch.float64)
+                for chunk in tensor.detach().flatten().split(1 << 22):
+                    chunk = chunk.double()
+                    total, squares = total + chunk.sum(), squares + chunk.square().sum()
+                sums += [total, squares]
+            self._fingerprint = torch.stack(sums)
+        return self._fingerprint
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.encoder(images.contiguous(memory_format=torch.channels_last)).float())
@@ -328,7 +339,7 @@ def _drop_checkpoints(folder: Path) -> None:
     moments) served an interrupted pretraining, which is now complete."""
     if folder.is_dir() and not folder.is_symlink():
         for path in folder.iterdir():
-            if path.suffix == ".ckpt" or path.name.endswith(".tmp"):
+            if path.suffix == ".ckpt" or path.name.endswith(TEMP_SUFFIX):
                 path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # not empty: something else lives there; keep it
             folder.rmdir()

@@ -20,10 +20,11 @@ def fast_bf16(device: torch.device) -> bool:
     at AVX2, which is how an AVX2-only machine is reproduced on a newer one)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return cpu_bf16_units() and torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2") \
-            and os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in _ONEDNN_WITHOUT_BF16
-    return False
+    if device.type != "cpu" or not cpu_bf16_units():
+        return False
+    capped = (torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2")
+              or os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in _ONEDNN_WITHOUT_BF16)
+    return not capped
 
 
 # oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) below avx512_core_bf16: its bf16 kernels are emulated there.
