@@ -161,6 +161,10 @@ def test_cells_and_the_output_folder_are_checked_before_any_work(tmp_path: Path)
     with pytest.raises(CaptionerError, match="index.html is there already and not from an earlier compare"):
         compare(load_config(None, TINY), ["rnn"], report)
     assert (report / "index.html").read_text() == "the user's report"
+    (report / "compare.json").write_text("{}")  # a file's name proves nothing (issue 22 item 2)
+    with pytest.raises(CaptionerError, match="is there already and not from an earlier compare"):
+        compare(load_config(None, TINY), ["rnn"], report)
+    assert (report / "index.html").read_text() == "the user's report"
 
 
 @pytest.mark.slow

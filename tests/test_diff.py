@@ -134,6 +134,17 @@ def test_never_writes_over_a_report(folders: tuple[Path, Path], tmp_path: Path) 
     assert json.loads((out / "diff.json").read_text())["a"]["folder"] == str(b.resolve())
 
 
+def test_a_users_diff_json_proves_nothing(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    """Issue 22 item 2: a folder holding files named diff.json and index.html is the user's."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "diff.json").write_text("{}")
+    (mine / "index.html").write_text("the user's page")
+    with pytest.raises(CaptionerError, match="is there already and not from an earlier diff"):
+        diff_paths(*folders, out_dir=mine)
+    assert (mine / "index.html").read_text() == "the user's page"
+
+
 def test_bad_inputs_are_one_line_errors(folders: tuple[Path, Path], tmp_path: Path) -> None:
     checkpoint = tmp_path / "best.ckpt"
     checkpoint.write_bytes(b"")

@@ -240,20 +240,29 @@ def test_files_on_disk(tmp_path: Path) -> None:
     shorter = Explanation(("a",), maps[:1], np.array([-0.1], np.float32), view)
     (folder / ".strip.png.k1ll3d.tmp").write_bytes(b"")  # what a killed write leaves behind
     write_explanation(folder, "x.png", shorter)  # a rerun replaces its own files, stale ones go
-    assert sorted(p.name for p in folder.iterdir()) == [".strip.png.k1ll3d.tmp", "01-a.png",
+    assert sorted(p.name for p in folder.iterdir()) == [".captioner-written.json", "01-a.png",
                                                         "maps.json", "strip.png"]
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    with pytest.raises(CaptionerError, match="not an explanation"):
+    with pytest.raises(CaptionerError, match="not from an earlier explanation"):
         write_explanation(tmp_path / "mine", "y.png", shorter)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
     record = json.loads((folder / "maps.json").read_text())
     record["files"].append("../../mine/notes.txt")
     (folder / "maps.json").write_text(json.dumps(record))
-    write_explanation(folder, "x.png", shorter)  # an edited maps.json reaches nothing outside
+    with pytest.raises(CaptionerError, match="maps.json is there already"):  # edited: the user's now
+        write_explanation(folder, "x.png", shorter)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+    # Issue 22 item 23: a hand-made maps.json listing a user's file does not make it ours.
+    (tmp_path / "hand").mkdir()
+    (tmp_path / "hand" / "notes.txt").write_text("keep")
+    (tmp_path / "hand" / "maps.json").write_text(json.dumps({"files": ["notes.txt"]}))
+    with pytest.raises(CaptionerError, match="is there already and not from an earlier explanation"):
+        write_explanation(tmp_path / "hand", "y.png", shorter)
+    assert (tmp_path / "hand" / "notes.txt").read_text() == "keep"
 
 
 def test_folder_names_are_unique() -> None:

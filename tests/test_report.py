@@ -86,6 +86,47 @@ def test_a_folder_with_someone_elses_page_is_refused(report: tuple[Path, dict], 
     assert (tmp_path / "site" / "index.html").read_text() == "a user's page"
 
 
+def _results_of(out: Path) -> list[ImageResult]:
+    return [ImageResult(r["image_id"], Path(r["file"]), r["prediction"], r["references"])
+            for r in map(json.loads, (out / "per_image.jsonl").read_text().splitlines())]
+
+
+def test_a_file_named_like_a_report_proves_nothing(report: tuple[Path, dict], tmp_path: Path) -> None:
+    """Issue 22 item 2: a folder holding a user's metrics.json is not an earlier report."""
+    out, _ = report
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("metrics.json", "index.html", "predictions.json"):
+        (mine / name).write_text(f"the user's {name}")
+    with pytest.raises(CaptionerError, match="is there already and not from an earlier evaluation"):
+        write_report(mine, _results_of(out), bootstrap=0, meteor=False)
+    for name in ("metrics.json", "index.html", "predictions.json"):
+        assert (mine / name).read_text() == f"the user's {name}"
+    # An earlier report whose page the user has since edited: the edit is kept, not replaced.
+    edited = shutil.copytree(out, tmp_path / "edited")
+    (edited / "index.html").write_text("my notes on this report")
+    with pytest.raises(CaptionerError, match="index.html is there already"):
+        write_report(edited, _results_of(out), bootstrap=0, meteor=False)
+    assert (edited / "index.html").read_text() == "my notes on this report"
+    # A file a user added to the report's thumbnails folder is not replaced either.
+    added = shutil.copytree(out, tmp_path / "added")
+    next((added / "thumbs").iterdir()).write_bytes(b"my own picture")
+    with pytest.raises(CaptionerError, match="thumbs/.* is there already"):
+        write_report(added, _results_of(out), bootstrap=0, meteor=False)
+
+
+def test_a_killed_report_is_rewritten_and_its_leftovers_go(report: tuple[Path, dict],
+                                                           tmp_path: Path) -> None:
+    """Issue 22 item 19: the temporary files a killed write left are removed by the rewrite."""
+    out, _ = report
+    again = shutil.copytree(out, tmp_path / "again")
+    (again / ".learning_curves.png.k1ll3d.tmp").write_bytes(b"")
+    (again / ".mine.tmp").write_bytes(b"a user's hidden file")
+    write_report(again, _results_of(out), bootstrap=0, meteor=False)
+    assert not (again / ".learning_curves.png.k1ll3d.tmp").exists()
+    assert (again / ".mine.tmp").read_bytes() == b"a user's hidden file"
+
+
 def test_predictions_are_in_coco_results_format(report: tuple[Path, dict],
                                                 fake: FakeSet) -> None:
     out, _ = report

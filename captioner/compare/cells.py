@@ -33,7 +33,7 @@ from captioner.model.encoder import VGGEncoder
 from captioner.util.atomic import write_json, write_text
 from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
-from captioner.util.paths import check_out_dir
+from captioner.util.paths import check_out_dir, claim_out_dir, seal_out_dir
 
 CELLS = ("rnn", "lstm", "gru")
 GRAD_LOSS = ("cross-entropy of each caption's last target word only, so that at earlier steps "
@@ -93,8 +93,8 @@ def compare(config: Config, cells: Sequence[str], out_dir: Path, *,
     if not cells or unknown:
         raise CaptionerError(f"--cells: choose among {', '.join(CELLS)} (got {', '.join(cells)})")
     seed_list = seeds_of(config, seeds)
-    check_out_dir(out_dir, ("compare.json", "index.html", *cells), marker="compare.json",
-                  command="compare")
+    writes = ("compare.json", "index.html", *cells)
+    check_out_dir(out_dir, writes, command="compare")
     checkpoint = encoder_checkpoint(config, encoder_from)
     source = source_encoder(checkpoint, config) if checkpoint is not None else None
     data = prepare(config)
@@ -106,6 +106,7 @@ def compare(config: Config, cells: Sequence[str], out_dir: Path, *,
     shared = share(base, data, source.encoder, vocab)
     feature_seconds = time.perf_counter() - clock  # extraction, or reading the cache
     summaries, gates = {}, []
+    claim_out_dir(out_dir, writes, command="compare")
     for n, cell in enumerate(cells, start=1):
         say(f"training the {cell} decoder ({n}/{len(cells)}, {len(seed_list)} seed(s))")
         summaries[cell], trace = run_seeds(cell_config(config, cell, source), shared, source.encoder,
@@ -125,6 +126,7 @@ def compare(config: Config, cells: Sequence[str], out_dir: Path, *,
     }
     write_json(out_dir / "compare.json", result)
     write_text(out_dir / "index.html", render_compare_page(result, gates))
+    seal_out_dir(out_dir, writes, command="compare")
     return result
 
 

@@ -26,10 +26,10 @@ from captioner.evaluation.bootstrap import (
     paired_deltas,
 )
 from captioner.evaluation.diff_page import render_diff_page
-from captioner.evaluation.report import TAGS, write_thumbnail
+from captioner.evaluation.report import REPORT_FILES, TAGS, write_thumbnail
 from captioner.util.atomic import write_json, write_text
 from captioner.util.console import say
-from captioner.util.paths import check_out_dir
+from captioner.util.paths import check_out_dir, claim_out_dir, seal_out_dir
 
 SHOW = 12
 _WRITES = ("diff.json", "index.html", "thumbs")
@@ -189,7 +189,7 @@ def _tag_changes(a: Evaluation, b: Evaluation) -> dict[str, dict[str, Any]]:
 def write_diff(out_dir: Path, result: dict[str, Any]) -> Path:
     """diff.json, thumbnails of the moved images and index.html in `out_dir`; returns the page."""
     out_dir = Path(out_dir)
-    check_out_dir(out_dir, _WRITES, marker="diff.json", command="diff")
+    claim_out_dir(out_dir, _WRITES, command="diff")
     thumbnails: dict[int, str] = {}
     for pair in [*result["moved"]["b_better"], *result["moved"]["b_worse"]]:
         relative = f"thumbs/{pair['image_id']}.jpg"
@@ -197,6 +197,7 @@ def write_diff(out_dir: Path, result: dict[str, Any]) -> Path:
             thumbnails[pair["image_id"]] = relative
     write_json(out_dir / "diff.json", result)
     write_text(out_dir / "index.html", render_diff_page(result, thumbnails, TAGS))
+    seal_out_dir(out_dir, _WRITES, command="diff")
     return out_dir / "index.html"
 
 
@@ -231,8 +232,9 @@ def diff_paths(a: Path, b: Path, *, out_dir: Path | None = None, split: str | No
         raise CaptionerError(f"--resamples {resamples}: use at least 1000")
     paths = {"a": Path(a), "b": Path(b)}
     if out_dir is not None:  # checked before any evaluation runs
-        check_out_dir(out_dir, (*_WRITES, *(side for side, p in paths.items() if not p.is_dir())),
-                      marker="diff.json", command="diff")
+        check_out_dir(out_dir, _WRITES, command="diff")
+        for side in (side for side, p in paths.items() if not p.is_dir()):  # evaluated into out_dir/side
+            check_out_dir(Path(out_dir) / side, REPORT_FILES, command="evaluation")
     # A folder fixes the split for a checkpoint on the other side, so it is read first.
     order = ["b", "a"] if paths["b"].is_dir() and not paths["a"].is_dir() else ["a", "b"]
     found: dict[str, Evaluation] = {}

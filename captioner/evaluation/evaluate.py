@@ -53,7 +53,7 @@ def evaluate(
     split = split or config.eval.split
     beam_size = beam_size or config.eval.beam_size
     out_dir = out_dir or default_out_dir(checkpoint, split)
-    check_out_dir(out_dir, REPORT_FILES, marker="metrics.json", command="evaluation")  # before the work
+    check_out_dir(out_dir, REPORT_FILES, command="evaluation")  # before the work
     data = prepare(config)
     records = data.split(split)[:limit] if limit else data.split(split)
 

@@ -10,7 +10,6 @@ the maps cover only that crop.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,11 +19,12 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from captioner.errors import CaptionerError
 from captioner.model.explain import Explanation, upsample
 from captioner.util.atomic import TEMP_SUFFIX, atomic_path, write_json
+from captioner.util.paths import MARK, claim_out_dir, seal_out_dir
 
 MAPS_FILE = "maps.json"
+_COMMAND = "explanation"
 HEAT_ALPHA = 0.6  # a map's peak hides 60% of the image beneath it; where it is 0, nothing
 _LABEL_PX = 20
 
@@ -85,16 +85,20 @@ def write_explanation(folder: str | Path, name: str, explanation: Explanation,
     files. A folder that holds anything but an earlier explanation is refused, and files of an
     earlier explanation that this one does not rewrite are removed."""
     folder = Path(folder)
-    earlier = _earlier_files(folder)
     files = [folder / f"{t + 1:02d}-{_safe(word)}.png" for t, word in enumerate(explanation.words)]
-    for t, path in enumerate(files):
+    files.append(folder / "strip.png")
+    names = tuple(sorted({p.name for p in files} | {MAPS_FILE} | _present(folder)))
+    earlier = claim_out_dir(folder, names, command=_COMMAND, option="--explain")
+    for t, path in enumerate(files[:-1]):
         _save_png(overlay(explanation, t, size), path)
     _save_png(strip(explanation), folder / "strip.png")
-    files.append(folder / "strip.png")
     record = map_record(name, explanation) | {"files": [p.name for p in files]}
     write_json(folder / MAPS_FILE, record)
-    for stale in earlier - {p.name for p in files}:
+    written = (*(p.name for p in files), MAPS_FILE)
+    # Only files the mark proves an earlier explanation wrote go (maps.json's list proves nothing).
+    for stale in earlier - set(written):
         (folder / stale).unlink(missing_ok=True)
+    seal_out_dir(folder, written, command=_COMMAND)
     return [*files, folder / MAPS_FILE]
 
 
@@ -114,24 +118,12 @@ def folder_names(images: Sequence[str]) -> list[str]:
     return names
 
 
-def _earlier_files(folder: Path) -> set[str]:
-    """Files an earlier explanation wrote here; CaptionerError if the folder holds others."""
-    if not folder.exists():
+def _present(folder: Path) -> set[str]:
+    """What the folder holds beside the mark and killed writes' temporary files."""
+    if not folder.is_dir() or folder.is_symlink():
         return set()
-    if not folder.is_dir():
-        raise CaptionerError(f"explain: {folder} exists and is not a folder")
-    try:
-        listed = set(json.loads((folder / MAPS_FILE).read_text(encoding="utf-8"))["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        listed = None
-    # Leftovers of a write that was killed (atomic_path's hidden temporary files) are ours too.
-    present = {p.name for p in folder.iterdir()
-               if not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))}
-    if present and (listed is None or present - listed - {MAPS_FILE}):
-        raise CaptionerError(f"explain: {folder} holds files that are not an explanation; "
-                             "choose another output folder")
-    # Only what is in this folder: names in an edited maps.json must not reach anything else.
-    return listed & present if listed else set()
+    return {p.name for p in folder.iterdir()
+            if p.name != MARK and not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))}
 
 
 def _save_png(image: Image.Image, path: Path) -> None:

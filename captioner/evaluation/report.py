@@ -34,7 +34,7 @@ from captioner.evaluation.plots import (
 )
 from captioner.evaluation.report_page import render_page
 from captioner.util.atomic import atomic_path, write_json, write_text
-from captioner.util.paths import check_out_dir
+from captioner.util.paths import claim_out_dir, seal_out_dir
 
 # A caption is generic when the model gives it to at least this many images and to more than
 # twice as many as the human references use it for: in the shapes set "a red circle" is the
@@ -75,7 +75,7 @@ class ImageResult:
     references: list[str]
 
 
-# What a report writes into its folder; metrics.json marks a folder as an earlier report's.
+# What a report writes into its folder (util/paths.py's mark proves which of them it wrote).
 REPORT_FILES = ("metrics.json", "predictions.json", "per_image.jsonl", "index.html",
                 "learning_curves.png", "scores.png", "thumbs", "maps")
 
@@ -104,8 +104,8 @@ def write_report(
     `gallery_maps` (captioner.evaluation.gallery_maps) adds where the model looked to the gallery.
     """
     out_dir = Path(out_dir)
-    check_out_dir(out_dir, REPORT_FILES, marker="metrics.json", command="evaluation")
     _check(results)
+    claim_out_dir(out_dir, REPORT_FILES, command="evaluation")
     with ThreadPoolExecutor(max_workers=1) as pool:
         # METEOR's JVM needs seconds to start: whatever does not need the scores runs meanwhile.
         pending = pool.submit(score_captions, {r.image_id: r.references for r in results},
@@ -138,6 +138,7 @@ def write_report(
     }
     _write_files(out_dir, metrics, results, records,
                  render_page(metrics, worst_records, best_records, plots, thumbnails, TAGS))
+    seal_out_dir(out_dir, REPORT_FILES, command="evaluation")
     return metrics
 
 
