@@ -30,7 +30,7 @@ from captioner.data.importing.formats import Location, Row, Source
 from captioner.data.importing.report import ImportReport, split_sizes, spread, vocabulary_stats
 from captioner.data.importing.splits import image_ids, random_splits
 from captioner.data.importing.textfile import check_encoding
-from captioner.data.importing.write import ImportedImage, claim_folder, write_dataset
+from captioner.data.importing.write import ImportedImage, claim_folder, locked_folder, write_dataset
 from captioner.errors import CaptionerError
 from captioner.util.console import say
 
@@ -52,7 +52,7 @@ def import_dataset(
     source, out = Path(source).expanduser(), Path(out).expanduser().absolute()
     images = Path(images).expanduser() if images else None
     _check_options(images, split, encoding, min_count)
-    with _os_errors_in_one_line(out):
+    with _os_errors_in_one_line(out), locked_folder(out):
         previous = claim_folder(out)  # refuse a folder we may not write before reading anything
         stages = _Stages()
         src = read_source(source, fmt, encoding)

@@ -26,6 +26,9 @@ class Manifest:
     instances_json: list[str] = field(default_factory=list)
     # Paths relative to the folder of every file the import wrote (the manifest itself excluded).
     files: list[str] = field(default_factory=list)
+    # [size, mtime in ns] of each file as written: a later import replaces or removes a file only
+    # while it still matches (remove.py), so a user's edit or a hand-added name is never lost.
+    stamps: dict[str, list[int]] = field(default_factory=dict)
     complete: bool = False
     source: str = ""
     format: str = ""

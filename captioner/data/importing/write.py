@@ -7,15 +7,21 @@
     DIR/images/...                      copies of the images, only with --copy
 
 The folder must be new, empty, or an earlier import's (it holds a manifest). A file there that
-the manifest does not list is never overwritten. The manifest is written first listing both the
-old and the new files, and again last with only the new ones and `complete`, so an interrupted
-import leaves a folder the next import may still replace and `captioner train` refuses to read.
+the manifest does not list, or that changed since it was stamped there, is never overwritten or
+removed, and nothing is written or removed through a symbolic link (remove.py). The manifest is
+written first listing both the old and the new files, and again last with only the new ones,
+their stamps and `complete`, so an interrupted import leaves a folder the next import may still
+replace and `captioner train` refuses to read.
+
+DIR/.captioner_import.lock (empty) is held while an import runs, so a second import into the
+same folder at once is refused instead of mixing the two; it stays, as the download's does.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -26,12 +32,17 @@ from captioner.data.importing.manifest import (
     read_manifest,
     write_manifest,
 )
+from captioner.data.importing.remove import remove_written, stamp
 from captioner.errors import CaptionerError
 from captioner.util.atomic import atomic_path, write_json
+from captioner.util.console import say
+from captioner.util.locks import flock
 
 KARPATHY_NAME = "dataset_karpathy.json"
 REPORT_NAME = "import_report.json"
 SPLIT_ORDER = ("train", "restval", "val", "test")
+LOCK_NAME = ".captioner_import.lock"
+Earlier = dict[str, "list[int] | None"]  # the files an earlier import wrote -> their stamps
 
 
 @dataclass
@@ -45,19 +56,42 @@ class ImportedImage:
     size: tuple[int, int] | None = None  # (width, height), when the image was decoded
 
 
-def claim_folder(out: Path) -> set[str]:
-    """The files an earlier import wrote in `out` (none for a new or empty folder); else refuse."""
-    if not out.exists():
-        return set()
-    if not out.is_dir():
+@contextmanager
+def locked_folder(out: Path) -> Iterator[None]:
+    """Create `out` if need be and hold its import lock; a folder created here is removed again
+    when the import fails, so a failed import leaves nothing behind."""
+    if out.exists() and not out.is_dir():
         raise CaptionerError(f"--out {out}: exists and is not a folder")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_NAME
+    try:
+        with flock(lock, wait=False) as locked:
+            if not locked:
+                raise CaptionerError(f"--out {out}: another import into this folder is running (it "
+                                     f"holds {lock}); wait for it to finish, then rerun")
+            yield
+    except BaseException:
+        if created and not any(p.name != LOCK_NAME for p in out.iterdir()):
+            lock.unlink(missing_ok=True)
+            out.rmdir()
+        raise
+
+
+def claim_folder(out: Path) -> Earlier:
+    """The files an earlier import wrote in `out` (none for a new or empty folder); else refuse."""
     manifest = read_manifest(out)
     if manifest is not None:
-        return set(manifest.files)
-    if any(out.iterdir()):
+        return {name: manifest.stamps.get(name) for name in manifest.files}
+    if any(p.name != LOCK_NAME for p in out.iterdir()):
         raise CaptionerError(f"--out {out}: folder is not empty and holds no earlier import "
                              f"({MANIFEST_NAME}); choose a new or empty folder")
-    return set()
+    return {}
+
+
+def could_write(name: str) -> bool:
+    """Whether an import writes files of this name (an edited manifest may list any)."""
+    return name in (KARPATHY_NAME, REPORT_NAME) or name.startswith(("annotations/captions_", "images/"))
 
 
 def copy_name(image: ImportedImage) -> str:
@@ -78,8 +112,9 @@ def planned_files(images: Sequence[ImportedImage], copy: bool) -> list[str]:
     return files + ([copy_name(im) for im in images] if copy else [])
 
 
-def check_targets(out: Path, files: Sequence[str], previous: set[str]) -> None:
-    """Refuse before writing anything if a file to write exists and is not the earlier import's."""
+def check_targets(out: Path, files: Sequence[str], previous: Earlier) -> None:
+    """Refuse before writing anything if a file to write exists and is not the earlier import's
+    (not listed, or changed since it was stamped)."""
     for name in files:
         target = out / name
         linked = [p for p in target.parents if p != out and out in p.parents and p.is_symlink()]
@@ -89,16 +124,20 @@ def check_targets(out: Path, files: Sequence[str], previous: set[str]) -> None:
         if (target.exists() or target.is_symlink()) and name not in previous:
             raise CaptionerError(f"--out {out}: {name} exists and was not written by an earlier "
                                  "import; refusing to overwrite it")
+        if previous.get(name) and target.exists() and stamp(target) != previous[name]:
+            raise CaptionerError(f"--out {out}: {name} changed since the earlier import wrote it; "
+                                 "refusing to overwrite it (move it, or choose a new folder)")
 
 
 def write_dataset(out: Path, images: Sequence[ImportedImage], report: dict, *, copy: bool,
-                  previous: set[str], source: str, fmt: str) -> list[str]:
-    """Write the folder; return the files written (relative to `out`)."""
+                  previous: Earlier, source: str, fmt: str) -> list[str]:
+    """Write the folder (created and locked by locked_folder); return the files written
+    (relative to `out`)."""
     files = planned_files(images, copy)
     check_targets(out, files, previous)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(KARPATHY_NAME, [f for f in files if f.startswith("annotations/")],
-                        files=sorted(previous | set(files)), source=source, format=fmt)
+                        files=sorted(set(previous) | set(files)), source=source, format=fmt,
+                        stamps={name: s for name, s in previous.items() if s and name not in files})
     write_manifest(out, manifest)
     if copy:
         _copy_images(out, images, previous)
@@ -109,8 +148,9 @@ def write_dataset(out: Path, images: Sequence[ImportedImage], report: dict, *, c
         subset = [im for im in images if im.split == split]
         write_json(out / name, coco_json(out, subset, ids, copy, source), indent=None)
     write_json(out / REPORT_NAME, report)
-    _remove_stale(out, previous - set(files))
+    _remove_stale(out, previous, set(files))
     manifest.files, manifest.complete = files, True
+    manifest.stamps = {name: stamp(out / name) for name in files}
     write_manifest(out, manifest)
     return files
 
@@ -163,7 +203,7 @@ def coco_json(out: Path, images: Sequence[ImportedImage], caption_ids: dict[int,
             "annotations": annotations}
 
 
-def _copy_images(out: Path, images: Sequence[ImportedImage], previous: set[str]) -> None:
+def _copy_images(out: Path, images: Sequence[ImportedImage], previous: Earlier) -> None:
     for image in images:
         name = copy_name(image)
         target, src = out / name, image.path.stat()
@@ -175,16 +215,11 @@ def _copy_images(out: Path, images: Sequence[ImportedImage], previous: set[str])
             shutil.copy2(image.path, tmp)
 
 
-def _remove_stale(out: Path, stale: set[str]) -> None:
-    """Delete what the earlier import wrote and this one did not, and folders that leaves empty."""
-    for name in sorted(stale, reverse=True):
-        path = out / name
-        if path.is_file() and not path.is_symlink():
-            path.unlink()
-        for parent in path.parents:
-            if parent == out or out not in parent.parents:
-                break
-            try:
-                parent.rmdir()
-            except OSError:
-                break
+def _remove_stale(out: Path, previous: Earlier, written: set[str]) -> None:
+    """Remove what the earlier import wrote and this one did not, where it is still that import's."""
+    stale = [name for name in previous if name not in written]
+    left = remove_written(out, [name for name in stale if could_write(name)], previous)
+    left += [name for name in stale if not could_write(name)]
+    if left:
+        say(f"note: left {len(left)} file(s) an earlier import listed in place, as they changed "
+            f"since, are behind a symbolic link or are not the import's to remove (first: {left[0]})")
