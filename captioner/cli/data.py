@@ -79,6 +79,10 @@ def _add_data_import(dsub: argparse._SubParsersAction) -> None:
                                       "what its byte-order mark says)")
     p.add_argument("--verify-images", action="store_true",
                    help="decode every image (default: only check that it exists and is not empty)")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="also take images that lie outside the images folder (names with '..', "
+                        "absolute paths, symbolic links leading out); default: such rows are left "
+                        "out and reported, so a captions file cannot make --copy take other files")
     p.add_argument("--min-count", type=int, default=5,
                    help="vocabulary threshold for the report's coverage figure (default: 5)")
 
@@ -103,7 +107,7 @@ def _import(args: argparse.Namespace) -> int:
     report = import_dataset(args.source, args.out, images=args.images, fmt=args.fmt,
                             split=args.split, seed=args.seed, copy=args.copy,
                             encoding=args.encoding, verify_images=args.verify_images,
-                            min_count=args.min_count)
+                            min_count=args.min_count, allow_outside=args.allow_outside)
     for problem in report.problems[:5]:
         where = problem.get("line", problem.get("entry"))
         say(f"warning: {problem['file']}:{where}: {problem['message']}")

@@ -11,6 +11,7 @@ manifest through manifest.py.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,8 +22,8 @@ from captioner.data.importing.check import (
     Kept,
     Problems,
     check_captions,
+    file_problem,
     image_folder,
-    stat_problem,
     verify_images,
 )
 from captioner.data.importing.detect import FORMATS, read_source
@@ -43,11 +44,14 @@ def import_dataset(
     source: str | Path, out: str | Path, *, images: str | Path | None = None, fmt: str = "auto",
     split: Sequence[float] = (0.9, 0.05, 0.05), seed: int = 0, copy: bool = False,
     encoding: str | None = None, verify_images: bool = False, min_count: int = 5,
+    allow_outside: bool = False,
 ) -> ImportReport:
     """Import the captions file (or dataset folder) `source` into the dataset folder `out`.
 
     Bad rows and missing or unreadable images are left out and reported, never fatal; a source
-    with no usable row at all is a CaptionerError. Stage lines go to stderr.
+    with no usable row at all is a CaptionerError. Stage lines go to stderr. Images must lie
+    inside the images folder after following links (else a captions file could make --copy
+    take any file the user can read), unless `allow_outside`.
     """
     source, out = Path(source).expanduser(), Path(out).expanduser().absolute()
     images = Path(images).expanduser() if images else None
@@ -64,7 +68,8 @@ def import_dataset(
         listed = _first_rows(src.rows)
         stages.done(f"checked captions: {sum(len(k.captions) for k in kept.values())} usable")
         base = image_folder(src.path, images, list(listed))
-        files, status = _image_files(listed, base, kept, problems, verify_images)
+        inside = None if allow_outside else os.path.realpath(base)
+        files, status = _image_files(listed, base, inside, kept, problems, verify_images)
         stages.done(f"checked {len(listed)} images under {base}: {status['found']} found, "
                     f"{status['image_missing']} missing, {status['image_unreadable']} unreadable")
         imported, origin = _assemble(src, kept, files, problems, split, seed)
@@ -118,14 +123,14 @@ def _first_rows(rows: Iterable[Row]) -> dict[str, Location]:
     return first
 
 
-def _image_files(listed: dict[str, Location], base: Path, kept: dict[str, Kept], problems: Problems,
-                 verify: bool) -> tuple[dict[str, ImageFile], Counter]:
+def _image_files(listed: dict[str, Location], base: Path, inside: str | None, kept: dict[str, Kept],
+                 problems: Problems, verify: bool) -> tuple[dict[str, ImageFile], Counter]:
     """The usable image file of each listed image; status counts found / missing / unreadable."""
     status: Counter = Counter(found=0, image_missing=0, image_unreadable=0)
     files: dict[str, ImageFile] = {}
     for name, loc in listed.items():
         path = base / name  # an absolute name stays as it is
-        problem = stat_problem(path)
+        problem = file_problem(path, inside)
         if problem is None:
             files[name] = (path, None)
         else:
@@ -145,7 +150,7 @@ def _image_files(listed: dict[str, Location], base: Path, kept: dict[str, Kept],
 def _image_problem(problems: Problems, status: Counter, loc: Location, problem: tuple[str, str],
                    kept: Kept | None) -> None:
     reason, message = problem
-    status[reason] += 1
+    status["image_missing" if reason == "image_missing" else "image_unreadable"] += 1
     problems.add(loc, reason, message, captions=len(kept.captions) if kept else 0)
 
 
@@ -179,6 +184,9 @@ def _nothing_usable(src: Source, problems: Problems, base: Path) -> str:
     hint = ""
     if problems.dropped and problems.dropped.most_common(1)[0][0] == "image_missing":
         hint = f"; images were looked for under {base}: pass their folder with --images"
+    elif problems.dropped and problems.dropped.most_common(1)[0][0] == "outside_images":
+        hint = (f"; images must lie under {base}: pass the folder holding them with --images, or "
+                "--allow-outside")
     elif problems.listed:
         first = problems.listed[0]
         where = first.get("line", first.get("entry"))

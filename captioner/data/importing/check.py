@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from captioner.data.importing.formats import Location, Row
@@ -107,6 +108,59 @@ def image_folder(captions_file: Path, images: Path | None, names: Sequence[str])
     sample = sorted(names)[:SAMPLE]
     hits = [sum((d / name).is_file() for name in sample) for d in candidates]
     return candidates[hits.index(max(hits))]
+
+
+# The first bytes of the formats Pillow reads that people keep photos in. Checked for every image,
+# so that a captions file cannot make --copy take a key or a document under an image's name.
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
+              b"MM\x00*", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xffO\xffQ", b"P1", b"P2", b"P3", b"P4",
+              b"P5", b"P6")
+IMAGE_KINDS = "JPEG, PNG, GIF, BMP, WebP, TIFF, PNM, JPEG 2000 or AVIF"
+
+
+def is_image_header(head: bytes) -> bool:
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        return True
+    return head.startswith(SIGNATURES)
+
+
+def file_problem(path: Path, inside: str | None) -> tuple[str, str] | None:
+    """(reason, message) when the file is outside the folder `inside` (a real path; None: allowed
+    anywhere), missing, not a regular file, empty or not an image; None when it may be an image."""
+    if inside is not None and not _is_under(_real_path(path), inside):
+        return "outside_images", (f"{path}: outside the images folder {inside} (after following "
+                                  "symbolic links); pass --allow-outside to take it")
+    problem = stat_problem(path)
+    if problem is not None:
+        return problem
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        return "image_unreadable", f"{path}: {err.strerror}"
+    if not is_image_header(head):
+        return "not_an_image", f"{path}: not an image file (expected {IMAGE_KINDS})"
+    return None
+
+
+def _is_under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+@lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
+
+
+def _real_path(path: Path) -> str:
+    """os.path.realpath(path), resolving each folder once for all the images in it."""
+    text = os.path.normpath(path)
+    folder, leaf = os.path.split(text)
+    if os.path.islink(text):
+        return os.path.realpath(text)
+    return os.path.join(_real_folder(folder), leaf)
 
 
 def stat_problem(path: Path) -> tuple[str, str] | None:

@@ -48,8 +48,12 @@ def read_manifest(root: Path) -> Manifest | None:
     if manifest.version != MANIFEST_VERSION:
         raise CaptionerError(f"{path}: manifest version {manifest.version}, this captioner reads "
                              f"{MANIFEST_VERSION}; import the dataset again")
+    if not isinstance(manifest.stamps, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and all(type(n) is int for n in v)
+            for v in manifest.stamps.values()):
+        raise CaptionerError(f"{path}: 'stamps' is not a map of file name to [size, mtime_ns]")
     for name in manifest.files:
-        if not is_inside(name):
+        if not isinstance(name, str) or not is_inside(name):
             raise CaptionerError(f"{path}: lists {name!r}, which is not a path inside the folder")
     return manifest
 
