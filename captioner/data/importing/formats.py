@@ -33,6 +33,7 @@ TOKEN_LINE = re.compile(r"(?P<image>[^\t]+?)#(?P<number>\d+)\t(?P<caption>.*)")
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 PIPE_HEADER = re.compile(r"\s*image_name\s*\|", re.IGNORECASE)
 Location = int | str  # a line number (text formats) or a JSON entry such as "annotations[3]"
+MAX_ID = 2 ** 63 - 1  # ids are stored as int64 (torch, numpy): a larger one crashes training
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,16 @@ def load_json(path: Path) -> Any:
         raise CaptionerError(f"{path}: not valid JSON ({err})") from err
 
 
+def source_id(value: Any) -> int:
+    """An id as the source writes it, if it is a whole number that int64 holds; else ValueError.
+    JSON's true and false are not ids (Python would take them as 1 and 0), nor is 1.5."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise ValueError(f"image id {value!r} is not a whole number from 0 to 2**63-1")
+    return value
+
+
 def read_coco(source: Source) -> None:
     """A COCO captions file: image entries, then caption annotations pointing at them."""
     data = load_json(source.path)
@@ -185,24 +196,40 @@ def read_coco(source: Source) -> None:
                                              for k in ("images", "annotations")):
         raise CaptionerError(f"{source.path}: not a COCO captions file (expected 'images' and "
                              "'annotations' lists)")
-    names: dict[int, str] = {}
-    for n, image in enumerate(data["images"]):
-        try:
-            names[int(image["id"])] = str(image["file_name"])
-        except (KeyError, TypeError, ValueError) as err:
-            source.reject(f"images[{n}]", f"image entry without a usable id and file_name ({err!r})")
+    names, shared = _coco_images(source, data["images"])
     for n, annotation in enumerate(data["annotations"]):
         loc = f"annotations[{n}]"
         try:
-            image_id, caption = int(annotation["image_id"]), annotation["caption"]
+            image_id, caption = source_id(annotation["image_id"]), annotation["caption"]
         except (KeyError, TypeError, ValueError) as err:
             source.reject(loc, f"annotation without a usable image_id and caption ({err!r})")
             continue
-        if image_id not in names or not isinstance(caption, str):
+        if image_id in shared:
+            source.reject(loc, f"caption of image id {image_id}, which several image entries have",
+                          "duplicate_id")
+        elif image_id not in names or not isinstance(caption, str):
             source.reject(loc, f"caption of image id {image_id}, which no image entry has"
                           if image_id not in names else "caption is not a string")
-            continue
-        source.add(Row(names[image_id], caption, loc, image_id=image_id))
+        else:
+            source.add(Row(names[image_id], caption, loc, image_id=image_id))
+
+
+def _coco_images(source: Source, images: list) -> tuple[dict[int, str], set[int]]:
+    """id -> file name of the usable image entries, and the ids several entries share: which of
+    them a caption belongs to cannot be told, so those entries and captions are all left out."""
+    entries: dict[int, list[tuple[int, str]]] = {}
+    for n, image in enumerate(images):
+        try:
+            entries.setdefault(source_id(image["id"]), []).append((n, str(image["file_name"])))
+        except (KeyError, TypeError, ValueError) as err:
+            source.reject(f"images[{n}]", f"image entry without a usable id and file_name ({err!r})")
+    shared = {image_id for image_id, found in entries.items() if len(found) > 1}
+    for image_id in shared:
+        where = ", ".join(f"images[{n}]" for n, _ in entries[image_id])
+        for n, _ in entries[image_id]:
+            source.reject(f"images[{n}]", f"image id {image_id} is given to several images ({where})",
+                          "duplicate_id")
+    return {i: found[0][1] for i, found in entries.items() if i not in shared}, shared
 
 
 def read_karpathy(source: Source) -> None:
@@ -217,7 +244,7 @@ def read_karpathy(source: Source) -> None:
             name = str(PurePosixPath(image.get("filepath", "")) / image["filename"])
             split, sentences = str(image["split"]), image["sentences"]
             image_id = image.get("cocoid", image.get("imgid"))
-            image_id = None if image_id is None else int(image_id)
+            image_id = None if image_id is None else source_id(image_id)
             captions = [s["raw"] for s in sentences]
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             source.reject(loc, f"image entry without filename, split and sentences ({err!r})")
