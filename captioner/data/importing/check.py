@@ -21,6 +21,9 @@ from captioner.errors import CaptionerError
 
 # Longer is a run-on row (a lost quote or delimiter glued rows together), not a caption.
 MAX_WORDS = 100
+# Checked before tokenising: nltk's regexes take seconds on a megabyte and stop with a
+# TimeoutError after 5 s on some 20 MB strings, so a caption this long never reaches them.
+MAX_CHARS = 20 * MAX_WORDS
 # Listed in import_report.json; past this many, only counted (a wrong format fails every row).
 MAX_LISTED = 10_000
 # Where the usual dataset layouts keep their images, relative to the captions file's folder.
@@ -80,10 +83,16 @@ def tokenize_all(captions: Sequence[str]) -> list[list[str]]:
 def check_captions(rows: Sequence[Row], problems: Problems) -> dict[str, Kept]:
     """image -> its usable captions: not empty, not run-on, not a repeat of an earlier row."""
     captions = [" ".join(row.caption.split()) for row in rows]
+    fits = [len(caption) <= MAX_CHARS for caption in captions]
+    tokenized = iter(tokenize_all([c for c, fit in zip(captions, fits) if fit]))
     kept: dict[str, Kept] = {}
     seen: set[tuple[str, str]] = set()
-    for row, caption, tokens in zip(rows, captions, tokenize_all(captions)):
-        if not tokens:
+    for row, caption, fit in zip(rows, captions, fits):
+        tokens = next(tokenized) if fit else None
+        if tokens is None:
+            problems.add(row.loc, "overlong", f"{row.image}: caption of {len(caption)} characters "
+                         f"(more than {MAX_CHARS}: a missing quote or delimiter?)")
+        elif not tokens:
             problems.add(row.loc, "empty", f"{row.image}: empty caption")
         elif len(tokens) > MAX_WORDS:
             problems.add(row.loc, "overlong", f"{row.image}: caption of {len(tokens)} words "
