@@ -106,3 +106,36 @@ def test_resuming_a_weights_only_best_names_last(tmp_path: Path) -> None:
     refuse_weights_only(torch.load(last, map_location="cpu", weights_only=True), last)
     with pytest.raises(CaptionerError, match="resume from .*last.ckpt"):
         refuse_weights_only(torch.load(best, map_location="cpu", weights_only=True), best)
+
+
+def _killed_at(epoch: int, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the run die at `step` of `epoch`'s end, as a SIGKILL there would leave the folder."""
+    from captioner.training import checkpoints
+
+    real = getattr(checkpoints, step)
+
+    def die_at_epoch(*args: object, **kwargs: object) -> None:
+        if _epoch(Path(args[0]).with_name("last.ckpt")) == epoch:
+            raise RuntimeError("killed")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, step, die_at_epoch)
+
+
+@pytest.mark.parametrize("epoch,step", [(4, "same_file"), (5, "keep_weights_only")])
+def test_a_kill_between_the_two_files_is_repaired_on_resume(
+        epoch: int, step: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22 item 6: killed after last.ckpt's rename and before best.ckpt followed it."""
+    with monkeypatch.context() as patch:
+        _killed_at(epoch, step, patch)
+        torch.manual_seed(0)
+        with pytest.raises(RuntimeError, match="killed"):
+            _fit(tmp_path, epochs=6)
+    best, last = _fit(tmp_path, epochs=6, resume=tmp_path / "last.ckpt")
+    assert _epoch(best) == 4 and _epoch(last) == 5  # epoch 4 (0.6) is the best, not epoch 1
+    torch.manual_seed(0)
+    untouched, _ = _fit(tmp_path / "never-killed", epochs=6)
+    saved = torch.load(best, map_location="cpu", weights_only=True)
+    assert "optimizer_states" not in saved
+    for name, value in torch.load(untouched, map_location="cpu", weights_only=True)["state_dict"].items():
+        assert torch.equal(saved["state_dict"][name], value), name

@@ -7,6 +7,9 @@
   writing the next last.ckpt replaces that name only, so best.ckpt keeps its state. Once a later
   epoch is last, best.ckpt drops the optimiser's state, which only resuming needs (resume from
   last.ckpt): a run folder then holds one full checkpoint, not two.
+- last.ckpt is written first and records which epoch is the best (its own, when it improved), so
+  a process killed before best.ckpt followed it leaves a folder that resuming repairs: best.ckpt
+  is linked to last.ckpt again, or stripped of the optimiser's state it still held.
 - The best score travels inside every checkpoint, so a run folder that was moved or copied resumes
   comparing with it rather than taking whatever its first validation gives.
 - The random number generators travel too, and are restored when training resumes: with the
@@ -55,6 +58,8 @@ class RunCheckpoints(Checkpoint):
     def __init__(self, folder: Path, monitor: str) -> None:
         self.folder, self.monitor, self.mode = Path(folder), monitor, monitor_mode(monitor)
         self.best: float | None = None
+        self.best_epoch: int | None = None  # the epoch best.ckpt holds
+        self._epoch: int | None = None  # the epoch of the checkpoint being saved or loaded
         self._rng: dict[str, Any] | None = None  # loaded states, applied when training starts
 
     @property
@@ -67,6 +72,21 @@ class RunCheckpoints(Checkpoint):
                 if is_temp_file(leftover, LAST) or is_temp_file(leftover, BEST):
                     leftover.unlink(missing_ok=True)
 
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self._epoch is not None and trainer.ckpt_path is not None \
+                and _same_inode(Path(trainer.ckpt_path), self.folder / LAST):
+            self._repair_best(self._epoch)
+        trainer.strategy.barrier("RunCheckpoints.repair")
+
+    def _repair_best(self, last_epoch: int) -> None:
+        """Finish what a process killed between writing last.ckpt and updating best.ckpt left."""
+        last, best = self.folder / LAST, self.folder / BEST
+        if self.best_epoch == last_epoch and not _same_inode(last, best):
+            same_file(last, best)  # last.ckpt was the new best; best.ckpt still held an older one
+        elif self.best_epoch is not None and self.best_epoch < last_epoch and best.is_file() \
+                and not _same_inode(last, best) and _holds_resume_state(best):
+            keep_weights_only(best)
+
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._rng is not None:
             set_rng_states(self._rng)
@@ -76,7 +96,8 @@ class RunCheckpoints(Checkpoint):
         score = trainer.callback_metrics.get(self.monitor)
         improved = score is not None and self._better(float(score))
         if improved:
-            self.best = float(score)
+            self.best, self.best_epoch = float(score), trainer.current_epoch
+        self._epoch = trainer.current_epoch  # recorded in last.ckpt with best_epoch
         last, best = self.folder / LAST, self.folder / BEST
         shared = trainer.is_global_zero and _same_inode(last, best)
         trainer.save_checkpoint(last, weights_only=False)  # every rank takes part; rank 0 writes
@@ -94,11 +115,13 @@ class RunCheckpoints(Checkpoint):
         return score < self.best if self.mode == "min" else score > self.best
 
     def state_dict(self) -> dict[str, Any]:
-        return {"monitor": self.monitor, "best": self.best, "rng": rng_states()}
+        return {"monitor": self.monitor, "best": self.best, "best_epoch": self.best_epoch,
+                "epoch": self._epoch, "rng": rng_states()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("monitor") == self.monitor:  # a changed trainer.monitor starts a new contest
-            self.best = state.get("best")
+            self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+        self._epoch = state.get("epoch")
         self._rng = state.get("rng")
 
 
@@ -107,6 +130,14 @@ def _same_inode(a: Path, b: Path) -> bool:
         return a.samefile(b)
     except OSError:
         return False
+
+
+def _holds_resume_state(path: Path) -> bool:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an unreadable best.ckpt is left for the user to see, not rewritten
+        return False
+    return any(key in checkpoint for key in RESUME_ONLY)
 
 
 def keep_weights_only(path: Path) -> None:
