@@ -69,20 +69,35 @@ def _tokenize_chunk(captions: Sequence[str]) -> list[list[str]]:
 
 
 def tokenize_all(captions: Sequence[str]) -> list[list[str]]:
-    """Tokens of every caption. nltk's PTB regexes are most of an import's time (see
-    benchmarks/import_speed.py), so large files are shared out over the cores."""
+    """Tokens of every caption, each word one shared string (a million captions' tokens are
+    most of an import's memory). Plain captions are split here; the others go through nltk's PTB
+    regexes (~130 us each, see benchmarks/import_speed.py), shared out over the cores when many."""
+    from captioner.data.tokenize import plain_tokens
+
+    tokens = [_shared(plain_tokens(c)) for c in captions]
+    rest = [n for n, t in enumerate(tokens) if t is None]
     workers = cores()
-    if workers == 1 or len(captions) < PARALLEL_FROM:
-        return _tokenize_chunk(captions)
-    size = -(-len(captions) // (4 * workers))
+    if workers == 1 or len(rest) < PARALLEL_FROM:
+        done = iter(_tokenize_chunk([captions[n] for n in rest]))
+        for n in rest:
+            tokens[n] = _shared(next(done))
+        return tokens  # type: ignore[return-value]
+    size = -(-len(rest) // (4 * workers))
     with ProcessPoolExecutor(workers) as pool:
-        parts = pool.map(_tokenize_chunk, [captions[i:i + size] for i in range(0, len(captions), size)])
-        return [tokens for part in parts for tokens in part]
+        chunks = [[captions[n] for n in rest[i:i + size]] for i in range(0, len(rest), size)]
+        done = (caption for part in pool.map(_tokenize_chunk, chunks) for caption in part)
+        for n in rest:
+            tokens[n] = _shared(next(done))
+    return tokens  # type: ignore[return-value]
+
+
+def _shared(tokens: list[str] | None) -> list[str] | None:
+    return None if tokens is None else [sys.intern(t) for t in tokens]
 
 
 def check_captions(rows: Sequence[Row], problems: Problems) -> dict[str, Kept]:
     """image -> its usable captions: not empty, not run-on, not a repeat of an earlier row."""
-    captions = [" ".join(row.caption.split()) for row in rows]
+    captions = [_one_spaced(row.caption) for row in rows]
     fits = [len(caption) <= MAX_CHARS for caption in captions]
     tokenized = iter(tokenize_all([c for c, fit in zip(captions, fits) if fit]))
     kept: dict[str, Kept] = {}
@@ -105,6 +120,11 @@ def check_captions(rows: Sequence[Row], problems: Problems) -> dict[str, Kept]:
             entry.captions.append(caption)
             entry.tokens.append(tokens)
     return kept
+
+
+def _one_spaced(caption: str) -> str:
+    spaced = " ".join(caption.split())
+    return caption if spaced == caption else spaced  # the row's own string: no second copy
 
 
 def image_folder(captions_file: Path, images: Path | None, names: Sequence[str]) -> Path:
@@ -138,10 +158,12 @@ def is_image_header(head: bytes) -> bool:
 def file_problem(path: Path, inside: str | None) -> tuple[str, str] | None:
     """(reason, message) when the file is outside the folder `inside` (a real path; None: allowed
     anywhere), missing, not a regular file, empty or not an image; None when it may be an image."""
+    problem = stat_problem(path)  # first: a missing file is reported as missing, wherever it is
+    if problem is not None and problem[0] == "image_missing":
+        return problem
     if inside is not None and not _is_under(_real_path(path), inside):
         return "outside_images", (f"{path}: outside the images folder {inside} (after following "
                                   "symbolic links); pass --allow-outside to take it")
-    problem = stat_problem(path)
     if problem is not None:
         return problem
     try:

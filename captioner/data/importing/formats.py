@@ -15,12 +15,11 @@ on. Only a file that cannot be read at all (not JSON, not the expected structure
 from __future__ import annotations
 
 import csv
-import io
 import json
 import posixpath
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,10 +32,13 @@ TOKEN_LINE = re.compile(r"(?P<image>[^\t]+?)#(?P<number>\d+)\t(?P<caption>.*)")
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 PIPE_HEADER = re.compile(r"\s*image_name\s*\|", re.IGNORECASE)
 Location = int | str  # a line number (text formats) or a JSON entry such as "annotations[3]"
+# A captions row is a name and at most a few captions of check.MAX_CHARS; a longer line is a
+# lost line break (and past 131,072 characters Python's csv module gives up on the rest).
+MAX_LINE = 50_000
 MAX_ID = 2 ** 63 - 1  # ids are stored as int64 (torch, numpy): a larger one crashes training
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million rows in a third of the memory
 class Row:
     image: str  # as the source writes it: a name or path relative to the images folder
     caption: str
@@ -58,52 +60,72 @@ class Source:
     def reject(self, loc: Location, message: str, reason: str = "malformed") -> None:
         self.bad.append((loc, reason, message))
 
-    def add(self, row: Row) -> None:
-        """Keep `row` (its image name normalised: "./a.jpg" is "a.jpg"), unless it names no image
+    def add(self, image: str, caption: str, loc: Location, split: str | None = None,
+            image_id: int | None = None) -> None:
+        """Keep a row (its image name normalised: "./a.jpg" is "a.jpg"), unless it names no image
         or the file's bytes under it were not valid in its encoding."""
-        if undecodable(row.image) or undecodable(row.caption):
-            self.reject(row.loc, f"not valid {self.encoding}; {ENCODING_HINT}", "encoding")
-        elif not row.image.strip():
-            self.reject(row.loc, "no image name")
+        image = image.strip()
+        if undecodable(image) or undecodable(caption):
+            self.reject(loc, f"not valid {self.encoding}; {ENCODING_HINT}", "encoding")
+        elif not image:
+            self.reject(loc, "no image name")
         else:
-            self.rows.append(replace(row, image=posixpath.normpath(row.image.strip())))
+            self.rows.append(Row(posixpath.normpath(image), caption, loc, split, image_id))
 
 
-def _lines(text: str) -> Iterator[tuple[int, str]]:
+def _physical_lines(source: Source, text: str) -> Iterator[str]:
+    """Each line of `text` with its line ending, one by one (a copy of a large file would double
+    its memory); a line longer than MAX_LINE is rejected and given as an empty line, so the
+    lines after it are still read and keep their numbers."""
+    start, n = 0, 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end + 1
+        n += 1
+        if end - start > MAX_LINE:
+            source.reject(n, f"line of {end - start:,} characters (more than {MAX_LINE:,}: a lost "
+                          "line break or quote?)", "overlong")
+            yield "\n"
+        else:
+            yield text[start:end]
+        start = end
+
+
+def _lines(source: Source, text: str) -> Iterator[tuple[int, str]]:
     # str.splitlines would also split at U+2028 and friends inside captions, shifting line numbers.
-    for n, line in enumerate(text.split("\n"), 1):
-        line = line.rstrip("\r")
+    for n, line in enumerate(_physical_lines(source, text), 1):
+        line = line.rstrip("\r\n")
         if line.strip():
             yield n, line
 
 
 def read_token(source: Source, text: str) -> None:
     """Flickr's NAME#N<TAB>caption lines."""
-    for n, line in _lines(text):
+    for n, line in _lines(source, text):
         match = TOKEN_LINE.fullmatch(line)
         if match is None:
             source.reject(n, "expected NAME.jpg#N<TAB>caption")
         else:
-            source.add(Row(match["image"].strip(), match["caption"], n))
+            source.add(match["image"], match["caption"], n)
 
 
 def read_pipe(source: Source, text: str) -> None:
     """Flickr30k's results.csv: image_name| comment_number| comment, split at the first two pipes."""
-    for n, line in _lines(text):
+    for n, line in _lines(source, text):
         if n == 1 and PIPE_HEADER.match(line):
             continue
         parts = [p.strip() for p in line.split("|", 2)]
         if len(parts) != 3 or not parts[1].isdigit():
             source.reject(n, "expected image_name| comment_number| comment")
         else:
-            source.add(Row(parts[0], parts[2], n))
+            source.add(parts[0], parts[2], n)
 
 
 def read_delimited(source: Source, text: str, delimiter: str) -> None:
     """CSV or TSV rows of image and caption, with or without a header naming the columns."""
     # TSV fields are not quoted: a caption starting with a quote mark is just that.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(_physical_lines(source, text), delimiter=delimiter, quoting=quoting)
     columns: tuple[int, int] | None = None
     width = 0
     start = 1
@@ -138,16 +160,16 @@ def _delimited_row(source: Source, fields: list[str], loc: int, delimiter: str,
             image, caption = fields[0], delimiter.join(fields[1:])
         else:
             image, caption = fields[-1], delimiter.join(fields[:-1])
-        source.add(Row(image.strip(), caption, loc))
+        source.add(image, caption, loc)
     elif len(fields) != width:
         source.reject(loc, f"{len(fields)} columns, the header has {width}")
     else:
-        source.add(Row(fields[columns[0]].strip(), fields[columns[1]], loc))
+        source.add(fields[columns[0]], fields[columns[1]], loc)
 
 
 def read_jsonl(source: Source, text: str) -> None:
     """One JSON object per line with an image and a caption or a list of captions."""
-    for n, line in _lines(text):
+    for n, line in _lines(source, text):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
@@ -160,7 +182,7 @@ def read_jsonl(source: Source, text: str) -> None:
             source.reject(n, 'expected {"image": ..., "caption": ...} or "captions": [...]')
             continue
         for caption in captions:
-            source.add(Row(image.strip(), caption, n))
+            source.add(image, caption, n)
 
 
 def _jsonl_captions(record: dict[str, Any]) -> list[str] | None:
@@ -211,7 +233,7 @@ def read_coco(source: Source) -> None:
             source.reject(loc, f"caption of image id {image_id}, which no image entry has"
                           if image_id not in names else "caption is not a string")
         else:
-            source.add(Row(names[image_id], caption, loc, image_id=image_id))
+            source.add(names[image_id], caption, loc, image_id=image_id)
 
 
 def _coco_images(source: Source, images: list) -> tuple[dict[int, str], set[int]]:
@@ -255,7 +277,7 @@ def read_karpathy(source: Source) -> None:
         source.splits.setdefault(name, split)
         for k, caption in enumerate(captions):
             if isinstance(caption, str):
-                source.add(Row(name, caption, f"{loc}.sentences[{k}]", split, image_id))
+                source.add(name, caption, f"{loc}.sentences[{k}]", split, image_id)
             else:
                 source.reject(f"{loc}.sentences[{k}]", "sentence 'raw' is not a string")
 
