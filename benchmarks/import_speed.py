@@ -9,7 +9,11 @@ imports it twice, and deletes everything:
 
 Each figure is the median of --repeats runs, both kinds measured in the same run.
 
+With --csv-rows N it times instead one import of an N-row CSV naming N/5 images, of which only
+--images exist (the rest are reported missing), and prints the peak RSS: the issue 22 case.
+
     python benchmarks/import_speed.py [--images 30000] [--captions-per-image 5] [--repeats 3]
+    python benchmarks/import_speed.py --csv-rows 1000000 --images 2000
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import contextlib
 import io
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -59,6 +64,22 @@ def write_source(root: Path, n_images: int, per_image: int, seed: int = 0) -> Pa
     return token
 
 
+def large_csv(root: Path, rows: int, existing: int, seed: int = 0) -> Path:
+    """`rows` captions over rows/5 image names, the first `existing` of them real JPEGs."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG")
+    names = max(1, rows // 5)
+    for i in range(min(existing, names)):
+        (root / f"{i}.jpg").write_bytes(buffer.getvalue())
+    rng = random.Random(seed)
+    path = root / "captions.csv"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("image,caption\n")
+        for r in range(rows):
+            f.write(f"{r % names}.jpg,{' '.join(rng.choice(WORDS) for _ in range(rng.randint(6, 18)))}\n")
+    return path
+
+
 def timed_import(token: Path, out: Path, verify: bool) -> float:
     start = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):  # the stage lines
@@ -73,8 +94,20 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=30_000)
     parser.add_argument("--captions-per-image", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--csv-rows", type=int, default=0)
     args = parser.parse_args()
     print(describe())
+    if args.csv_rows:
+        with tempfile.TemporaryDirectory(prefix="import-speed-") as tmp:
+            path = large_csv(Path(tmp), args.csv_rows, args.images)
+            start = time.perf_counter()
+            with contextlib.redirect_stderr(io.StringIO()):
+                report = import_dataset(path, Path(tmp) / "out")
+            seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        print(f"{args.csv_rows} CSV rows, {report.images_kept} images kept: {seconds:.1f} s, "
+              f"peak RSS {peak:.0f} MB")
+        return
     with tempfile.TemporaryDirectory(prefix="import-speed-") as tmp:
         start = time.perf_counter()
         token = write_source(Path(tmp), args.images, args.captions_per_image)
