@@ -108,3 +108,47 @@ def test_without_object_labels_the_captions_words_are_the_targets(tmp_path: Path
     targets = torch.load(tmp_path / "runs" / "shapes-pretrain" / "encoder.pth", weights_only=True)
     assert {"circle", "square", "triangle"} <= set(targets["captioner"]["targets"])
     assert not {"a", "with", "of"} & set(targets["captioner"]["targets"])
+
+
+@pytest.mark.slow
+def test_a_killed_pretraining_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
+    """Issue 22 item 7: killed after its first checkpoint and resumed, a pretraining ends with the
+    weights, log and encoder.pth of one that never stopped (the data order is restored too)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from captioner.training.runlog import read_rows
+
+    run = [*PRETRAIN, "pretrain.epochs=3", "pretrain.batch_size=4"]  # 2 of 4 batches an epoch
+    (tmp_path / "whole").mkdir()
+    whole = run_cli("pretrain", *run, cwd=tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    (tmp_path / "killed").mkdir()
+    folder = tmp_path / "killed" / "runs" / "shapes-pretrain"
+    last = folder / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen([sys.executable, "-m", "captioner", "pretrain", *run],
+                               cwd=tmp_path / "killed", env=os.environ.copy(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert torch.load(last, weights_only=True)["epoch"] < 2  # killed before the end
+    resumed = run_cli("pretrain", "--resume", str(last), cwd=tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    reference = tmp_path / "whole" / "runs" / "shapes-pretrain"
+    mine, theirs = (torch.load(f / "checkpoints" / "last.ckpt", weights_only=True)
+                    for f in (folder, reference))
+    assert mine["global_step"] == theirs["global_step"]
+    for name, value in theirs["state_dict"].items():
+        assert torch.equal(mine["state_dict"][name], value), name
+    mine, theirs = (torch.load(f / "encoder.pth", weights_only=True) for f in (folder, reference))
+    assert mine["captioner"] == theirs["captioner"]
+    for name, value in theirs["state_dict"].items():
+        assert torch.equal(mine["state_dict"][name], value), name
+    assert read_rows(folder / "logs" / "metrics.csv") == read_rows(reference / "logs" / "metrics.csv")

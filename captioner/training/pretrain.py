@@ -146,6 +146,9 @@ class ClassifierModule(L.LightningModule):
         self._counts = torch.zeros(3)  # true positives, predicted, actual positives
         self._fingerprint: Tensor | None = None  # of the fixed fc6/fc7, see _fc_fingerprint
         self._exact = [0, 0]
+        # The training images' order: its state travels in the checkpoints, so a resumed run
+        # draws the epochs after the checkpoint in the order an uninterrupted one does.
+        self.data_order = torch.Generator().manual_seed(self.config.trainer.seed)
 
     def start_at_priors(self, targets: Tensor) -> None:
         """Bias each output at its training frequency (Lin et al. 2017's prior initialisation): the
@@ -159,6 +162,7 @@ class ClassifierModule(L.LightningModule):
         self.encoder.fc.train(self.config.pretrain.train_fc)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["data_order"] = self.data_order.get_state()
         # Fixed fc6/fc7 (103M + 17M weights) are rebuilt exactly from the seed or the starting file
         # on resume: checkpoints keep a fingerprint of them instead, 0.5 GB less written an epoch.
         if not self.config.pretrain.train_fc:
@@ -168,6 +172,8 @@ class ClassifierModule(L.LightningModule):
             checkpoint["fixed_fc"] = self._fc_fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "data_order" in checkpoint:
+            self.data_order.set_state(checkpoint["data_order"])
         if "fixed_fc" not in checkpoint:
             return
         if not torch.allclose(checkpoint["fixed_fc"], self._fc_fingerprint(), rtol=1e-9, atol=0):
@@ -280,7 +286,7 @@ def run_pretraining(config: Config, data: PreparedData, folder: Path, *,
     # Decoded images are kept between epochs where they fit in KEEP_BYTES and no workers load them.
     keep = config.data.num_workers == 0 and len(train_records) * 3 * c.image_size ** 2 * 4 <= KEEP_BYTES
     train = loader(LabelledImages(train_records, train_targets, preprocess, keep), shuffle=True,
-                   generator=torch.Generator().manual_seed(config.trainer.seed))
+                   generator=module.data_order)
     val = loader(LabelledImages(val_records, val_targets, preprocess))
     say(f"pretraining {c.arch} at {c.image_size}px ({resolve_precision(config)}) as a classifier of "
         f"{len(targets.names)} targets on {len(train_records)} images into {folder}")
