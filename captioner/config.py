@@ -211,6 +211,13 @@ _CHOICES = {
     "trainer.monitor": ("val/bleu4", "val/cider", "val/loss"),
     "trainer.precision": ("auto", "32", "bf16-mixed", "16-mixed"),
 }
+
+
+def choices(key: str) -> tuple[str, ...]:
+    """The words a setting accepts, where it takes one of a few (shell completion offers them)."""
+    return _CHOICES.get(key, ())
+
+
 # Lowest allowed value of each numeric setting (and the highest, where there is one).
 _RANGES: dict[str, tuple[float, float | None]] = {
     "data.min_count": (1, None), "data.max_length": (1, None), "data.captions_per_image": (1, None),

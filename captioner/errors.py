@@ -7,6 +7,13 @@ class CaptionerError(Exception):
     exit_code = 1
 
 
+class UsageError(CaptionerError):
+    """The command line itself is wrong (an option's value, a key=value setting): exit status 2,
+    argparse's convention, so a script can tell a mistyped command from a failed one."""
+
+    exit_code = 2
+
+
 class Interrupted(CaptionerError):
     """Ctrl-C stopped a command; the message says how to continue, if there is a way."""
 

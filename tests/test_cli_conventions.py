@@ -83,7 +83,7 @@ def test_a_pixel_limit_refuses_large_images_undecoded(trained_run: Path, photos:
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["evaluate", "--beam-size", "0"], "--beam-size: must be at least 1, got 0"),
+    (["evaluate", "--beam-size", "0"], "--beam-size: must be from 1 to 20, got 0"),
     (["evaluate", "--limit", "-3"], "--limit: must be at least 1, got -3"),
     (["caption", "x.png", "--top-k", "-1"], "--top-k: must be at least 0"),
     (["caption", "x.png", "--temperature", "0"], "--temperature: must be positive"),
@@ -113,7 +113,7 @@ def test_option_errors_come_before_torch_loads(tmp_path: Path) -> None:
               "code = main(['caption', 'x.png', '--n-best', '5', '--beam-size', '2'])\n"
               "print(code, 'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
-    assert result.stdout.split() == ["1", "False"]
+    assert result.stdout.split() == ["2", "False"]  # a wrong command line (issue 24 item 9)
     assert "n_best=5 needs beam_size >= 5" in result.stderr
 
 

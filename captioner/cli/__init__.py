@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
     console.configure(quiet=args.quiet, verbose=args.verbose)
     try:
+        if getattr(args, "overrides", None):
+            from captioner.cli.settings import check_overrides
+
+            check_overrides(args.overrides)
         return importlib.import_module(f"captioner.cli.{args.command}").run(args)
     except Interrupted as err:
         print(err, file=sys.stderr)

@@ -8,8 +8,19 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from captioner.cli.common import at_least, checkpoint, checkpoint_arguments, command, positive_float
-from captioner.errors import CaptionerError
+from captioner.cli.common import (
+    at_least,
+    check_header,
+    checkpoint,
+    checkpoint_arguments,
+    command,
+    number,
+    positive_float,
+    random_seed,
+)
+from captioner.errors import CaptionerError, UsageError
+from captioner.model.decoding import MAX_BEAM, MAX_LENGTH_PENALTY, MAX_WORDS
+from captioner.util.console import counted
 
 if TYPE_CHECKING:
     from captioner.model.inference import CaptionResult
@@ -34,22 +45,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "bytes, or paths one a line)")
     checkpoint_arguments(p)
     p.add_argument("--recursive", "-r", action="store_true", help="include the images in subfolders")
-    p.add_argument("--beam-size", type=at_least(1), default=3, help="beam width")
-    p.add_argument("--n-best", type=at_least(1), default=1,
+    p.add_argument("--beam-size", type=at_least(1, MAX_BEAM), default=3,
+                   help=f"beam width, 1 to {MAX_BEAM}")
+    p.add_argument("--n-best", type=at_least(1, MAX_BEAM), default=1,
                    help="print the N best beams (or N samples) with their log-probabilities")
-    p.add_argument("--length-penalty", type=float, default=0.0,
-                   help="GNMT length penalty alpha; 0 ranks by log-probability")
-    p.add_argument("--max-length", type=at_least(1), default=None,
-                   help="most words per caption (default: the checkpoint's eval.max_length)")
+    p.add_argument("--length-penalty", type=number(-MAX_LENGTH_PENALTY, MAX_LENGTH_PENALTY),
+                   default=0.0, help=f"GNMT length penalty alpha, up to {MAX_LENGTH_PENALTY:g} "
+                                     "either way; 0 ranks by log-probability")
+    p.add_argument("--max-length", type=at_least(1, MAX_WORDS), default=None,
+                   help=f"most words per caption, up to {MAX_WORDS} (default: the checkpoint's "
+                        "eval.max_length)")
     p.add_argument("--sample", action="store_true", help="sample captions instead of beam search")
     p.add_argument("--temperature", type=positive_float, default=None,
                    help="sampling temperature, below 1 sharper (implies --sample; default 1)")
     p.add_argument("--top-k", type=at_least(0), default=None,
                    help="sample among the K most likely words (implies --sample; default 0: all)")
-    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible (implies --sample)")
+    p.add_argument("--seed", type=random_seed, default=None,
+                   help="make sampling reproducible (implies --sample)")
     p.add_argument("--batch-size", type=at_least(1), default=32, help="images per forward pass")
     p.add_argument("--format", choices=("text", "jsonl"), default="text",
-                   help="text: the caption (after the file name when there are several); jsonl: "
+                   help="text: the caption (after the file name when the command line names "
+                        "several inputs, a folder or a list on stdin); jsonl: "
                         '{"image", "caption", "score"} a line')
     p.add_argument("--explain", type=Path, metavar="DIR",
                    help="also write per-word Grad-CAM maps (overlay PNGs, a strip, maps.json) into "
@@ -68,26 +84,63 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything that can be checked is, before the model loads: options, checkpoint, device, paths.
     decoding = _decoding(args, Decoding)
+    _check_explain_folder(args.explain)
     device = _device(args.device)
     ckpt = checkpoint(args)
     inputs = _inputs(args.inputs)
     if not inputs:
         raise CaptionerError("no images given: standard input held no paths")
+    tagged = _tagged(args.inputs, inputs)
     missing = {arg for arg, items in inputs if not items and not Path(arg).exists()}
     for arg in sorted(missing):
         print(f"error: {arg}: no such file", file=sys.stderr, flush=True)
     if all(arg in missing for arg, _ in inputs):
         return 1
 
+    check_header(ckpt)
     from captioner.model.inference import MAX_PIXELS, Captioner
 
     captioner = Captioner.from_checkpoint(ckpt, device=device, precision=args.precision,
                                           max_pixels=args.max_pixels or MAX_PIXELS)
-    counts = _caption_all(args, captioner, inputs, decoding, missing)
-    failed, total = counts["failed"], counts["captioned"] + counts["failed"]
-    if failed:
-        say(f"{failed} of {total} images could not be captioned (each error above)")
-    return 0 if not failed else 1 if not counts["captioned"] else 3
+    counts = _caption_all(args, captioner, inputs, decoding, missing, tagged)
+    if counts["failed"] or counts["empty"]:
+        say(_summary(counts))
+    return 0 if not counts["failed"] + counts["empty"] else 1 if not counts["captioned"] else 3
+
+
+def _summary(counts: dict[str, int]) -> str:
+    """"1 of 3 images could not be captioned; 1 input gave no images (each error above)": images
+    and the inputs that stood for none (a missing path, an empty folder) counted apart."""
+    parts = []
+    if counts["failed"]:
+        total = counts["captioned"] + counts["failed"]
+        parts.append(f"{counts['failed']} of {counted(total, 'image')} could not be captioned")
+    if counts["empty"]:
+        parts.append(f"{counted(counts['empty'], 'input')} gave no images")
+    return "; ".join(parts) + " (each error above)"
+
+
+def _tagged(args: list[str], given: list[tuple[str, list[Any]]]) -> bool:
+    """Whether text lines name their image: when the command line names several inputs, a folder
+    or a list of paths on stdin; never because of which of those files exist or can be read."""
+    if len(args) > 1:
+        return True
+    if args == ["-"]:
+        return not (len(given) == 1 and given[0][0] == "-")  # stdin held paths, not an image
+    return Path(args[0]).is_dir()
+
+
+def _check_explain_folder(folder: Path | None) -> None:
+    """--explain names a folder to create or fill: a file there (or above it) would only fail
+    after the captions were printed."""
+    if folder is None:
+        return
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UsageError(f"--explain {folder}: {path} is a file; give a folder (it is "
+                                 "created if missing)")
+            return
 
 
 def _device(name: str) -> Any:
@@ -111,7 +164,7 @@ def _decoding(args: argparse.Namespace, decoding: type) -> Any:
                         length_penalty=args.length_penalty, sample=args.sample or bool(implied),
                         temperature=args.temperature or 1.0, top_k=args.top_k or 0)
     except CaptionerError as err:
-        raise CaptionerError(f"{err} (see captioner caption --help)") from None
+        raise UsageError(f"{err} (see captioner caption --help)") from None
 
 
 def _inputs(args: list[str]) -> list[tuple[str, list[Any]]]:
@@ -137,7 +190,7 @@ def _inputs(args: list[str]) -> list[tuple[str, list[Any]]]:
 
 
 def _caption_all(args: argparse.Namespace, captioner: Any, given: list[tuple[str, list[Any]]],
-                 decoding: Any, missing: set[str]) -> dict[str, int]:
+                 decoding: Any, missing: set[str], tagged: bool) -> dict[str, int]:
     """Caption every input, printing each result as it comes, in the order given (a missing path
     was already reported on stderr: its jsonl record comes here); how many succeeded and failed."""
     import itertools
@@ -159,16 +212,16 @@ def _caption_all(args: argparse.Namespace, captioner: Any, given: list[tuple[str
     results = captioner.stream(flat, **vars(decoding), seed=seed, batch_size=args.batch_size,
                                explain=args.explain is not None)
     names = _explanation_folders(args, flat)
-    counts = {"captioned": 0, "failed": 0}
+    counts = {"captioned": 0, "failed": 0, "empty": 0}
     for arg, items in expanded:  # results in the order the inputs were given
         if items is None or not items:
-            counts["failed"] += 1
+            counts["empty"] += 1
             message = f"{arg}: no such file" if items is None else f"{arg}: no images in this folder"
             _report(args.format, arg, message, terminal=items is not None)
             continue
         for result in itertools.islice(results, len(items)):
             counts["failed" if result.error else "captioned"] += 1
-            _print(args, result, tagged=len(flat) > 1)
+            _print(args, result, tagged=tagged)
             if result.explanations is not None:
                 _write_explanation(args.explain, names[result.image], result)
     return counts
@@ -188,7 +241,7 @@ def _write_explanation(out: Path, name: str, result: CaptionResult) -> None:
     from captioner.util.console import say
 
     written = write_explanation(out / name, result.image, result.explanations)
-    say(f"{result.image}: word maps in {(out / name).resolve()} ({len(written)} files)")
+    say(f"{result.image}: word maps in {(out / name).resolve()} ({counted(len(written), 'file')})")
 
 
 def _print(args: argparse.Namespace, result: CaptionResult, *, tagged: bool) -> None:

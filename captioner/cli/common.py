@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,14 @@ def command(sub: argparse._SubParsersAction, name: str, purpose: str, examples: 
 def config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="YAML config (default: the built-in settings; see `captioner config show`)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help=f"override any setting, e.g. {example}")
+    from captioner.cli.settings import complete
+
+    # A group of its own: under "positional arguments" key=value read as required.
+    group = parser.add_argument_group("settings")
+    action = group.add_argument("overrides", nargs="*", metavar="key=value",
+                                help=f"optional, any number: override a setting, e.g. {example} "
+                                     "(captioner config show lists them)")
+    action.completer = complete  # type: ignore[attr-defined]  # argcomplete reads it
 
 
 def checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,26 +61,47 @@ def checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where `captioner train` put its runs (its output_dir)")
 
 
-def at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer no smaller than `low` (a wrong one is a usage error, exit 2)."""
+def at_least(low: int, at_most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` (to `at_most`); a wrong one is a usage error,
+    exit 2, before anything loads."""
     def parse(text: str) -> int:
         try:
             value = int(text)
-        except ValueError:
+        except ValueError:  # also what int() says of a number of more than 4,300 digits
             raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if at_most is not None and not low <= value <= at_most:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {at_most}, got {value}")
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
     return parse
 
 
+# What numpy's and torch's generators both take; beyond it they raise (negative) or overflow.
+random_seed = at_least(0, 2**32 - 1)
+
+
+def number(low: float = -math.inf, high: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite number from `low` to `high` (NaN and infinity are refused: NaN
+    compares false with everything, so no later check would catch it)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+        if not low <= value <= high:
+            span = f"from {low:g} to {high:g}" if math.isfinite(high) else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value:g}")
+        return value
+    return parse
+
+
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = number()(text)
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
     return value
 
 
@@ -89,6 +117,23 @@ def checkpoint(args: argparse.Namespace) -> Path:
     found = latest_checkpoint(args.runs)
     say(f"using {found.resolve()}")
     return found
+
+
+# torch.save writes a zip (a pickle, before torch 1.6). What else people pass by mistake, by its
+# first bytes, so the message can say what the file is instead of what the unpickler choked on.
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+_LOOKS_LIKE = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+               (b"{", "JSON text"), (b"", "not a zip or pickle file"))
+
+
+def check_header(path: Path) -> None:
+    """Refuse a file that cannot be a checkpoint by its first bytes, saying what it looks like."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(_CHECKPOINT_MAGIC):
+        what = next(name for magic, name in _LOOKS_LIKE if head.startswith(magic))
+        raise CaptionerError(f"{path}: not a readable checkpoint ({what}); give the .ckpt file "
+                             "that captioner train wrote (runs/NAME/checkpoints/best.ckpt)")
 
 
 SCORES = (("bleu1", "BLEU-1"), ("bleu2", "BLEU-2"), ("bleu3", "BLEU-3"), ("bleu4", "BLEU-4"),

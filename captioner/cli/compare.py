@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioner.cli.common import at_least, command, config_arguments
+from captioner.cli.common import at_least, command, config_arguments, random_seed
+
+MAX_SEEDS = 100  # each seed trains every cell again
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cells", nargs="+", choices=("rnn", "lstm", "gru"), default=["rnn", "lstm", "gru"],
                    help="the cells to train")
     p.add_argument("--max-epochs", type=at_least(1), help="epochs per cell (default: trainer.max_epochs)")
-    p.add_argument("--seed", type=int, help="seed of every cell; with --seeds, the first (default: "
-                                            "trainer.seed)")
-    p.add_argument("--seeds", type=at_least(1), default=1, metavar="N",
-                   help="train each cell N times, with seeds --seed, --seed + 1, ...; figures become "
+    p.add_argument("--seed", type=random_seed,
+                   help="seed of every cell; with --seeds, the first (default: trainer.seed)")
+    p.add_argument("--seeds", type=at_least(1, MAX_SEEDS), default=1, metavar="N",
+                   help=f"train each cell N times (up to {MAX_SEEDS}), with seeds --seed, "
+                        "--seed + 1, ...; figures become "
                         "means ± standard deviations, and the page says which differences are "
                         "real (default: 1)")
     p.add_argument("--encoder-from", type=Path, metavar="CKPT_OR_PTH",
@@ -35,14 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.config import load_config
+    from captioner.cli.settings import load
 
     overrides = list(args.overrides)
     if args.max_epochs is not None:
         overrides.append(f"trainer.max_epochs={args.max_epochs}")
     if args.seed is not None:
         overrides.append(f"trainer.seed={args.seed}")
-    config = load_config(args.config, overrides)
+    config = load(args.config, overrides)
 
     from captioner.compare.cells import compare
 

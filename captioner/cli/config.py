@@ -20,9 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.config import Config, load_config
+    from captioner.cli.settings import load
+    from captioner.config import Config
 
-    print(annotated(load_config(args.config, args.overrides), Config))
+    print(annotated(load(args.config, args.overrides), Config))
     return 0
 
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioner.cli.common import at_least, command
+from captioner.cli.common import at_least, command, random_seed
 from captioner.config import ShapesConfig
 from captioner.errors import CaptionerError
+
+# What one command may ask of the generator: a million images per split is hours and gigabytes
+# already; 1024 px is eight times the default side (a larger one is only slower, never better).
+MAX_IMAGES = 1_000_000
+MAX_SIZE = 1024
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,20 +32,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder to write (new, empty, or an earlier shapes dataset, whose generated "
                         "files are replaced; nothing else in it is touched)")
     defaults = ShapesConfig()
-    s.add_argument("--num-train", type=at_least(1), default=defaults.num_train, metavar="N",
-                   help="training images")
-    s.add_argument("--num-val", type=at_least(1), default=defaults.num_val, metavar="N",
+    count = at_least(1, MAX_IMAGES)
+    s.add_argument("--num-train", type=count, default=defaults.num_train, metavar="N",
+                   help=f"training images, up to {MAX_IMAGES:,}")
+    s.add_argument("--num-val", type=count, default=defaults.num_val, metavar="N",
                    help="validation images")
-    s.add_argument("--num-test", type=at_least(1), default=defaults.num_test, metavar="N",
+    s.add_argument("--num-test", type=count, default=defaults.num_test, metavar="N",
                    help="test images")
-    s.add_argument("--size", type=at_least(32), default=defaults.size, metavar="PX",
-                   help="image side in pixels")
-    s.add_argument("--seed", type=int, default=defaults.seed, metavar="N",
+    s.add_argument("--size", type=at_least(32, MAX_SIZE), default=defaults.size, metavar="PX",
+                   help=f"image side in pixels, 32 to {MAX_SIZE}")
+    s.add_argument("--seed", type=random_seed, default=defaults.seed, metavar="N",
                    help="the same seed writes the same files")
-    s.add_argument("--max-objects", type=at_least(1), default=defaults.max_objects, metavar="N",
+    s.add_argument("--max-objects", type=_max_objects, default=defaults.max_objects, metavar="N",
                    help="most objects per image, up to 5; captions name every one (train with "
                         "data.max_length=25 eval.max_length=25 above 3)")
     _add_data_import(dsub)
+
+
+def _max_objects(text: str) -> int:
+    from captioner.data.shapes import NUMBER_WORDS  # numpy and Pillow: only when it is given
+
+    return at_least(1, max(NUMBER_WORDS))(text)
 
 
 def _add_data_import(dsub: argparse._SubParsersAction) -> None:
@@ -72,7 +84,8 @@ def _add_data_import(dsub: argparse._SubParsersAction) -> None:
                    help="source format (default: auto, from the file names and contents)")
     p.add_argument("--split", type=fractions, default="0.9,0.05,0.05", metavar="TRAIN,VAL,TEST",
                    help="split fractions where the source has no splits (default: 0.9,0.05,0.05)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random split (default: 0)")
+    p.add_argument("--seed", type=random_seed, default=0,
+                   help="seed of the random split (default: 0)")
     p.add_argument("--copy", action="store_true", help="copy the images into DIR/images "
                                                        "(default: referenced where they are)")
     p.add_argument("--encoding", help="text encoding of the captions file (default: UTF-8, or "
@@ -83,18 +96,19 @@ def _add_data_import(dsub: argparse._SubParsersAction) -> None:
                    help="also take images that lie outside the images folder (names with '..', "
                         "absolute paths, symbolic links leading out); default: such rows are left "
                         "out and reported, so a captions file cannot make --copy take other files")
-    p.add_argument("--min-count", type=int, default=5,
+    p.add_argument("--min-count", type=at_least(1), default=5,
                    help="vocabulary threshold for the report's coverage figure (default: 5)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.dataset == "import":
         return _import(args)
-    from captioner.data.shapes import ShapesSpec, generate_shapes
+    from captioner.data.shapes import ShapesSpec, check_replaceable, generate_shapes
     from captioner.util.console import say
 
     spec = ShapesSpec(num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
                       size=args.size, seed=args.seed, max_objects=args.max_objects)
+    check_replaceable(args.out)  # a refusal comes before the line that says it writes
     say(f"writing {args.num_train + args.num_val + args.num_test} shapes images into {args.out}")
     print(generate_shapes(args.out, spec).resolve())
     return 0

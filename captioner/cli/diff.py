@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioner.cli.common import at_least, command
+from captioner.cli.common import at_least, command, random_seed
+
+# Each paired resample recomputes every corpus metric: a million takes minutes already.
+MAX_RESAMPLES = 1_000_000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,12 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="for evaluating checkpoints")
     p.add_argument("--show", type=at_least(0), default=12,
                    help="images per direction in the page's most-changed lists")
-    p.add_argument("--resamples", type=at_least(1000), default=1000, help="paired bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="seed of the resamples")
+    p.add_argument("--resamples", type=at_least(1000, MAX_RESAMPLES), default=1000,
+                   help=f"paired bootstrap resamples, 1000 to {MAX_RESAMPLES:,}")
+    p.add_argument("--seed", type=random_seed, default=0, help="seed of the resamples")
 
 
 def run(args: argparse.Namespace) -> int:
     from captioner.evaluation.diff import diff_paths
+    from captioner.util.console import counted
 
     result = diff_paths(args.a, args.b, out_dir=args.out, split=args.split, limit=args.limit,
                         device=args.device, resamples=args.resamples, seed=args.seed, show=args.show)
@@ -45,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
                     else f"[{m['interval'][0]:+.3f}, {m['interval'][1]:+.3f}]")
         wins = "" if m["b_wins"] is None else f"{100 * m['b_wins']:.1f}%"
         print(f"{name:9}{a:>9}{b:>9}{delta:>9}   {interval:<22}{wins:>11}")
-    print(f"{result['images']} images, {args.resamples} paired resamples; CHAIR: lower is better")
+    print(f"{counted(result['images'], 'image')}, {args.resamples} paired resamples; CHAIR: lower "
+          "is better")
     if args.out is not None:
         print(f"report: {(args.out / 'index.html').resolve()}")
     return 0

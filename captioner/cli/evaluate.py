@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioner.cli.common import at_least, checkpoint, checkpoint_arguments, command, metrics_line
+from captioner.cli.common import (
+    at_least,
+    check_header,
+    checkpoint,
+    checkpoint_arguments,
+    command,
+    metrics_line,
+)
+from captioner.model.decoding import MAX_BEAM
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     checkpoint_arguments(p)
     p.add_argument("--split", default=None, help="split to score (default: the checkpoint's eval.split)")
     p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default: <run>/eval-<split>)")
-    p.add_argument("--beam-size", type=at_least(1), default=None,
-                   help="beam width (default: the checkpoint's eval.beam_size)")
+    p.add_argument("--beam-size", type=at_least(1, MAX_BEAM), default=None,
+                   help=f"beam width, 1 to {MAX_BEAM} (default: the checkpoint's eval.beam_size)")
     p.add_argument("--limit", type=at_least(1), default=None, help="score only the first N images")
     p.add_argument("--worst", type=at_least(0), default=None,
                    help="images in the failure gallery (default: the checkpoint's eval.worst)")
@@ -28,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ckpt = checkpoint(args)
+    check_header(ckpt)
 
     from captioner.evaluation.evaluate import evaluate
 

@@ -20,17 +20,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.config import load_config
+    from captioner.cli.settings import load
 
-    config = load_config(args.config, args.overrides)
+    config = load(args.config, args.overrides)
 
     from captioner.data.prepare import prepare
     from captioner.features.extract import extract
     from captioner.training.train import configured_encoder
+    from captioner.util.console import counted
 
     data = prepare(config)
     for result in extract(config, data, configured_encoder(config, data), args.splits):
         skipped = result.images - len(result.store.ids)
         note = f" ({skipped} unreadable, skipped)" if skipped else ""
-        print(f"{result.split}: {len(result.store.ids)} images{note} -> {result.store.folder}")
+        print(f"{result.split}: {counted(len(result.store.ids), 'image')}{note} -> "
+              f"{result.store.folder}")
     return 0

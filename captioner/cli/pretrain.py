@@ -26,9 +26,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is not None and not args.resume.is_file():
         raise CaptionerError(f"checkpoint not found: {args.resume}")
     if args.resume is None:
-        from captioner.config import load_config
+        from captioner.cli.settings import load
 
-        load_config(args.config, args.overrides)  # a bad setting fails before torch loads
+        load(args.config, args.overrides)  # a bad setting fails before torch loads
 
     from captioner.training.pretrain import pretrain
 

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from captioner.cli.common import at_least, checkpoint, checkpoint_arguments, command, positive_float
+from captioner.cli.common import (
+    at_least,
+    check_header,
+    checkpoint,
+    checkpoint_arguments,
+    command,
+    positive_float,
+)
 from captioner.errors import CaptionerError
 
 if TYPE_CHECKING:
@@ -46,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     _require_extra()
     ckpt = checkpoint(args)
+    check_header(ckpt)
     from captioner.serve.server import is_loopback, listen, url
 
     with listen(args.host, args.port) as sock:  # before torch loads: a taken port fails at once

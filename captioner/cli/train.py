@@ -24,14 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.config import load_config
+    from captioner.cli.settings import load
 
     if args.resume is not None and args.config is not None:
         raise CaptionerError("--resume continues with the checkpoint's own config: drop --config "
                              "(key=value overrides still apply)")
     if args.resume is not None and not args.resume.is_file():
         raise CaptionerError(f"checkpoint not found: {args.resume}")
-    config = None if args.resume is not None else load_config(args.config, args.overrides)
+    config = None if args.resume is not None else load(args.config, args.overrides)
 
     from captioner.training.train import train  # torch and Lightning: after every check
 

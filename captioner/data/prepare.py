@@ -54,7 +54,8 @@ class PreparedData:
         """Records of one split; "train" means every split the config trains on (train + restval)."""
         records = select_split(self.records, self.train_splits if name == "train" else [name])
         if not records:
-            raise CaptionerError(f"split {name!r} has no images in {self.root}")
+            there = ", ".join(sorted({r.split for r in self.records})) or "none"
+            raise CaptionerError(f"split {name!r} has no images in {self.root} (its splits: {there})")
         return records
 
     def tokens(self, record: ImageRecord) -> list[list[str]]:

@@ -159,7 +159,7 @@ def generate_shapes(out_dir: Path, spec: ShapesSpec) -> Path:
     folder that reads as incomplete (and is regenerated), never a half dataset that passes as whole.
     """
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -178,7 +178,8 @@ def _spec_hash(spec: ShapesSpec) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def _check_replaceable(out_dir: Path) -> None:
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse a target that is a file, or a folder holding anything but an earlier shapes set."""
     if not out_dir.exists():
         return
     if not out_dir.is_dir():

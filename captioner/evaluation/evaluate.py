@@ -15,7 +15,7 @@ from captioner.evaluation.gallery_maps import GalleryMaps
 from captioner.evaluation.report import REPORT_FILES, ImageResult, write_report
 from captioner.features.cache import FeatureStore, load_or_extract
 from captioner.model.inference import Captioner
-from captioner.util.console import bars, say
+from captioner.util.console import bars, counted, say
 from captioner.util.hardware import fast_bf16, uses_bf16
 from captioner.util.paths import check_out_dir
 from captioner.util.runs import run_dir_of
@@ -57,7 +57,7 @@ def evaluate(
     data = prepare(config)
     records = data.split(split)[:limit] if limit else data.split(split)
 
-    say(f"evaluating on {len(records)} {split} images")
+    say(f"evaluating on {counted(len(records), split + ' image')}")
     # Features go through the cache: evaluating again (another beam size, say) skips the CNN, and
     # a frozen run's test features were extracted like its training features, in its precision.
     store = load_or_extract(
@@ -67,7 +67,7 @@ def evaluate(
         bf16=uses_bf16(config) and fast_bf16(captioner.device),
     )
     records = [r for r in records if r.image_id in store.row]
-    say(f"captioning {len(records)} images with beam {beam_size}")
+    say(f"captioning {counted(len(records), 'image')} with beam {beam_size}")
     predictions = caption_split(captioner, records, store, beam_size)
     results = [ImageResult(r.image_id, r.path, predictions[r.image_id], list(r.captions))
                for r in records]
@@ -91,5 +91,5 @@ def evaluate(
                "images": len(results)},
         gallery_maps=GalleryMaps(captioner, {r.image_id: r.path for r in records}) if explain else None,
     )
-    say(f"evaluated {len(results)} {split} images -> {out_dir.resolve()}")
+    say(f"evaluated {counted(len(results), split + ' image')} -> {out_dir.resolve()}")
     return metrics, out_dir

@@ -5,9 +5,19 @@ Free of torch, so the command line checks a user's options before it loads anyth
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from captioner.errors import CaptionerError
+
+# What one caption request may ask for, from the command line, the Python API or the server alike:
+# the beam's memory and time grow with its width times the caption's length (a beam of 1,000,000
+# asked torch for 27 GB; 20,000 took 47 s for one image), and no caption needs more than a hundred
+# words or twenty alternatives.
+MAX_BEAM = 20
+MAX_WORDS = 100
+# GNMT's alpha is usually 0 to 1; past a few, ((5 + words) / 6) ** alpha overflows a float.
+MAX_LENGTH_PENALTY = 10.0
 
 
 @dataclass(frozen=True)
@@ -28,11 +38,20 @@ class Decoding:
         max_length = 1 if self.max_length is None else self.max_length  # None: the checkpoint's
         try:
             check_options(beam_size=self.beam_size if not self.sample else self.n_best,
-                                 n_best=self.n_best, max_length=max_length,
-                                 temperature=self.temperature, top_k=self.top_k)
+                          n_best=self.n_best, max_length=max_length,
+                          temperature=self.temperature, top_k=self.top_k)
         except ValueError as err:
             raise CaptionerError(str(err)) from None
-
+        over = [f"{name} must be at most {most}, got {value}" for name, value, most in (
+            ("beam_size", self.beam_size, MAX_BEAM), ("n_best", self.n_best, MAX_BEAM),
+            ("max_length", max_length, MAX_WORDS)) if value > most]
+        if not abs(self.length_penalty) <= MAX_LENGTH_PENALTY:  # NaN ranks every beam equal
+            over.append(f"length_penalty must be from {-MAX_LENGTH_PENALTY:g} to "
+                        f"{MAX_LENGTH_PENALTY:g}, got {self.length_penalty}")
+        if not math.isfinite(self.temperature):
+            over.append(f"temperature must be a finite number, got {self.temperature}")
+        if over:
+            raise CaptionerError(over[0])
 
 
 def check_options(*, beam_size: int = 1, n_best: int = 1, max_length: int = 1,

@@ -9,12 +9,8 @@ from dataclasses import dataclass
 
 from captioner.data.images import MAX_PIXELS
 from captioner.errors import CaptionerError
-from captioner.model.decoding import Decoding
+from captioner.model.decoding import MAX_BEAM, MAX_WORDS, Decoding
 
-# Bounds that keep one request from holding the model for everyone else: a beam of 1000 or
-# captions of 10,000 words would run for minutes while other requests wait behind them.
-MAX_BEAM = 20
-MAX_WORDS = 100
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 

@@ -57,6 +57,11 @@ def warn(message: str) -> None:
     say(f"warning: {message}")
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 image", "2 images": a count with its noun in the right number (regular plurals)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def bars() -> bool:
     """Whether progress bars are drawn: on a terminal, and not --quiet."""
     return not _state["quiet"] and sys.stderr.isatty()
