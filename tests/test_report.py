@@ -241,6 +241,6 @@ def test_training_log_skips_gaps_and_nan(fake: FakeSet) -> None:
     assert curves["loss"]["train/loss"] == [(9, 2.5), (19, 2.1), (39, 1.7), (59, 1.4)]
     assert curves["loss"]["val/loss"] == [(19, 2.3), (39, 1.9), (59, 1.8)]
     # CIDEr-D (0-10) gets an axis of its own; BLEU shares the 0-1 one; counts are not plotted.
-    assert curves["cider"]["val/cider"] == [(0, 0.10), (1, 0.20), (2, 0.31)]
+    assert curves["cider"]["val/cider"] == [(1, 0.10), (2, 0.20), (3, 0.31)]  # epochs from 1
     assert list(curves["scores"]) == ["val/bleu4"]
     assert "lr-Adam" not in curves["scores"] and "val/images" not in curves["scores"]

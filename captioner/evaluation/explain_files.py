@@ -27,6 +27,9 @@ MAPS_FILE = "maps.json"
 _COMMAND = "explanation"
 HEAT_ALPHA = 0.6  # a map's peak hides 60% of the image beneath it; where it is 0, nothing
 _LABEL_PX = 20
+# The first panel's label, bracketed so that it never reads as a word of the caption ("an image
+# with ..." gave "image | an | image").
+VIEW_LABEL = "[input]"
 
 
 def overlay(explanation: Explanation, t: int, size: int = 224) -> Image.Image:
@@ -46,11 +49,9 @@ def strip(explanation: Explanation, size: int = 160) -> Image.Image:
     """The view, then each word's overlay, side by side with the word beneath; a word whose map
     is all zeros is labelled "(none)"."""
     first = Image.fromarray(explanation.view).resize((size, size), Image.Resampling.BICUBIC)
-    tiles = [(first, "image")]
-    for t, word in enumerate(explanation.words):
-        empty = not explanation.maps[t].any()
-        tiles.append((overlay(explanation, t, size).resize((size, size)),
-                      f"{word} (none)" if empty else word))
+    panels = [first, *(overlay(explanation, t, size).resize((size, size))
+                       for t in range(len(explanation.words)))]
+    tiles = list(zip(panels, strip_labels(explanation), strict=True))
     canvas = Image.new("RGB", (size * len(tiles), size + _LABEL_PX), "white")
     draw, font = ImageDraw.Draw(canvas), _font()
     for i, (tile, label) in enumerate(tiles):
@@ -59,6 +60,12 @@ def strip(explanation: Explanation, size: int = 160) -> Image.Image:
         draw.text((i * size + (size - right + left) / 2, size + (_LABEL_PX - bottom + top) / 2 - top),
                   label, fill="black", font=font)
     return canvas
+
+
+def strip_labels(explanation: Explanation) -> list[str]:
+    """The strip's labels: the view's, then each word, "(none)" after a word whose map is empty."""
+    return [VIEW_LABEL, *(f"{word} (none)" if not explanation.maps[t].any() else word
+                          for t, word in enumerate(explanation.words))]
 
 
 def map_record(name: str, explanation: Explanation) -> dict[str, Any]:

@@ -83,5 +83,7 @@ def _write(out_dir: Path, image_id: int, explanation: Any, positions: list[int])
         relative = f"maps/{image_id}-{t}.png"
         with atomic_path(out_dir / relative) as tmp:
             overlay(explanation, t, MAP_PX).save(tmp, format="PNG")
-        maps.append({"word": explanation.words[t], "file": relative})
+        # An all-zero map overlays nothing: the card says so rather than show a plain image.
+        maps.append({"word": explanation.words[t], "file": relative,
+                     "empty": not explanation.maps[t].any()})
     return maps

@@ -42,8 +42,8 @@ def read_training_log(metrics_csv: Path) -> dict[str, dict[str, Series]]:
     scores = [c for c in columns if c.startswith("val/") and "loss" not in c and c not in _NOT_SCORES]
     return {"loss": _non_empty(losses),
             # CIDEr-D runs to 10, the others to 1: on one axis the others would lie flat.
-            "scores": _non_empty({c: _series(rows, c, ("epoch", "step")) for c in scores if c != _CIDER}),
-            "cider": _non_empty({c: _series(rows, c, ("epoch", "step")) for c in scores if c == _CIDER})}
+            "scores": _non_empty({c: _by_epoch(rows, c) for c in scores if c != _CIDER}),
+            "cider": _non_empty({c: _by_epoch(rows, c) for c in scores if c == _CIDER})}
 
 
 _CIDER = "val/cider"
@@ -111,6 +111,14 @@ def _series(rows: list[dict[str, str]], column: str, x_columns: tuple[str, ...])
         x = next((v for v in xs if v is not None), float(index))
         points.append((x, y))
     return points
+
+
+def _by_epoch(rows: list[dict[str, str]], column: str) -> Series:
+    """A validation metric by epoch, counted from 1 as the training log says it ("epoch 1/2";
+    Lightning's column counts from 0)."""
+    if not any(_number(row.get("epoch")) is not None for row in rows):
+        return _series(rows, column, ("step",))
+    return [(x + 1, y) for x, y in _series(rows, column, ("epoch",))]
 
 
 def _non_empty(series: dict[str, Series]) -> dict[str, Series]:

@@ -122,7 +122,11 @@ def write_report(
     plots.append(_score_distribution(out_dir, results, tokens, scores))
     by_cider = sorted(records, key=lambda r: (r["scores"]["cider"], r["scores"]["bleu4_smoothed"],
                                               r["image_id"]))
-    worst_records, best_records = by_cider[:worst], by_cider[::-1][:best]
+    # Disjoint galleries: with fewer images than both ask for, each gets its share (the best at
+    # most half) rather than the same images shown twice.
+    shown_best = min(best, len(by_cider) // 2)
+    worst_records = by_cider[:min(worst, len(by_cider) - shown_best)]
+    best_records = by_cider[::-1][:shown_best]
     thumbnails = _write_thumbnails(out_dir, results, [*worst_records, *best_records], notes)
     if gallery_maps is not None:
         _attach_maps(records, gallery_maps(out_dir, worst_records, best_records))

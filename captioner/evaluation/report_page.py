@@ -180,7 +180,8 @@ def _word_maps(maps: Sequence[Mapping[str, str]]) -> str:
     if not maps:
         return ""
     figures = "".join(f'<figure><img src="{escape(m["file"])}" alt="map of {escape(m["word"])}">'
-                      f"<figcaption>{escape(m['word'])}</figcaption></figure>" for m in maps)
+                      f"<figcaption>{escape(m['word'])}{' (none)' if m.get('empty') else ''}"
+                      "</figcaption></figure>" for m in maps)
     return ('<div class=wordmaps title="Grad-CAM: where the image drove this word (red: most)">'
             f"<span class=muted>where it looked:</span>{figures}</div>")
 
