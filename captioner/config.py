@@ -7,6 +7,7 @@ setting carries its one-sentence meaning, which `captioner config show` prints b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,10 +164,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return validate(config)  # type: ignore[arg-type]
 
 
+# A config is a few hundred settings: these bound what a hostile file can make YAML build (aliases
+# share one object, but merging copies each use: nine levels of nine make 9**9 strings).
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping, read as UTF-8 whatever the locale."""
+    """A YAML mapping, read as UTF-8 whatever the locale, at most MAX_YAML_BYTES long and
+    MAX_YAML_VALUES values with every alias expanded."""
     if not path.is_file():
         raise CaptionerError(f"config file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise CaptionerError(f"{path}: {size / 1e6:.1f} MB; a config file is at most "
+                             f"{MAX_YAML_BYTES / 1e6:.1f} MB")
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:
@@ -175,7 +187,24 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise CaptionerError(f"{path}: not valid YAML ({_yaml_line(err)})") from err
     if not isinstance(loaded, dict):
         raise CaptionerError(f"{path}: expected a mapping of settings at the top level")
+    if _expanded_size(loaded, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise CaptionerError(f"{path}: its aliases expand to more than {MAX_YAML_VALUES:,} values; "
+                             "write the settings out")
     return loaded
+
+
+def _expanded_size(value: Any, limit: int) -> int:
+    """How many values `value` holds with every shared (aliased) one counted at each use; stops
+    counting past `limit` (a self-referencing alias never ends)."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set)):
+            stack += list(item)
+    return count
 
 
 def _yaml_line(err: yaml.YAMLError) -> str:
@@ -197,7 +226,12 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))  # type: ignore[return-value]
+    """A Config from a plain dict (a checkpoint's, a run's), checked exactly as a user's."""
+    try:
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+    except OmegaConfBaseException as err:
+        raise CaptionerError(f"bad configuration: {one_line(err)}") from err
+    return validate(config)  # type: ignore[arg-type]
 
 
 def to_yaml(config: Config) -> str:
@@ -225,7 +259,8 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "data.shapes.num_train": (1, None), "data.shapes.num_val": (1, None),
     "data.shapes.num_test": (1, None), "data.shapes.size": (32, None),
     "data.shapes.max_objects": (1, 5),
-    "encoder.image_size": (32, None), "encoder.resize_size": (32, None), "encoder.lr": (0, None),
+    # VGG at 1,024 px already takes ~1.5 GB of activations an image; more is a typo or an attack.
+    "encoder.image_size": (32, 1024), "encoder.resize_size": (32, 1024), "encoder.lr": (0, None),
     "encoder.weight_decay": (0, None),
     "pretrain.epochs": (1, None), "pretrain.lr": (0, None), "pretrain.warmup": (0, 0.99),
     "pretrain.batch_size": (1, None),
@@ -256,6 +291,9 @@ def value_at(data: dict[str, Any], key: str) -> Any:
 def validate(config: Config) -> Config:
     """Reject values that parse but mean nothing, naming the setting and what it accepts."""
     data = to_dict(config)
+    for key, value in _floats(data):
+        if not math.isfinite(value):  # NaN passes every range check: each comparison is false
+            raise CaptionerError(f"bad configuration: {key}={value}; it must be a finite number")
     for key, allowed in _CHOICES.items():
         if value_at(data, key) not in allowed:
             raise CaptionerError(f"bad configuration: {key}={value_at(data, key)!r}; "
@@ -276,6 +314,17 @@ def validate(config: Config) -> Config:
         raise CaptionerError("bad configuration: eval.bootstrap must be 0 (off) or at least 1000")
     _check_shapes_caption_length(config)
     return config
+
+
+def _floats(data: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    """Every float setting as (dotted key, value)."""
+    found = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            found += _floats(value, f"{prefix}{key}.")
+        elif isinstance(value, float):
+            found.append((f"{prefix}{key}", value))
+    return found
 
 
 def shapes_caption_words(max_objects: int) -> int:

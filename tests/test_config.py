@@ -88,3 +88,60 @@ def test_a_bad_byte_in_a_yaml_file_is_one_line(tmp_path: Path) -> None:
     path.write_bytes("name: cr\xe8me\n".encode("latin-1"))
     with pytest.raises(CaptionerError, match="latin1.yaml: not UTF-8 text"):
         load_config(path)
+
+
+@pytest.mark.parametrize("override", ["optim.lr=nan", "decoder.dropout=nan", "optim.grad_clip=inf",
+                                      "eval.length_penalty=.inf", "pretrain.lr=-inf"])
+def test_nan_and_infinity_are_refused(override: str) -> None:
+    """Issue 22 item 13: NaN passed every range check (each comparison with it is false)."""
+    key = override.split("=")[0]
+    with pytest.raises(CaptionerError, match=f"bad configuration: {key}=.*a finite number"):
+        load_config(None, [override])
+
+
+def test_nan_in_a_yaml_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  grad_clip: .inf\n")
+    with pytest.raises(CaptionerError, match="optim.grad_clip=inf.*a finite number"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("setting", "needle"), [
+    ({"encoder": {"image_size": 12000, "resize_size": 12000}}, "encoder.image_size=12000"),
+    ({"eval": {"max_length": -5}}, "eval.max_length=-5"),
+    ({"optim": {"lr": float("nan")}}, "optim.lr=nan"),
+])
+def test_a_config_from_a_checkpoint_is_validated_like_a_users(setting: dict, needle: str) -> None:
+    """Issue 22 item 10: from_dict (checkpoints, hyper-parameters) skipped validate()."""
+    from captioner.config import from_dict
+
+    with pytest.raises(CaptionerError, match=f"bad configuration: {needle}"):
+        from_dict(setting)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    """Issue 22 item 22: nine levels of nine aliases expand to 9**9 strings."""
+    import time
+
+    lines = ['a0: &a0 ["lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    with pytest.raises(CaptionerError, match=f"{path}: .*aliases expand"):
+        load_config(path)
+    assert time.monotonic() - start < 5
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(CaptionerError, match=f"{huge}: .*MB; a config file"):
+        load_config(huge)
+
+
+def test_a_crafted_checkpoints_config_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    from captioner.model.checkpoint import checkpoint_config
+
+    path = tmp_path / "crafted.ckpt"
+    checkpoint = {"hyper_parameters": {"config": {"eval": {"max_length": -5}},
+                                       "vocab": ["<pad>", "<start>", "<end>", "<unk>", "a"]}}
+    with pytest.raises(CaptionerError, match=f"{path}: bad configuration: eval.max_length=-5"):
+        checkpoint_config(checkpoint, path)

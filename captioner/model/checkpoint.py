@@ -88,8 +88,10 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path,
     try:
         config = load_config(None, overrides, base=base) if overrides else from_dict(base)
         vocab = Vocabulary(hparams["vocab"])
-    except CaptionerError:
-        raise
+    except CaptionerError as err:
+        if overrides:
+            raise
+        raise CaptionerError(f"{path}: {err}") from None  # its own config, checked as a user's
     except Exception as err:  # OmegaConf's or the vocabulary's complaint, whatever its type
         raise CaptionerError(f"{path}: its config or vocabulary does not fit this captioner "
                              f"(written by captioner {version}): {one_line(err, 300)}") from err
