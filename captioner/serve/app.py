@@ -1,9 +1,11 @@
 """The aiohttp application: the page, `POST /caption`, `GET /health`.
 
 Every error answers JSON `{"error": "<one line>"}` with a 4xx status (5xx only for a failure of
-the server itself, which then goes on serving). Bound to a loopback address, the server answers
-only requests addressed to a loopback name, so a web page elsewhere cannot reach it through DNS
-rebinding.
+the server itself, which then goes on serving); a client that goes away before its answer is
+one quiet line, not a failure. Bound to a loopback address, the server answers only requests
+addressed to a loopback name, so a web page elsewhere cannot reach it through DNS rebinding; and
+whatever the address, a POST from another origin's page (which a browser sends without asking,
+as a "simple" request) is refused, so no web page can make it work.
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from captioner.errors import one_line
 from captioner.model.inference import Captioner
 from captioner.serve.batching import Batcher
-from captioner.serve.captioning import Captioned, Job, Pass, load_uploads
+from captioner.serve.captioning import Captioned, Job, Pass
+from captioner.serve.guard import GUARD, Guard
+from captioner.serve.lanes import Decoder
 from captioner.serve.options import Limits, RequestError, parse_options
 from captioner.serve.records import result_record
 from captioner.serve.server import is_loopback
 from captioner.serve.uploads import read_form
+from captioner.util.console import say
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,10 +43,11 @@ _PAGE_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/jav
 
 @dataclass
 class State:
-    """What the handlers share: the model, the limits, the batcher."""
+    """What the handlers share: the model, the limits, the decoder, the batcher."""
 
     captioner: Captioner
     limits: Limits
+    decoder: Decoder
     batcher: Batcher[Job, list[Captioned]]
     checkpoint: str  # as the health answer names it
 
@@ -51,10 +58,11 @@ STATE = web.AppKey("state", State)
 def build_app(captioner: Captioner, limits: Limits, *, checkpoint: str, local_only: bool) -> web.Application:
     """The application around a loaded Captioner; `local_only` refuses requests whose Host is
     not a loopback name."""
-    middlewares = [_json_errors, *([_loopback_hosts] if local_only else [])]
+    middlewares = [_guarded, _json_errors, *([_loopback_hosts] if local_only else []), _same_origin]
     app = web.Application(middlewares=middlewares)
     batcher: Batcher[Job, list[Captioned]] = Batcher(Pass(captioner, limits.batch_size), limits.batch_size)
-    app[STATE] = State(captioner, limits, batcher, checkpoint)
+    app[STATE] = State(captioner, limits, Decoder(captioner, limits), batcher, checkpoint)
+    app[GUARD] = Guard(limits)
     app.cleanup_ctx.append(_model_thread)
     app.on_response_prepare.append(_security_headers)
     for path, (name, content_type) in _PAGE_FILES.items():
@@ -67,14 +75,16 @@ def build_app(captioner: Captioner, limits: Limits, *, checkpoint: str, local_on
 async def caption(request: web.Request) -> web.Response:
     """Caption the request's images; see docs/serve.md for the fields and the answer."""
     server = request.app[STATE]
-    uploads, fields = await read_form(request, server.limits)
-    options = parse_options([*request.query.items(), *fields])
-    if not uploads:
-        raise RequestError(400, "no images: send one or more multipart 'image' fields "
-                                "(curl -F image=@photo.jpg)")
+    with request.app[GUARD].holding() as held:
+        uploads, fields = await read_form(request, server.limits, held)
+        request.app[GUARD].body_read(request)
+        options = parse_options([*request.query.items(), *fields])
+        if not uploads:
+            raise RequestError(400, "no images: send one or more multipart 'image' fields "
+                                    "(curl -F image=@photo.jpg)")
+        # Decoding runs beside the model's thread, so the next batch is ready when a pass ends.
+        images = await server.decoder.decode(uploads)
     loop = asyncio.get_running_loop()
-    # Decoding runs beside the model's thread, so the next batch is ready when a pass ends.
-    images = await loop.run_in_executor(None, load_uploads, server.captioner, uploads)
     captioned = await server.batcher.submit(Job(images, options), len(uploads))
     # The answer (PNG-encoded maps with explain) is built off the event loop, which keeps reading
     # other requests meanwhile.
@@ -104,6 +114,17 @@ async def _model_thread(app: web.Application) -> AsyncIterator[None]:
     batcher.start()
     yield
     await batcher.stop()
+    app[STATE].decoder.close()
+
+
+@web.middleware
+async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    guard = request.app[GUARD]
+    guard.request_started(request)
+    try:
+        return await handler(request)
+    finally:
+        guard.request_done(request)
 
 
 @web.middleware
@@ -112,6 +133,14 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     except RequestError as err:
         status, message = err.status, str(err)
+        if status in (408, 413):  # the rest of the body is not worth waiting for
+            response = web.json_response({"error": message}, status=status)
+            response.force_close()
+            return response
+    except (ConnectionError, RequestPayloadError) as err:  # the client went away: nobody to answer
+        say(f"{request.method} {request.path}: the client closed the connection before its answer "
+            f"({one_line(err)})")
+        return web.json_response({"error": "the client closed the connection"}, status=400)
     except web.HTTPException as err:
         if err.status < 400:
             raise
@@ -131,6 +160,20 @@ async def _loopback_hosts(request: web.Request, handler: Handler) -> web.StreamR
     if not is_loopback(_host_name(request.host)):
         raise RequestError(403, f"Host {request.host!r} refused: this server answers to localhost, "
                                 "127.0.0.1 and [::1] only (captioner serve --host changes that)")
+    return await handler(request)
+
+
+@web.middleware
+async def _same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a POST sent by another site's page: browsers say where it came from (Sec-Fetch-Site,
+    Origin); curl and scripts send neither, and the server's own page says "same-origin"."""
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        site = request.headers.get("Sec-Fetch-Site", "same-origin").lower()
+        origin = request.headers.get("Origin")
+        own = f"{request.scheme}://{request.host}"
+        if site not in ("same-origin", "none") or (origin is not None and origin.lower() != own.lower()):
+            raise RequestError(403, f"a cross-origin request (Origin {origin or 'not sent'}, Sec-Fetch-Site "
+                                    f"{site}) is refused: only this server's own page may post to it")
     return await handler(request)
 
 

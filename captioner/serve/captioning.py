@@ -1,6 +1,13 @@
 """The model's side of the server: decoding uploads into tensors (on any thread), and one
 forward pass over many requests' images (on the model's thread only).
 
+An upload is first opened (its header only: format and size, cheap), then decoded. A large image
+is decoded small where Pillow can (a JPEG at 1/2, 1/4 or 1/8 scale: Image.draft) or reduced
+right after decoding (Image.reduce), to a shorter side of at least REDUCED_SIDE pixels, far more
+than the network's input: its caption may differ slightly from the Python API's, which decodes
+it whole, but it costs a fraction of the memory and time. Smaller images are decoded as the
+Python API does them.
+
 A pass runs the CNN once over every image it was given, whatever the requests asked, then
 searches captions per set of options and explains the captions of the requests that asked. In
 fp32 an image's caption is the same alone or batched with others' (see Captioner's precision).
@@ -10,11 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from captioner.errors import CaptionerError
@@ -46,20 +56,71 @@ class Captioned:
     explanation: Explanation | None = None
 
 
+REDUCED_SIDE = 1024  # a larger image's shorter side is decoded or reduced to at least this
+
+
+@dataclass
+class Opened:
+    """An upload whose header has been read: what decoding it will give, not yet decoded."""
+
+    name: str
+    image: Image.Image  # lazily decoded; a JPEG already set to decode small (draft)
+    pixels: int  # as it will be decoded
+
+
+def open_upload(upload: Upload, max_pixels: int) -> Opened:
+    """The upload's header read (RequestError(422) if it is empty, not an image or over
+    `max_pixels`), and a large JPEG set to decode at a reduced scale."""
+    if not upload.data:
+        raise RequestError(422, f"{upload.name}: empty file")
+    with _refusals(upload.name):
+        image = Image.open(BytesIO(upload.data))
+        if image.width * image.height > max_pixels:
+            raise RequestError(422, f"{upload.name}: refused: {image.width}x{image.height} pixels is over "
+                                    f"the {max_pixels:,}-pixel limit (--max-pixels)")
+        if image.format == "JPEG" and min(image.size) >= 2 * REDUCED_SIDE:
+            image.draft(image.mode, (REDUCED_SIDE, REDUCED_SIDE))
+    return Opened(upload.name, image, image.width * image.height)
+
+
+def decode(captioner: Captioner, opened: Opened) -> Tensor:
+    """The network's input [3, H, W] for an opened upload (RequestError(422) if it is broken)."""
+    with _refusals(opened.name), opened.image as image:
+        image.load()
+        factor = min(image.size) // REDUCED_SIDE
+        if factor >= 2:
+            try:
+                image = image.reduce(factor)
+            except ValueError:  # a mode reduce() does not support: decoded whole, as the API does
+                pass
+        return captioner.load(image)
+
+
 def load_uploads(captioner: Captioner, uploads: Sequence[Upload]) -> Tensor:
-    """The uploads decoded and preprocessed as the Python API does, [N, 3, H, W]; the first that
-    is empty, not an image, truncated or over the pixel limit is a RequestError(422)."""
-    tensors = []
-    for upload in uploads:
-        if not upload.data:
-            raise RequestError(422, f"{upload.name}: empty file")
-        file = BytesIO(upload.data)
-        file.name = upload.name  # open_rgb's messages name the file
-        try:
-            tensors.append(captioner.load(file))
-        except CaptionerError as err:
-            raise RequestError(422, str(err)) from None
-    return torch.stack(tensors)
+    """The uploads decoded and preprocessed, [N, 3, H, W], here and now (the server decodes in
+    its lanes instead); the first that is empty, not an image, truncated or over the pixel limit
+    is a RequestError(422)."""
+    opened = [open_upload(upload, captioner.max_pixels) for upload in uploads]
+    return torch.stack([decode(captioner, one) for one in opened])
+
+
+@contextmanager
+def _refusals(name: str) -> Iterator[None]:
+    """Pillow's many failures as one RequestError(422) naming the file, worded as open_rgb's."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except RequestError:
+        raise
+    except CaptionerError as err:
+        raise RequestError(422, str(err)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise RequestError(422, f"{name}: refused as a possible decompression bomb ({err})") from None
+    except UnidentifiedImageError:
+        raise RequestError(422, f"{name}: not an image Pillow can read") from None
+    except Exception as err:  # Pillow's decoders raise many types (OSError, SyntaxError, struct.error...)
+        raise RequestError(422, f"{name}: broken or truncated image ({type(err).__name__}: {err})") from None
 
 
 class Pass:

@@ -11,6 +11,8 @@ from captioner.data.images import MAX_PIXELS
 from captioner.errors import CaptionerError
 from captioner.model.decoding import MAX_BEAM, MAX_WORDS, Decoding
 
+# GNMT's alpha is usually 0 to 1; past a few, ((5 + words) / 6) ** alpha overflows a float.
+MAX_LENGTH_PENALTY = 10.0
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
@@ -24,12 +26,28 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may send; larger ones are refused with a 4xx, undecoded."""
+    """What one request may send (larger ones are refused with a 4xx, undecoded) and what the
+    server holds for all clients together, so that no client can starve the others."""
 
-    max_upload_bytes: int = 20 * 2**20  # the whole request body
+    max_upload_bytes: int = 20 * 2**20  # the whole request body, multipart framing included
     max_images: int = 64  # image fields in one request
     max_pixels: int = MAX_PIXELS  # per image, checked before decoding (decompression bombs)
+    # Decoded pixels of one request's images together (after JPEG's reduced decoding): three
+    # 9000 x 9000 PNGs, or 64 phone photos.
+    max_request_pixels: int = 256_000_000
     batch_size: int = 32  # most images per forward pass; more wait for the next pass
+    header_timeout: float = 10.0  # seconds from a connection (or its last answer) to a request's headers
+    body_timeout: float = 60.0  # seconds from the headers to the end of the body
+    # Open connections; past it the oldest one still sending its request is closed. Lowered to
+    # fit the process's limit on open files (see guard.connection_cap).
+    max_connections: int = 512
+    max_buffered_bytes: int = 256 * 2**20  # request bodies held in memory, all requests together
+    shutdown_grace: float = 10.0  # seconds a SIGTERM leaves the requests in flight to finish
+
+    @property
+    def max_parts(self) -> int:
+        """Multipart parts in one request: the images and each option once."""
+        return self.max_images + len(_PARSERS)
 
 
 @dataclass(frozen=True)
@@ -70,14 +88,18 @@ def _whole(low: int, high: int):
     return parse
 
 
-def _number(name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise RequestError(400, f"{name}: not a number: {text!r}")
-    return value
+def _number(low: float, high: float):
+    def parse(name: str, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise RequestError(400, f"{name}: not a number: {text!r}")
+        if not low <= value <= high:
+            raise RequestError(400, f"{name} must be from {low:g} to {high:g}, got {value:g}")
+        return value
+    return parse
 
 
 def _flag(name: str, text: str) -> bool:
@@ -87,4 +109,5 @@ def _flag(name: str, text: str) -> bool:
 
 
 _PARSERS = {"beam_size": _whole(1, MAX_BEAM), "n_best": _whole(1, MAX_BEAM),
-            "max_length": _whole(1, MAX_WORDS), "length_penalty": _number, "explain": _flag}
+            "max_length": _whole(1, MAX_WORDS),
+            "length_penalty": _number(-MAX_LENGTH_PENALTY, MAX_LENGTH_PENALTY), "explain": _flag}
