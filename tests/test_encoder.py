@@ -144,3 +144,18 @@ def test_extraction_resumes_and_skips_unreadable(tmp_path: Path, vgg11: torch.nn
     store = merge_shards(folder, {"k": 1})
     assert store.ids == [1, 2, 3, 5]  # the unreadable image is reported and skipped
     assert json.loads((folder / "meta.json").read_text()) == {"k": 1}
+
+
+def test_a_refused_pickle_is_one_line_that_never_suggests_unsafe_loading(tmp_path: Path) -> None:
+    """Issue 22 item 18: torch's six-line advice ended in "weights_only=False"."""
+    import os
+
+    from captioner.model.encoder import read_weights
+
+    path = tmp_path / "crafted.pth"
+    torch.save({"state_dict": {}, "payload": os.getcwd}, path)
+    with pytest.raises(CaptionerError) as err:
+        read_weights(path, "encoder.weights")
+    message = str(err.value)
+    assert "\n" not in message and "weights_only" not in message and str(path) in message
+    assert "refused" in message and "getcwd" in message

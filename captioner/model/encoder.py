@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, one_line
 from captioner.util.atomic import atomic_path
 
 FEATURE_DIM = 4096
@@ -97,11 +98,21 @@ def read_weights(path: Path, what: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:
-        raise CaptionerError(f"{what}: {path} is not a readable weights file ({err})") from err
+        raise CaptionerError(f"{what}: {path} {unreadable(err)}") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CaptionerError(f"{what}: {path} holds no state dict of tensors")
     return state
+
+
+def unreadable(err: Exception) -> str:
+    """Why torch.load refused a weights file, in one line: torch's own message runs to six lines
+    and ends by suggesting weights_only=False, which would let the file run code."""
+    blocked = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if blocked is not None:
+        return (f"is refused: it needs {blocked.group(1)}, which a weights-only load does not allow "
+                "(a weights file holds tensors and plain data; unpickling this one could run code)")
+    return f"is not a readable weights file ({one_line(err).split(' weights_only')[0]})"
 
 
 def encoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -117,7 +128,7 @@ def weights_meta(path: Path) -> dict[str, Any]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:
-        raise CaptionerError(f"{path} is not a readable weights file ({err})") from err
+        raise CaptionerError(f"{path} {unreadable(err)}") from None
     meta = saved.get("captioner") if isinstance(saved, dict) else None
     return meta if isinstance(meta, dict) else {}
 
