@@ -69,3 +69,31 @@ def test_atomic_writes_reach_the_disk(tmp_path: Path, monkeypatch: pytest.Monkey
     atomic.write_json(tmp_path / "done.json", {"ok": True})
     assert any(".done.json." in path for path in synced)  # the file, before its rename
     assert str(tmp_path) in synced  # and the folder, after it
+
+
+def _claim_then_die(output_dir: Path, files: dict[str, str]) -> None:
+    """A process that claims runs/shapes, writes `files` into it and is SIGKILLed."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal; from pathlib import Path; from captioner.util.runs import claim_run_dir\n"
+            f"d = claim_run_dir(Path({str(output_dir)!r}), 'shapes')\n"
+            f"for name, text in {files!r}.items(): (d / name).write_text(text)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == -9
+
+
+def test_a_run_killed_before_its_first_checkpoint_leaves_a_folder_the_next_run_takes(tmp_path: Path) -> None:
+    """Issue 22 item 19: runs/NAME with only the killed run's config.yaml made the next run NAME-2."""
+    _claim_then_die(tmp_path, {"config.yaml": "name: shapes\n"})
+    assert claim_run_dir(tmp_path, "shapes") == tmp_path / "shapes"
+    assert claim_run_dir(tmp_path, "shapes") == tmp_path / "shapes-2"  # held by this process now
+
+
+def test_a_folder_with_anything_else_is_not_taken(tmp_path: Path) -> None:
+    _claim_then_die(tmp_path, {"config.yaml": "name: shapes\n", "notes.txt": "mine"})
+    assert claim_run_dir(tmp_path, "shapes") == tmp_path / "shapes-2"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.yaml").write_text("a user's folder, no mark")
+    assert claim_run_dir(tmp_path, "other") == tmp_path / "other-2"
+    assert (tmp_path / "other" / "config.yaml").read_text() == "a user's folder, no mark"

@@ -8,14 +8,17 @@ nothing into the run folder, so they never need to know its name before rank 0 t
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from captioner.errors import CaptionerError, Interrupted
 from captioner.util import atomic
+from captioner.util.paths import MARK, check_out_dir, claim_out_dir, read_mark
 
 LATEST = "LATEST"
 CHECKPOINTS = "checkpoints"
@@ -34,16 +37,80 @@ def global_rank() -> int:
 
 
 def claim_run_dir(output_dir: Path, name: str) -> Path:
-    """Create and return runs/<name>, or runs/<name>-2, -3... when that name is taken."""
+    """Create and return runs/<name>, or runs/<name>-2, -3... when that name is taken.
+
+    A folder a run claimed and was killed in before its first checkpoint (nothing in it but its
+    own config.yaml, as the mark proves, and no process holding it) is taken again, not skipped.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     n = 1
     while True:
         candidate = output_dir / (name if n == 1 else f"{name}-{n}")
         try:
             candidate.mkdir()
-            return candidate
         except FileExistsError:
+            if _retake(candidate):
+                return candidate
             n += 1
+            continue
+        _hold(candidate)  # held before the mark exists, so no one takes the folder meanwhile
+        claim_out_dir(candidate, RUN_FILES, command=RUN_COMMAND)
+        return candidate
+
+
+# What a new run writes first; a folder holding no more than these (checkpoints/ and logs/
+# empty) is a run that never reached its first checkpoint.
+RUN_FILES = ("config.yaml", CHECKPOINTS, "logs")
+RUN_COMMAND = "train"
+_LOCK = ".run.lock"
+_held: dict[Path, IO[str]] = {}  # run folders this process holds, with their open lock files
+
+
+def _hold(run_dir: Path) -> bool:
+    """Lock run_dir for as long as this process lives (the kernel drops the lock when it dies);
+    False if another process holds it."""
+    lock = open(run_dir / _LOCK, "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return False
+    _held[run_dir] = lock
+    return True
+
+
+def release(run_dir: Path) -> None:
+    """Let go of a run folder this process claimed (its run has ended)."""
+    lock = _held.pop(run_dir, None)
+    if lock is not None:
+        lock.close()
+
+
+def _retake(run_dir: Path) -> bool:
+    """Whether run_dir is a folder a killed run left before its first checkpoint, now held here."""
+    if run_dir.is_symlink() or not run_dir.is_dir() or read_mark(run_dir, RUN_COMMAND) is None:
+        return False
+    try:
+        check_out_dir(run_dir, RUN_FILES, command=RUN_COMMAND)
+    except CaptionerError:
+        return False
+    if not _only_early_files(run_dir) or not (run_dir / _LOCK).is_file() or not _hold(run_dir):
+        return False
+    if not _only_early_files(run_dir):  # it changed before the lock was ours
+        release(run_dir)
+        return False
+    return True
+
+
+def _only_early_files(run_dir: Path) -> bool:
+    for path in run_dir.iterdir():
+        if path.name in (MARK, _LOCK, "config.yaml") and path.is_file() and not path.is_symlink():
+            continue
+        if path.name in (CHECKPOINTS, "logs") and path.is_dir() and not path.is_symlink() \
+                and not any(path.iterdir()):
+            continue
+        return False
+    return True
 
 
 def discard_run_dir(run_dir: Path) -> bool:
@@ -71,6 +138,8 @@ def kept_on_failure(run_dir: Path, claimed: bool, command: str) -> Iterator[None
             raise Interrupted(f"interrupted; continue with: {command} --resume {last.resolve()}" if kept else
                               "interrupted before the first checkpoint; nothing was kept") from None
         raise
+    finally:
+        release(run_dir)
 
 
 def mark_latest(run_dir: Path) -> None:
