@@ -238,3 +238,34 @@ def test_regenerating_never_removes_a_file_outside_the_folder(tmp_path: Path) ->
     (root / "COMPLETE").write_text(json.dumps(marker))
     generate_shapes(root, TINY)
     assert keep.read_text() == "a user's file"
+
+
+def test_a_full_disk_while_generating_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22 item 20: ENOSPC came out as an OSError traceback."""
+    import errno
+
+    from captioner.data import shapes
+    from captioner.errors import CaptionerError
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shapes, "_write_dataset", full)
+    with pytest.raises(CaptionerError, match=f"disk full while generating the shapes set in {tmp_path}"):
+        shapes.generate_shapes(tmp_path / "s", shapes.ShapesSpec(num_train=2, num_val=1, num_test=1, size=32))
+    assert list(tmp_path.iterdir()) == []  # the half-written folder is gone
+
+
+def test_the_feature_space_check_speaks_in_sensible_units(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22 item 20: small sizes read "need 0.0 GB, 0.0 GB are free"."""
+    import shutil
+    from collections import namedtuple
+
+    from captioner.errors import CaptionerError
+    from captioner.features import cache
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9, 1_500_000))
+    with pytest.raises(CaptionerError, match="features need 12.3 MB, 1.5 MB are free"):
+        cache._check_space(tmp_path, 12_300_000)

@@ -8,6 +8,7 @@ same spec gives byte-identical output and the cache folder can be named by a has
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -168,6 +169,11 @@ def generate_shapes(out_dir: Path, spec: ShapesSpec) -> Path:
             _replace_generated(tmp, out_dir)
         else:
             tmp.rename(out_dir)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise CaptionerError(f"disk full while generating the shapes set in {out_dir.parent}; free "
+                             "some space (or set CAPTIONER_CACHE elsewhere) and run it again") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -227,8 +227,16 @@ def _claimed(folder: Path, order: Sequence[int]) -> Iterator[int]:
 def _check_space(folder: Path, need: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < need:
-        raise CaptionerError(f"{folder}: features need {need / 1e9:.1f} GB, {free / 1e9:.1f} GB are free; "
+        raise CaptionerError(f"{folder}: features need {_size(need)}, {_size(free)} are free; "
                              "free some space or set CAPTIONER_CACHE to a larger disk")
+
+
+def _size(n: int) -> str:
+    """Bytes in the largest unit that keeps a digit before the point: 12.3 MB, 1.5 GB."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def merge_shards(folder: Path, key: dict) -> FeatureStore:
