@@ -310,10 +310,18 @@ def validate(config: Config) -> Config:
     devices = config.trainer.devices
     if devices != "auto" and not (devices.isdigit() and int(devices) >= 1):
         raise CaptionerError(f"bad configuration: trainer.devices={devices!r}; use auto or a number >= 1")
+    if not _plain_name(config.name):
+        raise CaptionerError(f"bad configuration: name={config.name!r}; it must be a plain folder name "
+                             "(no / or \\, not empty, . or ..)")
     if config.eval.bootstrap != 0 and config.eval.bootstrap < 1000:
         raise CaptionerError("bad configuration: eval.bootstrap must be 0 (off) or at least 1000")
     _check_shapes_caption_length(config)
     return config
+
+
+def _plain_name(name: str) -> bool:
+    """Whether `name` names one folder inside output_dir: nothing that climbs out or goes deeper."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 def _floats(data: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:

@@ -145,3 +145,13 @@ def test_a_crafted_checkpoints_config_is_one_line_naming_the_file(tmp_path: Path
                                        "vocab": ["<pad>", "<start>", "<end>", "<unk>", "a"]}}
     with pytest.raises(CaptionerError, match=f"{path}: bad configuration: eval.max_length=-5"):
         checkpoint_config(checkpoint, path)
+
+
+@pytest.mark.parametrize("name", ["../../../escape_dir", "a/b", "..", ".", "", "/abs", "a\\b"])
+def test_a_run_name_is_a_plain_folder_name(name: str) -> None:
+    """Issue 22 item 17: a crafted checkpoint's name reached three folders above the runs."""
+    from captioner.config import from_dict
+
+    with pytest.raises(CaptionerError, match="bad configuration: name=.*a plain folder name"):
+        from_dict({"name": name})
+

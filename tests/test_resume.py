@@ -84,3 +84,25 @@ def test_a_column_that_starts_after_the_resume_step_is_dropped(tmp_path: Path) -
     (logs / "metrics.csv").write_text("epoch,step,a,b\n0,1,1.0,\n0,5,,2.0\n")
     RunLog(tmp_path, resume_step=3)  # b's first value came after step 3: it crashed the rewrite
     assert read_rows(logs / "metrics.csv") == [{"epoch": "0", "step": "1", "a": "1.0"}]
+
+
+def test_a_crafted_checkpoints_folder_and_name_are_not_followed(uninterrupted: Path, tmp_path: Path) -> None:
+    """Issue 22 item 17: outside a run folder, a checkpoint's output_dir and name decided where
+    the resumed run wrote (name ../../../escape_dir wrote three folders above the runs)."""
+    saved = torch.load(uninterrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    (tmp_path / "work" / "deep" / "er").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    saved["hyper_parameters"]["config"]["output_dir"] = str(elsewhere)
+    torch.save(saved, tmp_path / "moved.ckpt")
+    result = run_cli("train", "--resume", str(tmp_path / "moved.ckpt"), "trainer.max_epochs=5", "--no-eval",
+                     cwd=tmp_path / "work")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not elsewhere.exists() and (tmp_path / "work" / "runs" / "shapes" / "config.yaml").is_file()
+
+    saved["hyper_parameters"]["config"]["name"] = "../../../escape_dir"
+    torch.save(saved, tmp_path / "crafted.ckpt")
+    result = run_cli("train", "--resume", str(tmp_path / "crafted.ckpt"), "--no-eval",
+                     cwd=tmp_path / "work" / "deep" / "er")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "crafted.ckpt: bad configuration: name='../../../escape_dir'" in result.stderr
+    assert not list(tmp_path.rglob("escape_dir"))

@@ -13,6 +13,7 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,10 @@ def resume_config(checkpoint: dict[str, Any], path: Path, overrides: list[str]) 
                              "but it cannot be resumed")
     refuse_weights_only(checkpoint, path)
     check_weights_fit(config, vocab, model_state(checkpoint), path)
-    return config, vocab
+    # Where a new run folder goes is the user's to say (the default, or output_dir=...), never
+    # the checkpoint's: one from elsewhere could name any folder on the machine.
+    output_dir = load_config(None, [o for o in overrides if o.startswith("output_dir=")]).output_dir
+    return replace(config, output_dir=output_dir), vocab
 
 
 def refuse_weights_only(checkpoint: dict[str, Any], path: Path) -> None:
