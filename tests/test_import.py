@@ -246,6 +246,20 @@ def test_random_split_is_deterministic(tmp_path: Path) -> None:
     assert sorted(first.values()).count("val") == 1 and sorted(first.values()).count("test") == 1
 
 
+def test_splits_training_cannot_use_are_a_warning_with_the_fix(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    names = [f"{i:02d}.jpg" for i in range(10)]
+    jpegs(tmp_path, names)
+    (tmp_path / "c.csv").write_text("".join(f"{n},a picture\n" for n in names))
+    import_dataset(tmp_path / "c.csv", tmp_path / "all-train", split=(1, 0, 0))
+    warning = capsys.readouterr().err.strip().splitlines()[-1]
+    assert warning.startswith(f"warning: {tmp_path / 'all-train'} has no val or test images: "
+                              "captioner train needs train and val images")
+    assert warning.endswith("import again with --split 0.9,0.05,0.05 (any three fractions above 0)")
+    import_dataset(tmp_path / "c.csv", tmp_path / "usable")
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_output_folder_is_never_a_users(tmp_path: Path) -> None:
     jpegs(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
     (tmp_path / "c.csv").write_text("a.jpg,one\nb.jpg,two\nc.jpg,three\n")

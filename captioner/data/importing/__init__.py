@@ -30,11 +30,11 @@ from captioner.data.importing.check import (
 from captioner.data.importing.detect import FORMATS, read_source
 from captioner.data.importing.formats import Location, Row, Source
 from captioner.data.importing.report import ImportReport, split_sizes, spread, vocabulary_stats
-from captioner.data.importing.splits import image_ids, random_splits
+from captioner.data.importing.splits import SPLIT_NAMES, image_ids, random_splits
 from captioner.data.importing.textfile import check_encoding
 from captioner.data.importing.write import ImportedImage, claim_folder, locked_folder, write_dataset
 from captioner.errors import CaptionerError
-from captioner.util.console import say
+from captioner.util.console import say, warn
 
 __all__ = ["FORMATS", "ImportReport", "import_dataset"]
 
@@ -80,7 +80,20 @@ def import_dataset(
         write_dataset(out, imported, report.to_dict(), copy=copy, previous=previous,
                       source=str(src.path), fmt=src.format)
         stages.done(f"wrote {out}")
+        _warn_unusable_splits(report.splits, origin, out)
         return report
+
+
+def _warn_unusable_splits(splits: dict[str, int], origin: str, out: Path) -> None:
+    """Training needs train and val images and evaluation test images: an empty one would only be
+    refused later, by `captioner train`, with the import long forgotten."""
+    empty = [name for name in SPLIT_NAMES if not splits.get(name)]
+    if not empty:
+        return
+    fix = ("import again with --split 0.9,0.05,0.05 (any three fractions above 0)"
+           if origin.startswith("random") else f"the source's own splits ({origin}) have none")
+    warn(f"{out} has no {' or '.join(empty)} images: captioner train needs train and val images, "
+         f"captioner evaluate test images; {fix}")
 
 
 @contextmanager
