@@ -131,6 +131,19 @@ class EvalConfig:
 
 
 @dataclass
+class ScstConfig:
+    epochs: int = setting(0, "Self-critical epochs after cross-entropy (0: none); `captioner finetune` "
+                             "runs them on a trained checkpoint.")
+    lr: float = setting(5e-5, "Learning rate of the decoder (Adam) while it trains self-critically.")
+    samples: int = setting(5, "Captions sampled per image and step.")
+    baseline: str = setting("greedy", "What each sample's reward is compared with: greedy (the "
+                                      "model's own greedy caption, Rennie et al.) or mean (the image's "
+                                      "other samples').")
+    cider_weight: float = setting(1.0, "Weight of the caption's CIDEr-D (training references) in the reward.")
+    bleu_weight: float = setting(0.0, "Weight of the caption's smoothed BLEU-4 in the reward.")
+
+
+@dataclass
 class Config:
     name: str = setting("shapes", "Run name: the run folder is output_dir/name (name-2, -3... when taken).")
     output_dir: str = setting("runs", "Where run folders go.")
@@ -143,6 +156,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    scst: ScstConfig = field(default_factory=ScstConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -244,6 +258,7 @@ _CHOICES = {
     "decoder.cell": ("lstm", "gru", "rnn"),
     "trainer.monitor": ("val/bleu4", "val/cider", "val/loss"),
     "trainer.precision": ("auto", "32", "bf16-mixed", "16-mixed"),
+    "scst.baseline": ("greedy", "mean"),
 }
 
 
@@ -273,6 +288,8 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "trainer.log_every_n_steps": (1, None),
     "eval.beam_size": (1, None), "eval.max_length": (1, None), "eval.batch_size": (1, None),
     "eval.worst": (0, None), "eval.length_penalty": (0, None),
+    "scst.epochs": (0, None), "scst.lr": (0, None), "scst.samples": (1, 20),
+    "scst.cider_weight": (0, None), "scst.bleu_weight": (0, None),
 }
 
 

@@ -16,7 +16,7 @@ import sys
 
 from captioner.errors import CaptionerError, Interrupted
 
-COMMANDS = ("train", "pretrain", "extract", "caption", "evaluate", "compare", "diff", "data",
+COMMANDS = ("train", "finetune", "pretrain", "extract", "caption", "evaluate", "compare", "diff", "data",
             "serve", "config", "completion")
 EXIT_CODES = ("exit status: 0 done; 1 error (one line on stderr); 2 wrong command line; "
               "3 done, but some inputs failed; 130 interrupted")

@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "captioner train decoder.cell=gru trainer.max_epochs=20",
         "captioner train --config configs/coco_vgg16_lstm.yaml",
         "captioner train --resume runs/shapes/checkpoints/last.ckpt trainer.max_epochs=30",
+        "captioner train scst.epochs=5   # then self-critical training, into runs/shapes-scst",
     ])
     config_arguments(p, "decoder.cell=gru trainer.max_epochs=10")
     p.add_argument("--resume", type=Path, metavar="CKPT",
@@ -39,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
                    evaluate_after=not args.no_eval)
     if not result.best.name:  # a DDP rank other than 0: rank 0 reports
         return 0
+    if result.before is not None:  # scst.epochs > 0: the cross-entropy run came first
+        print(f"cross-entropy run folder: {result.before.run_dir.resolve()}")
+        if result.before.metrics:
+            before = result.before.metrics
+            print("cross-entropy " + metrics_line(before, before["run"]["split"]))
     print(f"run folder:      {result.run_dir.resolve()}")
     print(f"best checkpoint: {result.best.resolve()}")
     if result.metrics:

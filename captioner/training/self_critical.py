@@ -1,0 +1,154 @@
+"""Self-critical sequence training (Rennie et al., CVPR 2017): REINFORCE on CIDEr-D, with a baseline.
+
+A cross-entropy model is fine-tuned to maximise the expected reward r(w) of its own captions: for
+each training image it samples `scst.samples` captions w_i from the batched decoder, scores them
+against the image's training references (captioner.evaluation.cider_reward: CIDEr-D, optionally
+mixed with BLEU-4) and minimises
+
+    L = -(1/N) sum_i (r(w_i) - b_i) sum_t log p(w_i,t | w_i,<t, image)
+
+over the N samples of the batch, whose gradient is the REINFORCE estimate of -grad E[r] (the
+baseline b_i, which does not depend on w_i, only lowers its variance). b_i is the reward of the
+model's own greedy caption of that image (Rennie et al.'s "self-critical" baseline) or the mean
+reward of the image's other samples (scst.baseline=mean, ruotianluo's later variant).
+
+Samples are drawn with dropout off, and the log-probabilities are recomputed in one teacher-forced
+pass over the sampled words, also with dropout off: both then come from the same distribution, so
+the gradient is on-policy, and the pass is the fast packed one cross-entropy training uses.
+Validation, checkpoints and resuming are CaptionModule's; best.ckpt is picked by val/cider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from captioner import __version__
+from captioner.config import Config
+from captioner.data.vocab import Vocabulary
+from captioner.errors import CaptionerError
+from captioner.evaluation.cider_reward import CaptionRewards
+from captioner.model.search import Hypothesis, greedy, sample
+from captioner.training.module import CaptionModule
+
+PHASE, SELF_CRITICAL = "captioner_phase", "self-critical"  # the mark in the checkpoint
+MONITOR = "val/cider"
+
+
+def check(config: Config) -> None:
+    """Refuse self-critical settings that cannot work together (before anything loads)."""
+    s = config.scst
+    if s.baseline == "mean" and s.samples < 2:
+        raise CaptionerError("bad configuration: scst.baseline=mean needs scst.samples of at least 2")
+    if s.cider_weight + s.bleu_weight <= 0:
+        raise CaptionerError("bad configuration: scst.cider_weight and scst.bleu_weight are both 0: "
+                             "nothing to reward")
+
+
+def policy_gradient_loss(logits: Tensor, targets: Tensor, advantage: Tensor,
+                         pad: int) -> tuple[Tensor, Tensor]:
+    """The REINFORCE loss -(1/N) sum_i A_i sum_t log p(target_i,t) and the policy's mean entropy
+    per word, of logits [N, T, V] of N sampled captions whose words (and end token, if emitted) are
+    targets [N, T], padded with `pad`; advantage [N] = reward - baseline, a constant."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    taken = log_probs.gather(2, targets.unsqueeze(2)).squeeze(2)
+    words = targets != pad
+    loss = -(advantage.detach().to(taken.dtype) * (taken * words).sum(1)).mean()
+    with torch.no_grad():
+        entropy = -(log_probs.exp() * log_probs).sum(-1)[words].mean()
+    return loss, entropy
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One batch's samples: what the decoder reads and must predict, and their rewards."""
+
+    inputs: Tensor  # [N, T] <start> w1 .. (padded)
+    targets: Tensor  # [N, T] w1 .. <end> (padded; no <end> for a caption cut at max_length)
+    reward: Tensor  # [N] float32
+    baseline: Tensor  # [N] float32
+
+
+def teacher_forcing(captions: Sequence[Hypothesis], vocab: Vocabulary) -> tuple[Tensor, Tensor]:
+    """Inputs and targets [N, T] that make the decoder replay these captions."""
+    targets = [[*c.tokens, vocab.end] if c.finished else list(c.tokens) for c in captions]
+    inputs = [[vocab.start, *t[:-1]] for t in targets]
+    return _padded(inputs, vocab.pad), _padded(targets, vocab.pad)
+
+
+def _padded(rows: list[list[int]], pad: int) -> Tensor:
+    longest = max(len(r) for r in rows)
+    return torch.tensor([r + [pad] * (longest - len(r)) for r in rows], dtype=torch.long)
+
+
+class SelfCriticalModule(CaptionModule):
+    """CaptionModule trained by self-critical policy gradient instead of cross-entropy.
+
+    `rewards` (the training references, document frequencies counted once) is set before fit."""
+
+    def __init__(self, config: dict[str, Any], vocab: list[str], encoder_weights: str = "none",
+                 captioner_version: str = __version__) -> None:
+        super().__init__(config, vocab, encoder_weights, captioner_version)
+        # Only the decoder learns from the reward; a fine-tuned CNN stays where cross-entropy left it.
+        self.finetune = False
+        self.model.encoder.requires_grad_(False)
+        self.rewards: CaptionRewards | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[PHASE] = SELF_CRITICAL
+
+    def training_step(self, batch: dict | None, batch_idx: int) -> Tensor | None:
+        if batch is None:
+            return None
+        self.model.decoder.eval()  # dropout off: sampling and the gradient share one policy
+        features = self.features(batch)
+        episode = self.episode(features, batch["image_id"])
+        logits = self.model(features, episode.inputs.to(self.device), repeats=self.config.scst.samples)
+        advantage = (episode.reward - episode.baseline).to(self.device)
+        loss, entropy = policy_gradient_loss(logits, episode.targets.to(self.device), advantage,
+                                             self.vocab.pad)
+        images = len(batch["image_id"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=images)
+        self.log("train/reward", episode.reward.mean(), prog_bar=True, batch_size=images)
+        self.log("train/baseline", episode.baseline.mean(), batch_size=images)
+        self.log("train/entropy", entropy, batch_size=images)
+        return loss
+
+    @torch.no_grad()
+    def episode(self, features: Tensor, image_ids: Tensor) -> Episode:
+        """Sample scst.samples captions of each image (one batched decoder run), score them and
+        their baselines."""
+        decoder, v, s = self.model.decoder, self.vocab, self.config.scst
+        state = decoder.initial_state(features)
+        search = {"bos": v.start, "eos": v.end, "max_length": self.config.eval.max_length,
+                  "banned": (v.pad, v.start)}
+        drawn = sample(decoder.step, tuple(x.repeat_interleave(s.samples, dim=1) for x in state), **search)
+        reward = self.reward(image_ids.repeat_interleave(s.samples), drawn)
+        if s.baseline == "greedy":
+            baseline = self.reward(image_ids, greedy(decoder.step, state, **search))
+            baseline = baseline.repeat_interleave(s.samples)
+        else:  # the mean of the image's other samples
+            grouped = reward.view(-1, s.samples)
+            baseline = ((grouped.sum(1, keepdim=True) - grouped) / (s.samples - 1)).view(-1)
+        inputs, targets = teacher_forcing(drawn, v)
+        return Episode(inputs, targets, reward, baseline)
+
+    def reward(self, image_ids: Tensor, captions: Sequence[Hypothesis]) -> Tensor:
+        """scst.cider_weight * CIDEr-D + scst.bleu_weight * BLEU-4 of each caption, float32 [N]."""
+        if self.rewards is None:
+            raise RuntimeError("SelfCriticalModule.rewards must be set before training")
+        s = self.config.scst
+        tokens = _padded([list(c.tokens) or [self.vocab.pad] for c in captions], self.vocab.pad)
+        lengths = torch.tensor([len(c.tokens) for c in captions], dtype=torch.long)
+        scores = self.rewards(image_ids, tokens, lengths)
+        return (s.cider_weight * scores.cider + s.bleu_weight * scores.bleu4).float()
+
+    def configure_optimizers(self) -> Any:
+        o = self.config.optim
+        return torch.optim.Adam(self.model.decoder.parameters(), lr=self.config.scst.lr,
+                                weight_decay=o.weight_decay, fused=self.device.type in ("cpu", "cuda"))
