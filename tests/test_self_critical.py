@@ -142,7 +142,8 @@ def test_finetune_runs_logs_and_resumes_exactly(best: Path, tmp_path: Path, monk
     from captioner.training.train import self_critical_run, train, train_run
 
     monkeypatch.chdir(tmp_path)
-    common = ["output_dir=runs", "scst.lr=1e-3", "trainer.limit_train_batches=2"]
+    common = ["output_dir=runs", "scst.lr=1e-3", "trainer.limit_train_batches=2",
+              "trainer.log_every_n_steps=1"]
     whole = train_run(self_critical_run(best, [*common, "scst.epochs=2", "name=whole"]), False)
     first = train_run(self_critical_run(best, [*common, "scst.epochs=1", "name=cut"]), False)
     train(None, resume=first.run_dir / "checkpoints" / "last.ckpt", overrides=["scst.epochs=2"],
