@@ -38,3 +38,32 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["epoch"] == 0 and len(calls) == 4  # stopped at once, not after the epoch
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_nan_loss_stops_the_pretraining_and_keeps_the_last_good_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same stop for the classifier pretraining (issue 22 item 13): it trained on, NaN."""
+    from captioner.training import pretrain
+
+    monkeypatch.chdir(tmp_path)
+    real, calls = pretrain.ClassifierModule.forward, []
+
+    def poisoned(self: pretrain.ClassifierModule, images: torch.Tensor) -> torch.Tensor:
+        logits = real(self, images)
+        if self.training:
+            calls.append(1)
+            if len(calls) == 4:  # the second step of the second epoch (two steps an epoch)
+                return logits * math.inf
+        return logits
+
+    monkeypatch.setattr(pretrain.ClassifierModule, "forward", poisoned)
+    with pytest.raises(CaptionerError, match=r"^pretraining: the training loss is (nan|inf) at step 4 "
+                                             r"\(epoch 2\); stopped, the checkpoints keep the last good "
+                                             r"epoch; lower pretrain.lr$") as err:
+        pretrain.pretrain(None, [*TINY, "pretrain.epochs=3", "pretrain.batch_size=8"])
+    assert "\n" not in str(err.value)
+    run = tmp_path / "runs" / "shapes-pretrain"
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 0 and len(calls) == 4  # stopped at once, not after the epoch
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    assert not (run / "encoder.pth").exists()

@@ -18,11 +18,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from captioner import __version__
 from captioner.config import Config, from_dict
 from captioner.data.vocab import Vocabulary
-from captioner.errors import CaptionerError
 from captioner.evaluation.validation import GreedyValidation
 from captioner.model.network import CaptionModel, build_model
 from captioner.model.stored_encoder import PREFIX, StoredEncoder, strip
 from captioner.training.schedule import cooldown
+from captioner.training.trainer import stop_unless_finite
 
 
 def caption_loss(model: CaptionModel, features: Tensor, captions: Tensor, pad: int) -> Tensor:
@@ -79,21 +79,9 @@ class CaptionModule(L.LightningModule):
         if batch is None:  # every image of the batch was unreadable
             return None
         loss = caption_loss(self.model, self.features(batch), batch["captions"], self.vocab.pad)
-        self._stop_unless_finite(loss)
+        stop_unless_finite(self, loss, "training", "lower optim.lr or set optim.grad_clip")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image_id"]))
         return loss
-
-    def _stop_unless_finite(self, loss: Tensor) -> None:
-        """Stop before a NaN or infinite loss reaches the weights: every later step would be NaN
-        too, and the checkpoints still hold the last good epoch."""
-        finite = bool(torch.isfinite(loss))
-        if self.trainer.world_size > 1:  # every rank stops together, or the others would hang
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            raise CaptionerError(
-                f"training: the training loss is {loss.item() if loss.numel() == 1 else 'not finite'} "
-                f"at step {self.global_step + 1} (epoch {self.current_epoch + 1}); stopped, the "
-                "checkpoints keep the last good epoch; lower optim.lr or set optim.grad_clip")
 
     # -- validation -----------------------------------------------------------------------------
     def validation_step(self, batch: dict | None, batch_idx: int) -> None:

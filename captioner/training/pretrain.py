@@ -41,7 +41,7 @@ from captioner.model.checkpoint import refuse_interpolations, refuse_weights_onl
 from captioner.model.encoder import FEATURE_DIM, build_encoder, build_preprocess, export_weights
 from captioner.training.checkpoints import LAST
 from captioner.training.schedule import one_cycle
-from captioner.training.trainer import build_trainer, fit
+from captioner.training.trainer import build_trainer, fit, stop_unless_finite
 from captioner.util.atomic import TEMP_SUFFIX, write_json, write_text
 from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
@@ -203,6 +203,7 @@ class ClassifierModule(L.LightningModule):
             return None
         images, targets = batch
         loss = F.binary_cross_entropy_with_logits(self(images), targets)
+        stop_unless_finite(self, loss, "pretraining", "lower pretrain.lr")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 

@@ -2,8 +2,8 @@
 
 What it adds to Lightning's defaults: atomic checkpoints and their RNG states (checkpoints.py),
 a metrics log that survives resuming (runlog.py), bf16 autocast where the hardware does it fast,
-and progress on stderr (a bar on a terminal, one line per epoch otherwise), so that stdout
-carries only results.
+progress on stderr (a bar on a terminal, one line per epoch otherwise), so that stdout
+carries only results, and the stop every training step makes when its loss is not finite.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.profilers import SimpleProfiler
+from torch import Tensor
 
 from captioner.config import Config
+from captioner.errors import CaptionerError
 from captioner.training.checkpoints import AtomicCheckpointIO, RunCheckpoints
 from captioner.training.runlog import RunLog
 from captioner.util.console import bars, quieten_lightning, say
@@ -98,3 +101,17 @@ def fit(trainer: L.Trainer, module: L.LightningModule, *data: Any, resume: Path 
         raise
     if trainer.interrupted:
         raise KeyboardInterrupt
+
+
+def stop_unless_finite(module: L.LightningModule, loss: Tensor, what: str, advice: str) -> None:
+    """Stop before a NaN or infinite loss reaches the weights: every later step would be NaN too,
+    and the checkpoints still hold the last good epoch. `what` names the run ("training"),
+    `advice` the settings to change."""
+    finite = bool(torch.isfinite(loss))
+    if module.trainer.world_size > 1:  # every rank stops together, or the others would hang
+        finite = module.trainer.strategy.reduce_boolean_decision(finite, all=True)
+    if not finite:
+        raise CaptionerError(
+            f"{what}: the training loss is {loss.item() if loss.numel() == 1 else 'not finite'} "
+            f"at step {module.global_step + 1} (epoch {module.current_epoch + 1}); stopped, the "
+            f"checkpoints keep the last good epoch; {advice}")
