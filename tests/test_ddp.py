@@ -27,7 +27,7 @@ from conftest import random_image_records
 from PIL import Image
 
 from captioner.data.shapes import ShapesSpec, generate_shapes
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, Interrupted
 from captioner.features.cache import extract_features, load_or_extract, merge_shards
 from captioner.model.encoder import build_encoder, build_preprocess
 
@@ -113,8 +113,10 @@ def test_ctrl_c_keeps_finished_shards_and_a_rerun_resumes(tmp_path: Path, vgg11:
             raise KeyboardInterrupt
         return PREPROCESS(image)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as err:
         extract_features(vgg11, interrupted, records, folder, key=KEY, shard_size=2)
+    assert str(err.value) == (f"interrupted while extracting features; 2 of 6 images' features are kept "
+                              f"in {folder}: run the same command again to continue")
     kept = sorted(p.name for p in folder.glob("shard_*") if p.suffix != ".lock")
     assert kept == ["shard_00000.ids.json", "shard_00000.npy"]
     (folder / ".shard_00001.npy.x1y2z3.tmp").write_bytes(b"half")  # what kill -9 leaves behind

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from captioner.config import ShapesConfig
 from captioner.data.tokenize import tokenize
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, Interrupted
 from captioner.util.atomic import write_json
 from captioner.util.console import bars, say
 from captioner.util.locks import flock
@@ -164,7 +164,7 @@ def generate_shapes(out_dir: Path, spec: ShapesSpec) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        _write_dataset(tmp, spec)
+        _write_new(tmp, spec)
         if out_dir.exists():
             _replace_generated(tmp, out_dir)
         else:
@@ -177,6 +177,15 @@ def generate_shapes(out_dir: Path, spec: ShapesSpec) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _write_new(tmp: Path, spec: ShapesSpec) -> None:
+    """_write_dataset, with Ctrl-C said as what it leaves: nothing (the caller removes `tmp`)."""
+    try:
+        _write_dataset(tmp, spec)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted while generating the shapes dataset; nothing of it was kept: "
+                          "run the same command again to generate it afresh") from None
 
 
 def _spec_hash(spec: ShapesSpec) -> str:

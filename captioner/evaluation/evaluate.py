@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -11,6 +13,7 @@ from tqdm import tqdm
 
 from captioner.data.coco import ImageRecord
 from captioner.data.prepare import cache_dir, prepare
+from captioner.errors import Interrupted
 from captioner.evaluation.gallery_maps import GalleryMaps
 from captioner.evaluation.report import REPORT_FILES, ImageResult, write_report
 from captioner.features.cache import FeatureStore, load_or_extract
@@ -54,6 +57,28 @@ def evaluate(
     beam_size = beam_size or config.eval.beam_size
     out_dir = out_dir or default_out_dir(checkpoint, split)
     check_out_dir(out_dir, REPORT_FILES, command="evaluation")  # before the work
+    again = ["--checkpoint", checkpoint.resolve(), "--split", split, "--out", out_dir.resolve(),
+             "--beam-size", beam_size, *(["--limit", limit] if limit else []),
+             *(["--worst", worst] if worst else []), *(["--device", device] if device != "auto" else [])]
+    with _interrupt_says_what_is_kept(out_dir, again):
+        return _evaluate(checkpoint, captioner, split, out_dir, beam_size, limit, worst, explain)
+
+
+@contextmanager
+def _interrupt_says_what_is_kept(out_dir: Path, again: list[object]) -> Iterator[None]:
+    """Ctrl-C as one line saying what is left and the evaluation to run again (also a stage's
+    Interrupted, whose way to continue, the same command again, would train again)."""
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted):
+        command = shlex.join(["captioner", "evaluate", *map(str, again)])
+        raise Interrupted(f"interrupted while evaluating; no complete report was written to "
+                          f"{out_dir.resolve()}: continue with: {command}") from None
+
+
+def _evaluate(checkpoint: Path, captioner: Captioner, split: str, out_dir: Path, beam_size: int,
+              limit: int | None, worst: int | None, explain: bool) -> tuple[dict, Path]:
+    config = captioner.config
     data = prepare(config)
     records = data.split(split)[:limit] if limit else data.split(split)
 

@@ -27,6 +27,7 @@ import shutil
 import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from tqdm import tqdm
 
 from captioner.data.coco import ImageRecord
 from captioner.data.images import open_rgb
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, Interrupted
 from captioner.model.encoder import FEATURE_DIM, VGGEncoder, encode
 from captioner.util import atomic
 from captioner.util.console import bars, say
@@ -194,7 +195,7 @@ def extract_features(
     done: list[int] = []
     total = sum(len(parts[k]) for k in own if not _finished(folder, k))
     with tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
-              disable=not bars()) as progress:
+              disable=not bars()) as progress, _interrupt_says_what_is_kept(folder, parts):
         for k in _claimed(folder, order):
             if k not in own:
                 progress.total += len(parts[k])
@@ -207,6 +208,18 @@ def extract_features(
             _write_shard(encoder, loader, parts[k], folder, k, bf16, progress)
             done.append(k)
     return done
+
+
+@contextmanager
+def _interrupt_says_what_is_kept(folder: Path, parts: Sequence[Sequence[ImageRecord]]) -> Iterator[None]:
+    """Ctrl-C during extraction, as Interrupted counting the images whose shards are finished."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        kept = sum(len(part) for k, part in enumerate(parts) if _finished(folder, k))
+        total = sum(len(part) for part in parts)
+        raise Interrupted(f"interrupted while extracting features; {kept} of {total} images' features "
+                          f"are kept in {folder}: run the same command again to continue") from None
 
 
 def _claimed(folder: Path, order: Sequence[int]) -> Iterator[int]:

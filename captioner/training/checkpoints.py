@@ -12,6 +12,7 @@
   is linked to last.ckpt again, or stripped of the optimiser's state it still held.
 - The best score travels inside every checkpoint, so a run folder that was moved or copied resumes
   comparing with it rather than taking whatever its first validation gives.
+- Ctrl-C while a checkpoint is written takes effect once it (and best.ckpt) are complete.
 - The random number generators travel too, and are restored when training resumes: with the
   DataModule's own generator (data order) an interrupted and resumed run ends with exactly the
   weights of a run that never stopped.
@@ -34,6 +35,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from captioner.config import monitor_mode
 from captioner.util.atomic import atomic_path, is_temp_file, same_file
+from captioner.util.interrupts import held_interrupt
 
 BEST, LAST = "best.ckpt", "last.ckpt"
 RESUME_ONLY = ("optimizer_states", "lr_schedulers")  # what a checkpoint holds for resuming alone
@@ -100,11 +102,12 @@ class RunCheckpoints(Checkpoint):
         self._epoch = trainer.current_epoch  # recorded in last.ckpt with best_epoch
         last, best = self.folder / LAST, self.folder / BEST
         shared = trainer.is_global_zero and _same_inode(last, best)
-        trainer.save_checkpoint(last, weights_only=False)  # every rank takes part; rank 0 writes
-        if improved and trainer.is_global_zero:
-            same_file(last, best)
-        elif shared:  # best.ckpt is no longer last.ckpt: it keeps what captioning needs
-            keep_weights_only(best)
+        with held_interrupt():  # Ctrl-C now would lose the epoch: it comes once both are written
+            trainer.save_checkpoint(last, weights_only=False)  # every rank takes part; rank 0 writes
+            if improved and trainer.is_global_zero:
+                same_file(last, best)
+            elif shared:  # best.ckpt is no longer last.ckpt: it keeps what captioning needs
+                keep_weights_only(best)
         trainer.strategy.barrier("RunCheckpoints")
 
     def _better(self, score: float) -> bool:

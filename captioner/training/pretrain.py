@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -34,7 +34,7 @@ from captioner.config import Config, from_dict, load_config, to_dict, to_yaml
 from captioner.data.coco import ImageRecord
 from captioner.data.images import open_rgb
 from captioner.data.prepare import PreparedData, cache_dir, prepare
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, Interrupted
 from captioner.evaluation.mentions import instance_labels
 from captioner.features.cache import records_fingerprint
 from captioner.model.checkpoint import refuse_interpolations, refuse_weights_only
@@ -327,7 +327,7 @@ def cached_encoder(config: Config, data: PreparedData) -> Path:
     c = config.encoder
     folder = cache_dir(config) / "encoders" / f"{c.arch}-{c.image_size}px-{digest}"
     folder.mkdir(parents=True, exist_ok=True)
-    with flock(folder / "pretrain.lock", wait=True):
+    with flock(folder / "pretrain.lock", wait=True), _interrupt_says_what_is_kept(folder):
         weights = folder / WEIGHTS_FILE
         if not weights.is_file():
             last = folder / "checkpoints" / LAST
@@ -339,6 +339,24 @@ def cached_encoder(config: Config, data: PreparedData) -> Path:
         else:
             say(f"using the pretrained encoder {weights}")
     return weights
+
+
+@contextlib.contextmanager
+def _interrupt_says_what_is_kept(folder: Path) -> Iterator[None]:
+    """Ctrl-C during the cached pretraining, as Interrupted saying what the next run starts from."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        weights, last = folder / WEIGHTS_FILE, folder / "checkpoints" / LAST
+        if weights.is_file():
+            kept = f"the pretrained encoder {weights} is kept: run the same command again to use it"
+        elif last.is_file():
+            epochs = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"] + 1
+            kept = (f"its checkpoint after epoch {epochs} is kept in {last.parent}: run the same "
+                    "command again to resume the pretraining from there")
+        else:
+            kept = "nothing of it was kept: run the same command again to start it afresh"
+        raise Interrupted(f"interrupted while pretraining the encoder; {kept}") from None
 
 
 def _drop_checkpoints(folder: Path) -> None:
@@ -361,7 +379,8 @@ def pretrain(config_path: Path | None, overrides: list[str], *, resume: Path | N
     else:
         config = load_config(config_path, overrides)
         run_dir, claimed = claim_run_dir(Path(config.output_dir), f"{config.name}-pretrain"), True
-    with kept_on_failure(run_dir, claimed, "captioner pretrain"):
+    # Not marked the latest run: that is where captioning looks for a captioner's checkpoint.
+    with kept_on_failure(run_dir, claimed, "captioner pretrain", what="pretraining", latest=False):
         data = prepare(config)
         write_text(run_dir / "config.yaml", to_yaml(config))
         return run_pretraining(config, data, run_dir, resume=resume)

@@ -123,23 +123,43 @@ def discard_run_dir(run_dir: Path) -> bool:
 
 
 @contextmanager
-def kept_on_failure(run_dir: Path, claimed: bool, command: str) -> Iterator[None]:
+def kept_on_failure(run_dir: Path, claimed: bool, command: str, *, what: str = "training",
+                    latest: bool = True) -> Iterator[None]:
     """Run the block that trains into `run_dir`; if it fails, keep the folder only if it holds a
-    checkpoint (then it is the latest run), and turn Ctrl-C into Interrupted with the exact
-    command that continues (`command` + the checkpoint)."""
+    checkpoint (then, with `latest`, it is the latest run), and turn Ctrl-C into Interrupted saying
+    what was kept and the exact command that continues (`command` + the checkpoint). An
+    Interrupted from a stage before training (the data, the cached encoder, the features) already
+    says what that stage kept."""
     try:
         yield
     except BaseException as err:
         last = run_dir / CHECKPOINTS / "last.ckpt"
-        kept = global_rank() == 0 and not (claimed and discard_run_dir(run_dir)) and last.is_file()
-        if kept:
+        removed = global_rank() == 0 and claimed and discard_run_dir(run_dir)
+        kept = global_rank() == 0 and not removed and last.is_file()
+        if kept and latest:
             mark_latest(run_dir)
         if isinstance(err, KeyboardInterrupt):
-            raise Interrupted(f"interrupted; continue with: {command} --resume {last.resolve()}" if kept else
-                              "interrupted before the first checkpoint; nothing was kept") from None
+            raise Interrupted(_interrupted(run_dir, what, command, kept, removed)) from None
         raise
     finally:
         release(run_dir)
+
+
+def _interrupted(run_dir: Path, what: str, command: str, kept: bool, removed: bool) -> str:
+    last = (run_dir / CHECKPOINTS / "last.ckpt").resolve()
+    if kept:
+        return (f"interrupted during {what}; kept {run_dir.resolve()} with its checkpoint after "
+                f"epoch {_epochs_done(last)}: continue with: {command} --resume {last}")
+    if removed:
+        return (f"interrupted during {what}, before its first checkpoint: removed {run_dir.resolve()}; "
+                "run the same command again to start afresh")
+    return f"interrupted during {what}, before its first checkpoint; nothing was kept"
+
+
+def _epochs_done(checkpoint: Path) -> int:
+    import torch  # here: the command line reads this module before torch is needed
+
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
 
 
 def mark_latest(run_dir: Path) -> None:
