@@ -1,8 +1,9 @@
 """The default `captioner train` from an empty cache: wall time by stage, test scores, (colour, shape) F1.
 
 Runs exactly what a new user runs (`captioner train`, no arguments) in a scratch folder with a
-private CAPTIONER_CACHE, so dataset generation, pretraining, feature extraction, decoder training
-and the final evaluation are all timed (each stage from its first line on stderr to the next
+private CAPTIONER_CACHE, so dataset generation, pretraining (or unpacking the shipped encoder;
+pretrain.shipped=false pretrains), feature extraction, decoder training and the final evaluation
+are all timed (each stage from its first line on stderr to the next
 stage's), with the precision each stage ran in and the disk the run and the cache take; then
 scores the best checkpoint on fresh scenes with benchmarks/shapes_quality.py and, with --probe,
 the pretrained encoder's fc7 with benchmarks/pair_probe.py. With the override
@@ -32,7 +33,8 @@ from machine import describe  # benchmarks/ is on sys.path as a script
 HERE = Path(__file__).resolve().parent
 # The first stderr line of each stage of `captioner train`, in order.
 STAGES = (("start", ""), ("dataset", "generating the built-in shapes dataset"),
-          ("pretraining", "pretraining "), ("features", "extracting "), ("decoder", "training "),
+          ("shipped encoder", "using the shapes encoder shipped"), ("pretraining", "pretraining "),
+          ("features", "extracting "), ("decoder", "training "),
           ("evaluation", "evaluating on "))
 
 

@@ -82,6 +82,8 @@ class PretrainConfig:
     warmup: float = setting(0.3, "Share of the steps warming up from lr/25 to lr; the rest anneals to ~0.")
     batch_size: int = setting(32, "Images per step.")
     train_fc: bool = setting(False, "Whether fc6 and fc7 train too (fixed, they project the convolutions).")
+    shipped: bool = setting(True, "On the built-in shapes set with these settings, take the encoder "
+                                  "the package ships (this pretraining's result) instead of pretraining.")
 
 
 @dataclass

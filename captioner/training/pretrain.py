@@ -34,11 +34,13 @@ from captioner.config import Config, from_dict, load_config, to_dict, to_yaml
 from captioner.data.coco import ImageRecord
 from captioner.data.images import open_rgb
 from captioner.data.prepare import PreparedData, cache_dir, prepare
+from captioner.data.shapes import GENERATOR_VERSION, ShapesSpec
 from captioner.errors import CaptionerError, Interrupted
 from captioner.evaluation.mentions import instance_labels
 from captioner.features.cache import records_fingerprint
 from captioner.model.checkpoint import refuse_interpolations, refuse_weights_only
 from captioner.model.encoder import FEATURE_DIM, build_encoder, build_preprocess, export_weights
+from captioner.model.shipped_encoder import SHIPPED, fc_fingerprint, unpack
 from captioner.training.checkpoints import LAST
 from captioner.training.schedule import one_cycle
 from captioner.training.trainer import build_trainer, fit, stop_unless_finite
@@ -182,17 +184,9 @@ class ClassifierModule(L.LightningModule):
         checkpoint["state_dict"].update({FIXED + k: v for k, v in self.encoder.fc.state_dict().items()})
 
     def _fc_fingerprint(self) -> Tensor:
-        """Sum and sum of squares of each fixed fc tensor in float64, computed once (they never
-        change) and a chunk at a time (a float64 copy of fc6 whole would take 0.8 GB)."""
+        """Of the fixed fc6/fc7, computed once: they never change."""
         if self._fingerprint is None:
-            sums = []
-            for tensor in self.encoder.fc.state_dict().values():
-                total = squares = torch.zeros((), dtype=torch.float64)
-                for chunk in tensor.detach().flatten().split(1 << 22):
-                    chunk = chunk.double()
-                    total, squares = total + chunk.sum(), squares + chunk.square().sum()
-                sums += [total, squares]
-            self._fingerprint = torch.stack(sums)
+            self._fingerprint = fc_fingerprint(self.encoder.fc)
         return self._fingerprint
 
     def forward(self, images: Tensor) -> Tensor:
@@ -308,12 +302,30 @@ def run_pretraining(config: Config, data: PreparedData, folder: Path, *,
 
 def pretrain_key(config: Config, data: PreparedData) -> dict[str, Any]:
     """Everything the pretrained weights depend on."""
-    c = config.encoder
     instances = [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in data.instances]
+    return {**_recipe(config), "precision": resolve_precision(config), "dataset": str(data.root),
+            "instances": instances, "images": records_fingerprint(data.split("train") + data.split("val"))}
+
+
+def shapes_recipe(config: Config) -> dict[str, Any] | None:
+    """What pretraining on the built-in shapes set depends on besides the machine (the set is
+    generated from its settings alone): the key of the encoder the package ships. None for
+    other data or starting weights."""
+    d = config.data
+    if d.dataset != "shapes" or d.root or config.encoder.weights != "pretrain":
+        return None
+    shapes = {"generator_version": GENERATOR_VERSION, **ShapesSpec(**asdict(d.shapes)).recorded()}
+    return {**_recipe(config), "data": {"shapes": shapes, "karpathy_json": d.karpathy_json,
+                                        "captions_json": d.captions_json, "instances_json": d.instances_json,
+                                        "train_splits": d.train_splits}}
+
+
+def _recipe(config: Config) -> dict[str, Any]:
+    c, t = config.encoder, config.trainer
+    settings = {k: v for k, v in asdict(config.pretrain).items() if k != "shipped"}  # not the weights'
     return {"version": PRETRAIN_VERSION, "arch": c.arch, "image_size": c.image_size,
-            "resize_size": c.resize_size, "pretrain": asdict(config.pretrain), "seed": config.trainer.seed,
-            "precision": resolve_precision(config), "dataset": str(data.root), "instances": instances,
-            "images": records_fingerprint(data.split("train") + data.split("val"))}
+            "resize_size": c.resize_size, "pretrain": settings, "seed": t.seed,
+            "limit_train_batches": t.limit_train_batches}
 
 
 def cached_encoder(config: Config, data: PreparedData) -> Path:
@@ -334,11 +346,22 @@ def cached_encoder(config: Config, data: PreparedData) -> Path:
             if last.is_file():
                 say(f"resuming the interrupted pretraining in {folder}")
             write_json(folder / "key.json", key)
-            run_pretraining(config, data, folder, resume=last if last.is_file() else None)
+            if last.is_file() or not _from_package(config, weights):
+                run_pretraining(config, data, folder, resume=last if last.is_file() else None)
             _drop_checkpoints(folder / "checkpoints")
         else:
             say(f"using the pretrained encoder {weights}")
     return weights
+
+
+def _from_package(config: Config, weights: Path) -> bool:
+    """Whether the encoder the package ships for these settings was written to `weights`."""
+    recipe = shapes_recipe(config) if config.pretrain.shipped else None
+    if recipe is None or not unpack(recipe, weights, {"source": "shipped with captioner"}, SHIPPED):
+        return False
+    say(f"using the shapes encoder shipped with captioner ({SHIPPED.name}, what this pretraining "
+        "makes; pretrain.shipped=false pretrains it here)")
+    return True
 
 
 @contextlib.contextmanager
