@@ -120,13 +120,7 @@ def write_report(
     records = [{**_identity(r), "scores": scores.per_image[r.image_id], **analysis}
                for r, analysis in zip(results, analyses, strict=True)]
     plots.append(_score_distribution(out_dir, results, tokens, scores))
-    by_cider = sorted(records, key=lambda r: (r["scores"]["cider"], r["scores"]["bleu4_smoothed"],
-                                              r["image_id"]))
-    # Disjoint galleries: with fewer images than both ask for, each gets its share (the best at
-    # most half) rather than the same images shown twice.
-    shown_best = min(best, len(by_cider) // 2)
-    worst_records = by_cider[:min(worst, len(by_cider) - shown_best)]
-    best_records = by_cider[::-1][:shown_best]
+    worst_records, best_records = _galleries(records, worst, best)
     thumbnails = _write_thumbnails(out_dir, results, [*worst_records, *best_records], notes)
     if gallery_maps is not None:
         _attach_maps(records, gallery_maps(out_dir, worst_records, best_records))
@@ -144,6 +138,15 @@ def write_report(
                  render_page(metrics, worst_records, best_records, plots, thumbnails, TAGS))
     seal_out_dir(out_dir, REPORT_FILES, command="evaluation")
     return metrics
+
+
+def _galleries(records: list[dict[str, Any]], worst: int, best: int) -> tuple[list, list]:
+    """The worst and the best images by CIDEr-D. Disjoint: with fewer images than both ask for,
+    each gets its share (the best at most half) rather than the same images shown twice."""
+    by_cider = sorted(records, key=lambda r: (r["scores"]["cider"], r["scores"]["bleu4_smoothed"],
+                                              r["image_id"]))
+    shown_best = min(best, len(by_cider) // 2)
+    return by_cider[:min(worst, len(by_cider) - shown_best)], by_cider[::-1][:shown_best]
 
 
 def _attach_maps(records: list[dict[str, Any]], maps: Mapping[int, Any]) -> None:
