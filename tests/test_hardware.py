@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -47,3 +49,15 @@ def test_missing_private_probes_mean_no_bf16(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     assert hardware.cpu_bf16_units() is False
+
+
+def test_fp32_captioning_on_cuda_works_on_torch_before_2_9(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch 2.6-2.8, which pyproject allows, have no cudnn.conv.fp32_precision: there
+    # cudnn.allow_tf32 is the switch, and captioning in fp32 on CUDA must not raise AttributeError.
+    from captioner.model import inference
+
+    monkeypatch.setattr(torch.backends.cudnn, "conv", types.SimpleNamespace(), raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    with inference._ieee_fp32_convs():
+        assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is True

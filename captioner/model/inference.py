@@ -263,13 +263,19 @@ class Captioner:
 
 @contextlib.contextmanager
 def _ieee_fp32_convs() -> Iterator[None]:
-    """fp32 means IEEE fp32: cuDNN runs fp32 convolutions in TF32 by default."""
-    conv = torch.backends.cudnn.conv
-    saved, conv.fp32_precision = conv.fp32_precision, "ieee"
+    """fp32 means IEEE fp32: cuDNN runs fp32 convolutions in TF32 by default. torch 2.9 made
+    that setting `cudnn.conv.fp32_precision`; before it, `cudnn.allow_tf32` is the switch."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        owner, name, ieee = conv, "fp32_precision", "ieee"
+    else:
+        owner, name, ieee = torch.backends.cudnn, "allow_tf32", False
+    saved = getattr(owner, name)
+    setattr(owner, name, ieee)
     try:
         yield
     finally:
-        conv.fp32_precision = saved
+        setattr(owner, name, saved)
 
 
 def _name(item: ImageInput, n: int) -> str:
