@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from captioner import __version__
 from captioner.config import Config, from_dict, load_config
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError, one_line
@@ -92,6 +93,9 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path,
     except CaptionerError as err:
         if overrides:
             raise
+        if version != __version__:  # a setting another version has, or a range it allows
+            raise CaptionerError(f"{path}: its config does not fit this captioner (written by "
+                                 f"captioner {version}): {err}") from None
         raise CaptionerError(f"{path}: {err}") from None  # its own config, checked as a user's
     except Exception as err:  # OmegaConf's or the vocabulary's complaint, whatever its type
         raise CaptionerError(f"{path}: its config or vocabulary does not fit this captioner "
