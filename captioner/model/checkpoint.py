@@ -93,7 +93,7 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path,
     except CaptionerError as err:
         if overrides:
             raise
-        if version != __version__:  # a setting another version has, or a range it allows
+        if hparams.get("captioner_version", __version__) != __version__:  # another's settings
             raise CaptionerError(f"{path}: its config does not fit this captioner (written by "
                                  f"captioner {version}): {err}") from None
         raise CaptionerError(f"{path}: {err}") from None  # its own config, checked as a user's
