@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 from machine import describe  # benchmarks/ is on sys.path as a script
 
+from captioner.data.instances import load_scenes
 from captioner.evaluation.explain_checks import (
     POINTERS,
-    load_scenes,
     pointing_game,
     randomised,
     rank_correlations,

@@ -13,13 +13,12 @@ import torch
 from PIL import Image
 
 from captioner.config import Config
+from captioner.data.instances import Scene, load_scenes
 from captioner.data.shapes import COLOURS, ShapesSpec, generate_shapes
 from captioner.data.vocab import SPECIALS, Vocabulary
 from captioner.errors import CaptionerError
 from captioner.evaluation.explain_checks import (
-    Scene,
     inside,
-    load_scenes,
     pointing_game,
     randomised,
     rank_correlations,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from captioner.data.instances import kind_of
 from captioner.data.shapes import ShapesSpec, generate_shapes
 from captioner.data.tokenize import tokenize
 from captioner.errors import CaptionerError
@@ -14,7 +15,6 @@ from captioner.evaluation.mentions import (
     CocoObjects,
     ShapeObjects,
     coco_mentions,
-    kind_of,
     load_object_index,
     shape_mentions,
 )

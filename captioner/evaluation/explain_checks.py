@@ -9,64 +9,24 @@ benchmarks/pointing_game.py reports both on the shapes test scenes.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from pycocotools.coco import COCO
 
-from captioner.data.shapes import COLOURS, SHAPES
+from captioner.data.instances import Box, Scene
+from captioner.data.shapes import COLOURS
 from captioner.errors import CaptionerError
 from captioner.model.encoder import build_encoder
 from captioner.model.explain import Explanation
 from captioner.model.inference import Captioner
 from captioner.model.network import CaptionModel
 
-Box = tuple[float, float, float, float]  # x, y, width, height in image pixels (COCO's bbox)
 Point = tuple[float, float]  # x, y in image pixels
 # What pointing_game scores: the word's map, then the baselines it should beat, then the ceiling.
 POINTERS = ("map", "caption's mean map", "centre", "random cell", "grid ceiling")
 RANDOMISED = ("fc", "convs", "all")
-
-
-@dataclass(frozen=True)
-class Scene:
-    """An image and its objects (colour, shape, box), from a shapes instances file."""
-
-    image: Path
-    width: int
-    height: int
-    objects: tuple[tuple[str, str, Box], ...]
-
-    def named_boxes(self, word: str) -> list[Box] | None:
-        """Boxes of the objects a colour or shape word names (maybe none); None for other words."""
-        if word in COLOURS:
-            return [box for colour, _, box in self.objects if colour == word]
-        singular = word[:-1] if word.endswith("s") else word
-        if singular in SHAPES:
-            return [box for _, shape, box in self.objects if shape == singular]
-        return None
-
-
-def load_scenes(instances_json: Path, images_dir: Path) -> list[Scene]:
-    """The scenes of a shapes instances file (boxes and attributes.colour), by image id."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            coco = COCO(str(instances_json))
-        names = {c["id"]: c["name"] for c in coco.dataset["categories"]}
-        return [Scene(images_dir / image["file_name"], image["width"], image["height"],
-                      tuple((a["attributes"]["colour"], names[a["category_id"]], tuple(a["bbox"]))
-                            for a in coco.imgToAnns[image["id"]]))
-                for image in sorted(coco.dataset["images"], key=lambda im: im["id"])]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AssertionError) as err:
-        raise CaptionerError(f"{instances_json}: not a shapes instances file with boxes and "
-                             f"attributes.colour ({type(err).__name__}: {err})") from err
 
 
 def view_to_image(point: Point, width: int, height: int, resize: int, crop: int) -> Point:

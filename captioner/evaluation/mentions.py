@@ -8,21 +8,14 @@ gets the shape right and the colour wrong still describes something that is not 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import ClassVar, Protocol
 
-from pycocotools.coco import COCO
-
+from captioner.data.instances import Kind, instance_labels
 from captioner.data.shapes import COLOURS, NUMBER_WORDS, SHAPES, SIZE_WORDS
-from captioner.errors import CaptionerError
-
-Kind = Literal["coco", "shapes"]
 
 # Category: synonyms (singular; plurals are derived). After CHAIR's synonyms.txt, trimmed of
 # misspellings and duplicates.
@@ -229,60 +222,11 @@ def shape_mentions_in_order(tokens: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def kind_of(categories: Iterable[Mapping[str, Any]]) -> Kind:
-    """ "shapes" when every category is one of the built-in set's (supercategory "shape")."""
-    categories = list(categories)
-    if categories and all(c.get("supercategory") == "shape" for c in categories):
-        return "shapes"
-    return "coco"
-
-
 def load_object_index(instances_files: Sequence[Path], kind: Kind | None = None) -> ObjectIndex:
     """The objects of every image in COCO instances files; `kind` is detected when None."""
     kind, labels = instance_labels(instances_files, kind)
     images = {image_id: frozenset(names) for image_id, names in labels.items()}
     return ShapeObjects(images) if kind == "shapes" else CocoObjects(images)
-
-
-def instance_labels(instances_files: Sequence[Path],
-                    kind: Kind | None = None) -> tuple[Kind, dict[int, list[str]]]:
-    """The label of every annotated object (repeats kept), by image, for every image the files
-    list (an image without objects has an empty list); `kind` is detected when None."""
-    if not instances_files:
-        raise CaptionerError("objects: no instances files given")
-    datasets = [_load_instances(Path(path)) for path in instances_files]
-    if kind is None:
-        kind = kind_of(c for coco in datasets for c in coco.dataset.get("categories", []))
-    labels: dict[int, list[str]] = {}
-    for path, coco in zip(instances_files, datasets, strict=True):
-        names = {c["id"]: c["name"] for c in coco.dataset.get("categories", [])}
-        for image_id in coco.getImgIds():
-            annotations = coco.imgToAnns.get(image_id, [])
-            if kind == "shapes":
-                labels[image_id] = [_shape_label(a, names, path) for a in annotations]
-            else:
-                labels[image_id] = [names[a["category_id"]] for a in annotations]
-    return kind, labels
-
-
-def _load_instances(path: Path) -> COCO:
-    if not path.is_file():
-        raise CaptionerError(f"objects: instances file not found: {path}")
-    try:
-        # pycocotools prints progress to stdout, which belongs to the CLI's results.
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(path))
-    except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as error:
-        raise CaptionerError(f"objects: {path} is not a COCO instances file: {error}") from error
-
-
-def _shape_label(annotation: Mapping[str, Any], names: Mapping[int, str], path: Path) -> str:
-    colour = annotation.get("attributes", {}).get("colour")
-    if colour is None:
-        raise CaptionerError(
-            f"objects: {path}: annotation {annotation.get('id')} has no attributes.colour"
-        )
-    return f"{colour} {names[annotation['category_id']]}"
 
 
 def _shape_word(word: str) -> str | None:

@@ -33,10 +33,10 @@ from captioner import __version__
 from captioner.config import Config, from_dict, load_config, to_dict, to_yaml
 from captioner.data.coco import ImageRecord
 from captioner.data.images import open_rgb
+from captioner.data.instances import instance_labels
 from captioner.data.prepare import PreparedData, cache_dir, prepare
 from captioner.data.shapes import GENERATOR_VERSION, ShapesSpec
 from captioner.errors import CaptionerError, Interrupted
-from captioner.evaluation.mentions import instance_labels
 from captioner.features.cache import records_fingerprint
 from captioner.model.checkpoint import refuse_interpolations, refuse_weights_only
 from captioner.model.encoder import FEATURE_DIM, build_encoder, build_preprocess, export_weights
