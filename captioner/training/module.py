@@ -18,11 +18,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from captioner import __version__
 from captioner.config import Config, from_dict
 from captioner.data.vocab import Vocabulary
-from captioner.evaluation.validation import GreedyValidation
 from captioner.model.network import CaptionModel, build_model
 from captioner.model.stored_encoder import PREFIX, StoredEncoder, strip
 from captioner.training.schedule import cooldown
 from captioner.training.trainer import stop_unless_finite
+from captioner.training.validation import GreedyValidation
 
 
 def caption_loss(model: CaptionModel, features: Tensor, captions: Tensor, pad: int) -> Tensor:
