@@ -7,6 +7,7 @@ setting carries its one-sentence meaning, which `captioner config show` prints b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,22 +21,26 @@ from omegaconf.errors import OmegaConfBaseException
 from captioner.errors import CaptionerError, one_line
 
 
-def setting(default: Any = None, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
-    """A config field and its one-sentence meaning (shown by `captioner config show`)."""
+def setting(default: Any = None, help: str = "", *, factory: Callable[[], Any] | None = None,
+            choices: tuple[str, ...] = (), low: float | None = None, high: float | None = None) -> Any:
+    """A config field with its one-sentence meaning and what it accepts: one of `choices`, or a
+    number from `low` (to `high`). Validation, `captioner config show` and shell completion read
+    them from here."""
+    metadata = {"help": help, "choices": choices, "low": low, "high": high}
     if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class ShapesConfig:
-    num_train: int = setting(3000, "Training images of the built-in synthetic dataset.")
-    num_val: int = setting(250, "Validation images.")
-    num_test: int = setting(250, "Test images.")
-    size: int = setting(128, "Side of each square image, in pixels.")
+    num_train: int = setting(3000, "Training images of the built-in synthetic dataset.", low=1)
+    num_val: int = setting(250, "Validation images.", low=1)
+    num_test: int = setting(250, "Test images.", low=1)
+    size: int = setting(128, "Side of each square image, in pixels.", low=32)
     seed: int = setting(0, "Seed of the generator: the same seed and sizes give byte-identical files.")
     max_objects: int = setting(3, "Most objects per image (1-5); above 3, longer captions that name "
-                                  "them all test the decoder's memory.")
+                                  "them all test the decoder's memory.", low=1, high=5)
 
 
 @dataclass
@@ -49,11 +54,12 @@ class DataConfig:
         factory=list, help="COCO instances files (relative to root): labels for pretraining and CHAIR.")
     train_splits: list[str] = setting(
         factory=lambda: ["train", "restval"], help="Splits of the split file that training uses.")
-    min_count: int = setting(5, "Words seen fewer times in the training captions become <unk>.")
-    max_length: int = setting(20, "Words per caption; longer captions are cut.")
-    captions_per_image: int = setting(5, "Captions per image and step while the CNN trains (finetune).")
-    batch_size: int = setting(32, "Images per step; on cached features, captions per step / 5.")
-    num_workers: int = setting(0, "DataLoader worker processes (0: load in the main process).")
+    min_count: int = setting(5, "Words seen fewer times in the training captions become <unk>.", low=1)
+    max_length: int = setting(20, "Words per caption; longer captions are cut.", low=1)
+    captions_per_image: int = setting(5, "Captions per image and step while the CNN trains (finetune).",
+                                      low=1)
+    batch_size: int = setting(32, "Images per step; on cached features, captions per step / 5.", low=1)
+    num_workers: int = setting(0, "DataLoader worker processes (0: load in the main process).", low=0)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
 
 
@@ -64,11 +70,13 @@ class EncoderConfig:
         "pretrain", "\"pretrain\" (a classifier of the dataset's objects, trained once and cached), "
                     "\"imagenet\", \"none\" (random) or a .pth file.")
     mode: str = setting("frozen", "\"frozen\": fc7 cached once, only the decoder trains; \"finetune\": the "
-                                  "CNN trains too.")
-    image_size: int = setting(64, "Side of the centre crop fed to the CNN, in pixels.")
-    resize_size: int = setting(64, "Shorter side each image is resized to before the crop.")
-    lr: float = setting(1e-5, "Learning rate of the CNN when it trains (encoder.mode=finetune).")
-    weight_decay: float = setting(0.0, "L2 weight decay of the CNN when it trains.")
+                                  "CNN trains too.", choices=("frozen", "finetune"))
+    # VGG at 1,024 px already takes ~1.5 GB of activations an image; more is a typo or an attack.
+    image_size: int = setting(64, "Side of the centre crop fed to the CNN, in pixels.", low=32, high=1024)
+    resize_size: int = setting(64, "Shorter side each image is resized to before the crop.",
+                               low=32, high=1024)
+    lr: float = setting(1e-5, "Learning rate of the CNN when it trains (encoder.mode=finetune).", low=0)
+    weight_decay: float = setting(0.0, "L2 weight decay of the CNN when it trains.", low=0)
 
 
 @dataclass
@@ -76,11 +84,13 @@ class PretrainConfig:
     targets: str = setting(
         "auto", "What the classifier learns: objects (the instances files' categories; on shapes, "
                 "colour-shape pairs), objects+counts, words (its captions' content words), auto "
-                "(objects where there are instances files, else words).")
-    epochs: int = setting(5, "Passes over the training images.")
-    lr: float = setting(1e-3, "Peak learning rate (Adam) of the one-cycle schedule.")
-    warmup: float = setting(0.3, "Share of the steps warming up from lr/25 to lr; the rest anneals to ~0.")
-    batch_size: int = setting(32, "Images per step.")
+                "(objects where there are instances files, else words).",
+        choices=("auto", "objects", "objects+counts", "words"))
+    epochs: int = setting(5, "Passes over the training images.", low=1)
+    lr: float = setting(1e-3, "Peak learning rate (Adam) of the one-cycle schedule.", low=0)
+    warmup: float = setting(0.3, "Share of the steps warming up from lr/25 to lr; the rest anneals to ~0.",
+                            low=0, high=0.99)
+    batch_size: int = setting(32, "Images per step.", low=1)
     train_fc: bool = setting(False, "Whether fc6 and fc7 train too (fixed, they project the convolutions).")
     shipped: bool = setting(True, "On the built-in shapes set with these settings, take the encoder "
                                   "the package ships (this pretraining's result) instead of pretraining.")
@@ -88,46 +98,54 @@ class PretrainConfig:
 
 @dataclass
 class DecoderConfig:
-    cell: str = setting("lstm", "Recurrent cell: lstm, gru or rnn (plain tanh).")
-    embed_dim: int = setting(256, "Size of the word embeddings.")
-    hidden_dim: int = setting(256, "Size of the recurrent state, which fc7 initialises.")
-    num_layers: int = setting(1, "Stacked recurrent layers.")
-    dropout: float = setting(0.3, "Dropout on fc7, between layers and before the output layer.")
+    cell: str = setting("lstm", "Recurrent cell: lstm, gru or rnn (plain tanh).",
+                        choices=("lstm", "gru", "rnn"))
+    embed_dim: int = setting(256, "Size of the word embeddings.", low=1)
+    hidden_dim: int = setting(256, "Size of the recurrent state, which fc7 initialises.", low=1)
+    num_layers: int = setting(1, "Stacked recurrent layers.", low=1)
+    dropout: float = setting(0.3, "Dropout on fc7, between layers and before the output layer.",
+                             low=0, high=0.99)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = setting(2e-3, "Learning rate of the decoder (Adam).")
-    weight_decay: float = setting(0.0, "L2 weight decay of the decoder.")
-    grad_clip: float = setting(5.0, "Gradient-norm limit (0: off); gates fix vanishing, not exploding.")
-    cooldown: float = setting(0.5, "Share of the last steps over which the learning rates decay to ~0.")
+    lr: float = setting(2e-3, "Learning rate of the decoder (Adam).", low=0)
+    weight_decay: float = setting(0.0, "L2 weight decay of the decoder.", low=0)
+    grad_clip: float = setting(5.0, "Gradient-norm limit (0: off); gates fix vanishing, not exploding.",
+                               low=0)
+    cooldown: float = setting(0.5, "Share of the last steps over which the learning rates decay to ~0.",
+                              low=0, high=1)
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = setting(10, "Passes over the training captions.")
+    max_epochs: int = setting(10, "Passes over the training captions.", low=1)
     accelerator: str = setting("auto", "auto, cpu or gpu.")
     devices: str = setting("auto", "Devices per node: auto or a number.")
-    num_nodes: int = setting(1, "Machines taking part (Lightning DDP).")
+    num_nodes: int = setting(1, "Machines taking part (Lightning DDP).", low=1)
     strategy: str = setting("auto", "Lightning strategy: auto, ddp, ...")
-    precision: str = setting("auto", "auto (bf16 where it is fast), 32, bf16-mixed or 16-mixed.")
-    monitor: str = setting("val/loss", "What picks best.ckpt: val/loss (lowest), val/bleu4, val/cider.")
-    patience: int = setting(0, "Stop after this many validations without a better monitor (0: never).")
+    precision: str = setting("auto", "auto (bf16 where it is fast), 32, bf16-mixed or 16-mixed.",
+                             choices=("auto", "32", "bf16-mixed", "16-mixed"))
+    monitor: str = setting("val/loss", "What picks best.ckpt: val/loss (lowest), val/bleu4, val/cider.",
+                           choices=("val/bleu4", "val/cider", "val/loss"))
+    patience: int = setting(0, "Stop after this many validations without a better monitor (0: never).", low=0)
     seed: int = setting(0, "Seed of initialisation, data order and dropout.")
-    limit_train_batches: float = setting(1.0, "Share (or, above 1, number) of training batches per epoch.")
-    limit_val_batches: float = setting(1.0, "Share (or, above 1, number) of validation batches per epoch.")
-    log_every_n_steps: int = setting(10, "Log training figures every this many steps.")
+    limit_train_batches: float = setting(1.0, "Share (or, above 1, number) of training batches per epoch.",
+                                         low=0)
+    limit_val_batches: float = setting(1.0, "Share (or, above 1, number) of validation batches per epoch.",
+                                       low=0)
+    log_every_n_steps: int = setting(10, "Log training figures every this many steps.", low=1)
     profile: bool = setting(False, "Write logs/fit-profile.txt: the seconds each part of training took.")
 
 
 @dataclass
 class EvalConfig:
     split: str = setting("test", "Split the final evaluation scores.")
-    beam_size: int = setting(3, "Beam width of the evaluation's captions.")
-    max_length: int = setting(20, "Most words a generated caption may have.")
-    length_penalty: float = setting(0.0, "GNMT length penalty alpha for beam search (0: none).")
-    batch_size: int = setting(64, "Images per batch when extracting features and captioning.")
-    worst: int = setting(24, "Images in the report's gallery of failures.")
+    beam_size: int = setting(3, "Beam width of the evaluation's captions.", low=1)
+    max_length: int = setting(20, "Most words a generated caption may have.", low=1)
+    length_penalty: float = setting(0.0, "GNMT length penalty alpha for beam search (0: none).", low=0)
+    batch_size: int = setting(64, "Images per batch when extracting features and captioning.", low=1)
+    worst: int = setting(24, "Images in the report's gallery of failures.", low=0)
     meteor: bool = setting(True, "Whether to compute METEOR (needs Java).")
     bootstrap: int = setting(1000, "Resamples behind each metric's 95% interval (0: none; else 1000+).")
 
@@ -135,14 +153,15 @@ class EvalConfig:
 @dataclass
 class ScstConfig:
     epochs: int = setting(0, "Self-critical epochs after cross-entropy (0: none); `captioner finetune` "
-                             "runs them on a trained checkpoint.")
-    lr: float = setting(5e-5, "Learning rate of the decoder (Adam) while it trains self-critically.")
-    samples: int = setting(5, "Captions sampled per image and step.")
+                             "runs them on a trained checkpoint.", low=0)
+    lr: float = setting(5e-5, "Learning rate of the decoder (Adam) while it trains self-critically.", low=0)
+    samples: int = setting(5, "Captions sampled per image and step.", low=1, high=20)
     baseline: str = setting("greedy", "What each sample's reward is compared with: greedy (the "
                                       "model's own greedy caption, Rennie et al.) or mean (the image's "
-                                      "other samples').")
-    cider_weight: float = setting(1.0, "Weight of the caption's CIDEr-D (training references) in the reward.")
-    bleu_weight: float = setting(0.0, "Weight of the caption's smoothed BLEU-4 in the reward.")
+                                      "other samples').", choices=("greedy", "mean"))
+    cider_weight: float = setting(1.0, "Weight of the caption's CIDEr-D (training references) in the reward.",
+                                  low=0)
+    bleu_weight: float = setting(0.0, "Weight of the caption's smoothed BLEU-4 in the reward.", low=0)
 
 
 @dataclass
@@ -254,45 +273,33 @@ def to_yaml(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
-_CHOICES = {
-    "encoder.mode": ("frozen", "finetune"),
-    "pretrain.targets": ("auto", "objects", "objects+counts", "words"),
-    "decoder.cell": ("lstm", "gru", "rnn"),
-    "trainer.monitor": ("val/bleu4", "val/cider", "val/loss"),
-    "trainer.precision": ("auto", "32", "bf16-mixed", "16-mixed"),
-    "scst.baseline": ("greedy", "mean"),
-}
+def declared(cls: type = Config, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """Every setting's dotted key ("decoder.cell") and its field, which holds its meaning and what
+    it accepts (see `setting`)."""
+    found: dict[str, dataclasses.Field] = {}
+    for item in dataclasses.fields(cls):
+        section = item.default_factory if item.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(section):
+            found |= declared(section, f"{prefix}{item.name}.")  # type: ignore[arg-type]
+        else:
+            found[f"{prefix}{item.name}"] = item
+    return found
 
 
 def choices(key: str) -> tuple[str, ...]:
     """The words a setting accepts, where it takes one of a few (shell completion offers them)."""
-    return _CHOICES.get(key, ())
+    item = declared().get(key)
+    return item.metadata.get("choices", ()) if item is not None else ()
 
 
-# Lowest allowed value of each numeric setting (and the highest, where there is one).
-_RANGES: dict[str, tuple[float, float | None]] = {
-    "data.min_count": (1, None), "data.max_length": (1, None), "data.captions_per_image": (1, None),
-    "data.batch_size": (1, None), "data.num_workers": (0, None),
-    "data.shapes.num_train": (1, None), "data.shapes.num_val": (1, None),
-    "data.shapes.num_test": (1, None), "data.shapes.size": (32, None),
-    "data.shapes.max_objects": (1, 5),
-    # VGG at 1,024 px already takes ~1.5 GB of activations an image; more is a typo or an attack.
-    "encoder.image_size": (32, 1024), "encoder.resize_size": (32, 1024), "encoder.lr": (0, None),
-    "encoder.weight_decay": (0, None),
-    "pretrain.epochs": (1, None), "pretrain.lr": (0, None), "pretrain.warmup": (0, 0.99),
-    "pretrain.batch_size": (1, None),
-    "decoder.embed_dim": (1, None), "decoder.hidden_dim": (1, None), "decoder.num_layers": (1, None),
-    "decoder.dropout": (0, 0.99),
-    "optim.lr": (0, None), "optim.weight_decay": (0, None), "optim.grad_clip": (0, None),
-    "optim.cooldown": (0, 1),
-    "trainer.max_epochs": (1, None), "trainer.num_nodes": (1, None), "trainer.patience": (0, None),
-    "trainer.limit_train_batches": (0, None), "trainer.limit_val_batches": (0, None),
-    "trainer.log_every_n_steps": (1, None),
-    "eval.beam_size": (1, None), "eval.max_length": (1, None), "eval.batch_size": (1, None),
-    "eval.worst": (0, None), "eval.length_penalty": (0, None),
-    "scst.epochs": (0, None), "scst.lr": (0, None), "scst.samples": (1, 20),
-    "scst.cider_weight": (0, None), "scst.bleu_weight": (0, None),
-}
+def accepts(item: dataclasses.Field) -> str:
+    """What a setting accepts, in words ("one of lstm, gru, rnn", "between 0 and 0.99"), or ""."""
+    allowed, low, high = (item.metadata.get(k) for k in ("choices", "low", "high"))
+    if allowed:
+        return f"one of {', '.join(allowed)}"
+    if low is None:
+        return ""
+    return f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
 
 
 def monitor_mode(monitor: str) -> str:
@@ -313,15 +320,13 @@ def validate(config: Config) -> Config:
     for key, value in _floats(data):
         if not math.isfinite(value):  # NaN passes every range check: each comparison is false
             raise CaptionerError(f"bad configuration: {key}={value}; it must be a finite number")
-    for key, allowed in _CHOICES.items():
-        if value_at(data, key) not in allowed:
-            raise CaptionerError(f"bad configuration: {key}={value_at(data, key)!r}; "
-                                 f"choose one of {list(allowed)}")
-    for key, (low, high) in _RANGES.items():
-        value = value_at(data, key)
-        if value < low or (high is not None and value > high):
-            span = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
-            raise CaptionerError(f"bad configuration: {key}={value!r}; it must be {span}")
+    for key, item in declared().items():
+        value, allowed, low, high = value_at(data, key), *(item.metadata.get(k) for k in
+                                                           ("choices", "low", "high"))
+        if allowed and value not in allowed:
+            raise CaptionerError(f"bad configuration: {key}={value!r}; choose one of {list(allowed)}")
+        if low is not None and (value < low or (high is not None and value > high)):
+            raise CaptionerError(f"bad configuration: {key}={value!r}; it must be {accepts(item)}")
     if not config.encoder.arch.startswith("vgg"):
         raise CaptionerError(f"bad configuration: encoder.arch={config.encoder.arch!r} is not a VGG")
     if config.encoder.resize_size < config.encoder.image_size:

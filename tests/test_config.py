@@ -155,3 +155,37 @@ def test_a_run_name_is_a_plain_folder_name(name: str) -> None:
     with pytest.raises(CaptionerError, match="bad configuration: name=.*a plain folder name"):
         from_dict({"name": name})
 
+
+
+def test_every_declared_limit_holds_at_its_edges() -> None:
+    """Issue 23 item 6: each setting's choices and range are declared on its field; validation
+    refuses the value just outside, takes the bounds, and `config show` prints them."""
+    from captioner.cli.config import annotated
+    from captioner.config import accepts, declared
+
+    limited = {key: item for key, item in declared().items()
+               if item.metadata["choices"] or item.metadata["low"] is not None}
+    assert len(limited) == 48  # the 6 choices and 42 ranges the tables held before
+    for key, item in limited.items():
+        allowed, low, high = (item.metadata[k] for k in ("choices", "low", "high"))
+        if allowed:
+            for word in allowed:
+                load_config(None, [f"{key}={word}"])
+            with pytest.raises(CaptionerError, match=rf"bad configuration: {key}='nonsense'; choose one of"):
+                load_config(None, [f"{key}=nonsense"])
+            continue
+        step = 1 if item.type == "int" else 1e-3
+        outside = [low - step] + ([high + step] if high is not None else [])
+        for value in outside:
+            with pytest.raises(CaptionerError, match=rf"bad configuration: {key}=.*; it must be "
+                                                     rf"{accepts(item)}$"):
+                load_config(None, [f"{key}={value}"])
+        for value in [low] + ([high] if high is not None else []):
+            try:
+                load_config(None, [f"{key}={value}"])
+            except CaptionerError as err:  # another rule (resize_size >= image_size), not the range
+                assert "it must be" not in str(err), err
+    shown = annotated(Config(), Config)
+    assert "    max_objects: 3  # between 1 and 5\n" in shown
+    assert "  cell: lstm  # one of lstm, gru, rnn\n" in shown
+    assert "  image_size: 64  # between 32 and 1024\n" in shown

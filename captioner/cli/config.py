@@ -28,8 +28,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def annotated(config: object, cls: type, indent: str = "") -> str:
-    """The config as YAML, each setting preceded by its one-sentence meaning as a comment."""
+    """The config as YAML, each setting preceded by its one-sentence meaning as a comment and
+    followed by what it accepts, where that is limited ("# between 0 and 0.99")."""
     import yaml
+
+    from captioner.config import accepts
 
     lines = []
     for field in dataclasses.fields(cls):
@@ -40,5 +43,7 @@ def annotated(config: object, cls: type, indent: str = "") -> str:
         if field.metadata.get("help"):
             lines.append(f"{indent}# {field.metadata['help']}")
         dumped = yaml.safe_dump({field.name: value}, default_flow_style=True, width=10_000).strip()
-        lines.append(f"{indent}{dumped.removeprefix('{').removesuffix('}')}")
+        limits = accepts(field)
+        shown = f"{indent}{dumped.removeprefix('{').removesuffix('}')}"
+        lines.append(f"{shown}  # {limits}" if limits else shown)
     return "\n".join(lines)
