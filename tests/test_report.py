@@ -14,8 +14,8 @@ from report_data import GENERIC, IMG_FILE_NAME, SCRIPT_CAPTION, FakeSet, make_fa
 
 from captioner.errors import CaptionerError
 from captioner.evaluation.mentions import load_object_index
-from captioner.evaluation.plots import read_training_log
 from captioner.evaluation.report import ImageResult, write_report
+from captioner.pages.plots import read_training_log
 
 
 class _Page(HTMLParser):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from report_data import FakeSet, make_fake_set
 
-from captioner.evaluation.plots import read_training_log
 from captioner.evaluation.report import write_report
 from captioner.model.explain import Explanation
+from captioner.pages.plots import read_training_log
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,8 @@ from captioner.compare.training import TEST_METRICS, run_cell
 from captioner.config import Config, from_dict, to_dict
 from captioner.data.prepare import build_vocab, prepare
 from captioner.errors import CaptionerError
-from captioner.evaluation.html import HEADLINE
 from captioner.model.encoder import VGGEncoder
+from captioner.pages.html import HEADLINE
 from captioner.util.atomic import write_json, write_text
 from captioner.util.console import say
 from captioner.util.hardware import resolve_precision

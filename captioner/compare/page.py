@@ -30,8 +30,8 @@ from captioner.compare.positions import ordinal
 from captioner.compare.seeds import REAL_CHANCE, separation_chance
 from captioner.data.images import open_rgb
 from captioner.errors import CaptionerError
-from captioner.evaluation.html import HEADLINE, STYLE, figure, section
-from captioner.evaluation.plots import Plot
+from captioner.pages.html import HEADLINE, STYLE, figure, section
+from captioner.pages.plots import Plot
 
 _POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _EXTRA_STYLE = """

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from captioner.evaluation.plots import Plot
+from captioner.pages.plots import Plot
 
 COLOURS = {"rnn": "#c44e52", "lstm": "#4c72b0", "gru": "#55a868"}
 Cells = Mapping[str, Mapping[str, Any]]

@@ -12,7 +12,7 @@ from html import escape
 from pathlib import PurePath
 from typing import Any
 
-from captioner.evaluation.html import HEADLINE, STYLE, picture, reference_list, section, tag_badges
+from captioner.pages.html import HEADLINE, STYLE, picture, reference_list, section, tag_badges
 
 _NAMES = {**HEADLINE, "chair_i": "CHAIR_i", "chair_s": "CHAIR_s"}
 _POLICY = "default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'"

@@ -26,13 +26,13 @@ from captioner.errors import CaptionerError
 from captioner.evaluation.bootstrap import RESAMPLES, report_entries
 from captioner.evaluation.mentions import ObjectIndex
 from captioner.evaluation.metrics import METRIC_DEFINITIONS, SCALE, Scores, score_captions
-from captioner.evaluation.plots import (
+from captioner.evaluation.report_page import render_page
+from captioner.pages.plots import (
     Plot,
     plot_learning_curves,
     plot_score_distribution,
     read_training_log,
 )
-from captioner.evaluation.report_page import render_page
 from captioner.util.atomic import atomic_path, write_json, write_text
 from captioner.util.paths import claim_out_dir, seal_out_dir
 

@@ -15,7 +15,7 @@ from html import escape
 from pathlib import PurePath
 from typing import Any
 
-from captioner.evaluation.html import (
+from captioner.pages.html import (
     HEADLINE,
     STYLE,
     figure,
@@ -25,7 +25,7 @@ from captioner.evaluation.html import (
     section,
     tag_badges,
 )
-from captioner.evaluation.plots import Plot
+from captioner.pages.plots import Plot
 
 _DATA_FILES = ("metrics.json", "predictions.json", "per_image.jsonl")
 # Records on <body> how many images loaded, so a headless browser can check the gallery.

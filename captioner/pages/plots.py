@@ -1,4 +1,4 @@
-"""The evaluation report's plots: learning curves from the training log, score distributions.
+"""The plots the pages show: learning curves from the training log, score distributions.
 
 Figures are built with matplotlib's object-oriented API (Figure + Agg canvas), never pyplot, so
 the report neither needs a display nor changes the backend of a program that imports it.

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from captioner.evaluation.plots import Plot
+from captioner.pages.plots import Plot
 
 HEADLINE = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
             "cider": "CIDEr-D", "rouge_l": "ROUGE-L", "meteor": "METEOR"}
