@@ -15,7 +15,7 @@ encoder's fc6+fc7, its convolutions, then all of its layers re-initialised (torc
 init, from --seed, which must differ from the run's trainer.seed: with pretrain.train_fc=false,
 fc6 and fc7 never train, and that seed would rebuild them exactly). Spearman's rank correlation between
 each word's trained and randomised maps: near 1 means the maps do not depend on those weights.
-Pointing is scored for them too. See captioner/evaluation/explain_checks.py.
+Pointing is scored for them too. See captioner/model/explain_checks.py.
 
     python benchmarks/pointing_game.py --checkpoint runs/shapes/checkpoints/best.ckpt \\
         --dataset ~/.cache/captioner/shapes/<hash> [--limit 250] [--device cpu]
@@ -35,13 +35,13 @@ import torch
 from machine import describe  # benchmarks/ is on sys.path as a script
 
 from captioner.data.instances import load_scenes
-from captioner.evaluation.explain_checks import (
+from captioner.model.explain import Explainer, Explanation
+from captioner.model.explain_checks import (
     POINTERS,
     pointing_game,
     randomised,
     rank_correlations,
 )
-from captioner.model.explain import Explainer, Explanation
 from captioner.model.inference import Captioner
 
 LABELS = {"fc": "fc6+fc7 re-initialised", "convs": "convs re-initialised",

@@ -17,10 +17,10 @@ from torch import nn
 from captioner.config import Config
 from captioner.data.vocab import SPECIALS, Vocabulary
 from captioner.errors import CaptionerError
-from captioner.evaluation.explain_files import folder_names, write_explanation
 from captioner.model.decoder import Decoder
 from captioner.model.encoder import VGG_ARCHS, VGGEncoder
 from captioner.model.explain import Explainer, Explanation, feature_map_index, grad_cam
+from captioner.model.explain_files import folder_names, write_explanation
 from captioner.model.inference import Captioner
 from captioner.model.network import CaptionModel, build_model
 

@@ -17,7 +17,9 @@ from captioner.data.instances import Scene, load_scenes
 from captioner.data.shapes import COLOURS, ShapesSpec, generate_shapes
 from captioner.data.vocab import SPECIALS, Vocabulary
 from captioner.errors import CaptionerError
-from captioner.evaluation.explain_checks import (
+from captioner.model.encoder import build_preprocess
+from captioner.model.explain import Explainer, Explanation
+from captioner.model.explain_checks import (
     inside,
     pointing_game,
     randomised,
@@ -25,8 +27,6 @@ from captioner.evaluation.explain_checks import (
     spearman,
     view_to_image,
 )
-from captioner.model.encoder import build_preprocess
-from captioner.model.explain import Explainer, Explanation
 from captioner.model.inference import Captioner
 from captioner.model.network import build_model
 

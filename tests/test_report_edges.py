@@ -51,7 +51,7 @@ def test_validation_epochs_count_from_one(fake: FakeSet) -> None:
 
 
 def test_the_strip_first_panel_is_no_word_of_the_caption() -> None:
-    from captioner.evaluation.explain_files import strip_labels
+    from captioner.model.explain_files import strip_labels
 
     words = ("an", "image", "with", "a", "circle")
     maps = np.zeros((len(words), 2, 2), np.float32)

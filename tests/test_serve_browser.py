@@ -30,7 +30,7 @@ import pytest
 from PIL import Image, ImageStat
 from serve_helpers import Served, jpeg, running_server
 
-from captioner.evaluation.explain_files import overlay
+from captioner.model.explain_files import overlay
 from captioner.model.inference import Captioner
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -230,14 +230,14 @@ def _caption_all(args: argparse.Namespace, captioner: Any, given: list[tuple[str
 def _explanation_folders(args: argparse.Namespace, images: list[Any]) -> dict[str, str]:
     if args.explain is None:
         return {}
-    from captioner.evaluation.explain_files import folder_names
+    from captioner.model.explain_files import folder_names
 
     names = [getattr(x, "name", str(x)) for x in images]
     return dict(zip(names, folder_names(names)))
 
 
 def _write_explanation(out: Path, name: str, result: CaptionResult) -> None:
-    from captioner.evaluation.explain_files import write_explanation
+    from captioner.model.explain_files import write_explanation
     from captioner.util.console import say
 
     written = write_explanation(out / name, result.image, result.explanations)

@@ -17,8 +17,8 @@ import torch
 
 from captioner.data.tokenize import tokenize
 from captioner.errors import CaptionerError
-from captioner.evaluation.explain_files import overlay
 from captioner.model.explain import Explainer
+from captioner.model.explain_files import overlay
 from captioner.model.inference import Captioner
 from captioner.util.atomic import atomic_path
 

@@ -15,7 +15,7 @@ recorded, and the N x T per-word gradients are taken in two batched backward pas
     explainer = Explainer(captioner)
     results = captioner.caption(paths)
     for explanation in explainer.explain_results(paths, results):
-        ...  # explanation.words, explanation.maps [T, h, w]; see captioner.evaluation.explain_files
+        ...  # explanation.words, explanation.maps [T, h, w]; see captioner.model.explain_files
 """
 
 from __future__ import annotations

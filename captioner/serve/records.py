@@ -8,8 +8,8 @@ from typing import Any
 
 from PIL import Image
 
-from captioner.evaluation.explain_files import map_record
 from captioner.model.explain import Explanation
+from captioner.model.explain_files import map_record
 from captioner.serve.captioning import Captioned
 
 

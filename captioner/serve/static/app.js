@@ -2,7 +2,7 @@
 // The captioner page: each chosen or dropped image is its own POST /caption (so results show as
 // they come, and the server batches requests that arrive together); a word's map is drawn over
 // the network's view as `captioner caption --explain` draws its overlays
-// (captioner/evaluation/explain_files.py): bilinear upsampling, matplotlib's jet, 60% at the peak.
+// (captioner/model/explain_files.py): bilinear upsampling, matplotlib's jet, 60% at the peak.
 
 const HEAT_ALPHA = 0.6;
 const VIEW_SIDE = 224; // pixels of the shorter side of the drawn view
