@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,17 @@ def stop(served: Served) -> int:
     except subprocess.TimeoutExpired:
         served.process.kill()
         raise
+
+
+def seconds_until_stopped(served: Served, timeout: float = 30) -> float:
+    """Seconds until the server says "stopped", its last line, polled from now (a failure after
+    `timeout`): the server's own shutdown, without the interpreter's exit after it, which on a
+    loaded machine takes seconds of its own (torch's teardown)."""
+    start = time.monotonic()
+    while not served.stderr().rstrip().endswith("stopped"):
+        assert time.monotonic() - start < timeout, served.stderr()[-3000:]
+        time.sleep(0.02)
+    return time.monotonic() - start
 
 
 def jpeg(seed: int, size: tuple[int, int] = (640, 480)) -> bytes:

@@ -17,13 +17,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from PIL import Image
-from serve_helpers import Served, call, form, jpeg, request, running_server, stop
+from serve_helpers import Served, call, form, jpeg, request, running_server, serving_in_process
 
 from captioner.model.decoding import Decoding
 from captioner.model.inference import Captioner
 from captioner.serve.batching import Batcher
 from captioner.serve.captioning import Job, Pass, Upload, load_uploads
-from captioner.serve.options import Options, RequestError, parse_options
+from captioner.serve.options import Limits, Options, RequestError, parse_options
 
 LIMIT_MB = 1  # the test server's upload limit
 
@@ -179,12 +179,6 @@ def test_ten_concurrent_requests_all_answer(server: Served, api: Captioner) -> N
         assert [text for text, _ in answered(record)] == texts
 
 
-def test_sigterm_stops_it_cleanly(best: Path, tmp_path: Path) -> None:
-    with running_server(best, tmp_path) as served:
-        assert stop(served) == 0
-    assert served.stderr().rstrip().endswith("stopped")
-
-
 def test_a_taken_port_is_a_one_line_error(server: Served, best: Path, tmp_path: Path) -> None:
     port = server.url.rstrip("/").rsplit(":", 1)[1]
     result = subprocess.run([sys.executable, "-m", "captioner", "serve", "--checkpoint", str(best),
@@ -214,18 +208,14 @@ def test_help_does_not_import_the_web_framework() -> None:
 
 def test_one_pass_over_requests_with_different_options(api: Captioner) -> None:
     images = [jpeg(20 + n, (120, 90)) for n in range(4)]
-    uploads = [Upload(f"{n}.jpg", image) for n, image in enumerate(images)]
-    jobs = [Job(load_uploads(api, uploads[:2]), Options(Decoding(n_best=2), explain=True)),
-            Job(load_uploads(api, uploads[2:3]), Options()),
-            Job(load_uploads(api, uploads[3:]), Options(Decoding(beam_size=1)))]
-    results = Pass(api, batch_size=2)(jobs)  # the CNN and the explanations in chunks
-    assert [len(r) for r in results] == [2, 1, 1]
-    flat = [one for job in results for one in job]
+    tensors = load_uploads(api, [Upload(f"{n}.jpg", image) for n, image in enumerate(images)])
+    options = [Options(Decoding(n_best=2), explain=True)] * 2 + [Options(), Options(Decoding(beam_size=1))]
+    results = Pass(api)([Job(tensor, opts) for tensor, opts in zip(tensors, options)])
     settings = [{"n_best": 2}, {"n_best": 2}, {}, {"beam_size": 1}]
-    for one, image, options in zip(flat, images, settings):
-        assert [c.text for c in one.captions] == [text for text, _ in expected(api, image, **options)]
-    assert [one.explanation is not None for one in flat] == [True, True, False, False]
-    assert list(flat[0].explanation.words) == flat[0].captions[0].tokens
+    for one, image, setting in zip(results, images, settings):
+        assert [c.text for c in one.captions] == [text for text, _ in expected(api, image, **setting)]
+    assert [one.explanation is not None for one in results] == [True, True, False, False]
+    assert list(results[0].explanation.words) == results[0].captions[0].tokens
 
 
 def test_a_bad_upload_names_the_file(api: Captioner) -> None:
@@ -249,19 +239,19 @@ def test_jobs_arriving_during_a_pass_share_the_next() -> None:
     log: list[list[int]] = []
     gate = threading.Event()
 
-    async def scenario() -> list[int]:
+    async def scenario() -> list[list[int]]:
         batcher = Batcher(_gated(log, gate), batch_size=4)
         batcher.start()
-        first = asyncio.ensure_future(batcher.submit(0))
+        first = asyncio.ensure_future(batcher.submit([0]))
         await asyncio.sleep(0.05)  # the first pass has started, alone, and is held
-        later = [asyncio.ensure_future(batcher.submit(n)) for n in range(1, 7)]
+        later = [asyncio.ensure_future(batcher.submit([n])) for n in range(1, 7)]
         await asyncio.sleep(0.05)
         gate.set()
         answers = await asyncio.gather(first, *later)
         await batcher.stop()
         return answers
 
-    assert asyncio.run(scenario()) == [0, 10, 20, 30, 40, 50, 60]
+    assert asyncio.run(scenario()) == [[0], [10], [20], [30], [40], [50], [60]]
     assert log == [[0], [1, 2, 3, 4], [5, 6]]  # at most batch_size images a pass
 
 
@@ -269,39 +259,93 @@ def test_a_failed_pass_fails_its_jobs_only() -> None:
     log: list[list[int]] = []
     gate = threading.Event()
 
-    async def scenario() -> tuple[list, int]:
+    async def scenario() -> tuple[list, list[int]]:
         batcher = Batcher(_gated(log, gate), batch_size=8)
         batcher.start()
-        first = asyncio.ensure_future(batcher.submit(1))
+        first = asyncio.ensure_future(batcher.submit([1]))
         await asyncio.sleep(0.05)
-        doomed = [asyncio.ensure_future(batcher.submit(x)) for x in (-1, 2)]
-        gone = asyncio.ensure_future(batcher.submit(3))
+        doomed = [asyncio.ensure_future(batcher.submit(x)) for x in ([-1], [2])]
+        gone = asyncio.ensure_future(batcher.submit([3]))
         await asyncio.sleep(0.01)
         gone.cancel()  # its requester went away: it is not run
         gate.set()
         outcomes = await asyncio.gather(first, *doomed, return_exceptions=True)
-        after = await batcher.submit(4)
+        after = await batcher.submit([4, 5])
         await batcher.stop()
         return outcomes, after
 
     outcomes, after = asyncio.run(scenario())
-    assert outcomes[0] == 10 and [str(x) for x in outcomes[1:]] == ["out of memory"] * 2
-    assert after == 40 and log == [[1], [-1, 2], [4]]
+    assert outcomes[0] == [10] and [str(x) for x in outcomes[1:]] == ["out of memory"] * 2
+    assert after == [40, 50] and log == [[1], [-1, 2], [4, 5]]
 
 
-def test_a_job_larger_than_the_batch_runs_alone() -> None:
+def test_a_large_job_shares_its_passes_in_turns() -> None:
     log: list[list[int]] = []
     gate = threading.Event()
     gate.set()
 
-    async def scenario() -> None:
+    async def scenario() -> list[list[int]]:
         batcher = Batcher(_gated(log, gate), batch_size=2)
         batcher.start()
-        await asyncio.gather(batcher.submit(1, size=5), batcher.submit(2), batcher.submit(3, size=3))
+        answers = await asyncio.gather(batcher.submit([1, 2, 3, 4, 5]), batcher.submit([6]),
+                                       batcher.submit([7, 8, 9]))
+        await batcher.stop()
+        return answers
+
+    assert asyncio.run(scenario()) == [[10, 20, 30, 40, 50], [60], [70, 80, 90]]
+    # One image of each waiting job in turn; a job served with images left goes behind the others.
+    assert log == [[1, 6], [7, 2], [8, 3], [9, 4], [5]]
+
+
+def test_a_one_image_job_is_not_starved_by_many_large_ones() -> None:
+    log: list[list[int]] = []
+    gate = threading.Event()
+
+    async def scenario() -> None:
+        batcher = Batcher(_gated(log, gate), batch_size=32)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit([0]))
+        await asyncio.sleep(0.05)  # held: the jobs below queue up meanwhile
+        many = [asyncio.ensure_future(batcher.submit(list(range(100 * n, 100 * n + 16))))
+                for n in range(1, 11)]
+        lone = asyncio.ensure_future(batcher.submit([7]))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(first, lone, *many)
         await batcher.stop()
 
     asyncio.run(scenario())
-    assert log == [[1], [2], [3]]
+    # 160 images of ten requests were waiting before it; first come first served, the lone
+    # image would wait for five passes of them. In turns, it is in the pass after the one running.
+    assert [n for n, batch in enumerate(log) if 7 in batch] == [1]
+    assert [len(batch) for batch in log] == [1, 32, 32, 32, 32, 32, 1]  # still shared passes
+
+
+def test_a_one_image_request_is_answered_among_many_large_ones(api: Captioner) -> None:
+    """Over HTTP, in-process: four requests of 16 images, two images a pass; a one-image
+    request sent once the passes have begun is answered before any of the four."""
+    small = [(f"{n}.jpg", jpeg(40 + n, (48, 36))) for n in range(16)]
+
+    async def scenario(url: str) -> list[str]:
+        answered: list[str] = []
+        async with aiohttp.ClientSession() as session:
+            async def send(name: str, files: list[tuple[str, bytes]]) -> None:
+                status, answer = await call(session, "POST", url + "caption", data=form(files))
+                assert status == 200 and len(answer["results"]) == len(files), answer
+                answered.append(name)
+
+            large = [asyncio.ensure_future(send(f"large {n}", small)) for n in range(4)]
+            while (await call(session, "GET", url + "health"))[1]["forward_passes"] < 1:
+                await asyncio.sleep(0.01)
+            await send("lone", [("lone.jpg", jpeg(60, (48, 36)))])
+            await asyncio.gather(*large)
+            passes = (await call(session, "GET", url + "health"))[1]["forward_passes"]
+        assert passes <= 33, passes  # 65 images, two a pass: batched, not one pass per image
+        return answered
+
+    with serving_in_process(api, Limits(batch_size=2)) as url:
+        answered = asyncio.run(scenario(url))
+    assert answered[0] == "lone", answered  # first come first served, it came last
 
 
 def test_options_from_fields_and_query() -> None:

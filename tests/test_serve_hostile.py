@@ -15,6 +15,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import multipart
+from aiohttp.web_protocol import RequestHandler
 from PIL import Image
 from serve_helpers import (
     Served,
@@ -29,7 +31,9 @@ from serve_helpers import (
     request_head,
     rss_mb,
     running_server,
+    seconds_until_stopped,
     serving_in_process,
+    stop,
 )
 
 from captioner.model.inference import Captioner
@@ -82,6 +86,32 @@ def test_empty_parts_are_refused_early(server: Served, parts: int, chunked: bool
     status, answer = post_raw(server.url, multipart_body([("x", None, b"")] * parts), chunked=chunked)
     assert status == 413 and message in answer["error"], answer
     assert time.monotonic() - start < 5
+
+
+def test_a_refused_body_costs_only_what_was_parsed(api: Captioner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Profiling benchmarks/serve_stress.py's empty-parts client: the event loop parsed the rest
+    of every refused body (aiohttp reads it to the end before closing) and ran aiohttp's slow
+    Content-Disposition parser twice a part. The rest is now dropped unparsed, and the parser
+    runs once a part (aiohttp's own call)."""
+    fed, parsed = [0], [0]
+    feed, parse = RequestHandler.data_received, multipart.parse_content_disposition
+
+    def counted_feed(self: RequestHandler, data: bytes) -> None:
+        fed[0] += len(data)
+        feed(self, data)
+
+    def counted_parse(header: str | None) -> tuple:
+        parsed[0] += 1
+        return parse(header)
+
+    monkeypatch.setattr(RequestHandler, "data_received", counted_feed)
+    monkeypatch.setattr(multipart, "parse_content_disposition", counted_parse)
+    body = multipart_body([("x", None, b"")] * 60_000)  # 4 MB of empty parts
+    with serving_in_process(api, Limits()) as url:
+        status, answer = post_raw(url, body, chunked=True)
+    assert status == 413 and "more than 69 parts" in answer["error"], answer
+    assert fed[0] < 1_000_000, f"{fed[0]:,} bytes of a {len(body):,}-byte refused body were parsed"
+    assert parsed[0] <= 70
 
 
 def test_a_preamble_counts_against_the_upload_limit(server: Served) -> None:
@@ -211,6 +241,8 @@ def test_a_flood_of_stalled_connections_leaves_room(best: Path, tmp_path: Path) 
         time.sleep(0.5)
         assert "Too many open files" not in served.stderr()
         no_failure_logged(served)
+        # SIGTERM on an idle server stops it cleanly (a server of its own, like the one here).
+        assert stop(served) == 0 and served.stderr().rstrip().endswith("stopped")
 
 
 # -- item 16: SIGTERM while a request is in flight -----------------------------------------------
@@ -218,17 +250,29 @@ def test_a_flood_of_stalled_connections_leaves_room(best: Path, tmp_path: Path) 
 def test_sigterm_finishes_the_request_in_flight(best: Path, tmp_path: Path) -> None:
     with running_server(best, tmp_path) as served:
         body = multipart_body([("image", "a.jpg", jpeg(9))])
-        with socket.create_connection(address(served.url), timeout=10) as sock:
+        with socket.create_connection(address(served.url), timeout=30) as sock:
+            sock.sendall(request_head(served.url, len(body)) + body)  # the connection is surely accepted
+            assert read_answer(sock)[0] == 200
             sock.sendall(request_head(served.url, len(body)) + body[: len(body) // 2])
-            time.sleep(0.3)
+            time.sleep(1.0)  # its headers are read: the request is in flight
             served.process.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-            with pytest.raises(OSError):  # new connections are refused at once
-                socket.create_connection(address(served.url), timeout=2).close()
+            refused_within(address(served.url), 5)
             sock.sendall(body[len(body) // 2:])
             status, answer = read_answer(sock)
-        assert status == 200 and answer["results"][0]["image"] == "a.jpg", answer
-        start = time.monotonic()
-        assert served.process.wait(timeout=10) == 0
-        assert time.monotonic() - start < 6  # was 18 s, the request unanswered
-    assert served.stderr().rstrip().endswith("stopped")
+        assert status == 200 and answer["results"][0]["image"] == "a.jpg", answer  # was unanswered
+        # Nothing left in flight, it stops at once (in 0.02 s on a quiet machine), not after the
+        # 10 s grace (0.2.0 took 18 s); the interpreter's exit after it is timed by nobody.
+        assert seconds_until_stopped(served) < 5
+        assert served.process.wait(timeout=60) == 0
+
+
+def refused_within(where: tuple[str, int], seconds: float) -> None:
+    """New connections are refused (ECONNREFUSED) within `seconds`, polled."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(where, timeout=2).close()
+        except OSError:
+            return
+        assert time.monotonic() < deadline, f"new connections still accepted {seconds:g} s after SIGTERM"
+        time.sleep(0.05)

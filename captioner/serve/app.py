@@ -48,7 +48,7 @@ class State:
     captioner: Captioner
     limits: Limits
     decoder: Decoder
-    batcher: Batcher[Job, list[Captioned]]
+    batcher: Batcher[Job, Captioned]
     checkpoint: str  # as the health answer names it
 
 
@@ -60,7 +60,7 @@ def build_app(captioner: Captioner, limits: Limits, *, checkpoint: str, local_on
     not a loopback name."""
     middlewares = [_guarded, _json_errors, *([_loopback_hosts] if local_only else []), _same_origin]
     app = web.Application(middlewares=middlewares)
-    batcher: Batcher[Job, list[Captioned]] = Batcher(Pass(captioner, limits.batch_size), limits.batch_size)
+    batcher: Batcher[Job, Captioned] = Batcher(Pass(captioner), limits.batch_size)
     app[STATE] = State(captioner, limits, Decoder(captioner, limits), batcher, checkpoint)
     app[GUARD] = Guard(limits)
     app.cleanup_ctx.append(_model_thread)
@@ -85,7 +85,7 @@ async def caption(request: web.Request) -> web.Response:
         # Decoding runs beside the model's thread, so the next batch is ready when a pass ends.
         images = await server.decoder.decode(uploads)
     loop = asyncio.get_running_loop()
-    captioned = await server.batcher.submit(Job(images, options), len(uploads))
+    captioned = await server.batcher.submit([Job(image, options) for image in images])
     # The answer (PNG-encoded maps with explain) is built off the event loop, which keeps reading
     # other requests meanwhile.
     records = await loop.run_in_executor(
@@ -133,7 +133,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     except RequestError as err:
         status, message = err.status, str(err)
-        if status in (408, 413):  # the rest of the body is not worth waiting for
+        if status in (408, 413):  # the rest of the body is not worth waiting for, nor reading
+            request.app[GUARD].body_refused(request)
             response = web.json_response({"error": message}, status=status)
             response.force_close()
             return response

@@ -16,7 +16,6 @@ fp32 an image's caption is the same alone or batched with others' (see Captioner
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,9 +41,9 @@ class Upload:
 
 @dataclass
 class Job:
-    """One request's images [N, 3, H, W] (preprocessed) and what it asked for."""
+    """One image [3, H, W] (preprocessed) and what its request asked for."""
 
-    images: Tensor
+    image: Tensor
     options: Options
 
 
@@ -124,22 +123,20 @@ def _refusals(name: str) -> Iterator[None]:
 
 
 class Pass:
-    """Callable on the model's thread: captions for a batch of jobs, one list per job. The CNN
-    and the explanations take at most `batch_size` images at a time (one request may hold more)."""
+    """Callable on the model's thread: each job's captions, for a batch of jobs (at most the
+    batch size: the batcher sees to it) from any number of requests."""
 
-    def __init__(self, captioner: Captioner, batch_size: int) -> None:
-        self.captioner, self.batch_size = captioner, batch_size
+    def __init__(self, captioner: Captioner) -> None:
+        self.captioner = captioner
         self._explainer: Explainer | None = None  # built at the first request that explains
 
     @torch.inference_mode()
-    def __call__(self, jobs: Sequence[Job]) -> list[list[Captioned]]:
-        images = torch.cat([job.images for job in jobs])
-        options = [job.options for job in jobs for _ in range(len(job.images))]  # per image
-        features = torch.cat([self.captioner.encode(chunk) for chunk in images.split(self.batch_size)])
-        captions = self._captions(features, [o.decoding for o in options])
-        explained = self._explain(images, captions, [o.explain for o in options])
-        results = iter([Captioned(c, e) for c, e in zip(captions, explained)])
-        return [list(itertools.islice(results, len(job.images))) for job in jobs]
+    def __call__(self, jobs: Sequence[Job]) -> list[Captioned]:
+        images = torch.stack([job.image for job in jobs])
+        features = self.captioner.encode(images)
+        captions = self._captions(features, [job.options.decoding for job in jobs])
+        explained = self._explain(images, captions, [job.options.explain for job in jobs])
+        return [Captioned(c, e) for c, e in zip(captions, explained)]
 
     def _captions(self, features: Tensor, decodings: list[Decoding]) -> list[list[Caption]]:
         """Each image's captions, searched once per set of options among the images."""
@@ -160,9 +157,7 @@ class Pass:
         explained: list[Explanation | None] = [None] * len(captions)
         if rows:
             self._explainer = self._explainer or Explainer(self.captioner)
-            for start in range(0, len(rows), self.batch_size):
-                chunk = rows[start:start + self.batch_size]
-                found = self._explainer.explain(images[chunk], [captions[row][0].tokens for row in chunk])
-                for row, explanation in zip(chunk, found):
-                    explained[row] = explanation
+            found = self._explainer.explain(images[rows], [captions[row][0].tokens for row in rows])
+            for row, explanation in zip(rows, found):
+                explained[row] = explanation
         return explained

@@ -8,6 +8,10 @@ documentation leaves both to a proxy in front, which a local server does not hav
   process's limit on open files, so accepting never fails for want of one;
 - a connection that has not sent a request's headers `header_timeout` after it opened (or after
   its last answer) is closed; the body's deadline is uploads.py's;
+- once a request is refused for its body (too large, too many parts, too slow), the rest of that
+  body is dropped as it arrives, unparsed: aiohttp would read it to the end before closing (to
+  let the client read the refusal), parsing every chunk, and a client sending megabytes of
+  parts again and again kept the event loop busy with nothing else;
 - the bodies held in memory share one budget across requests;
 - once no request is in flight, freed memory is handed back to the system (glibc keeps it
   otherwise, and a burst of large images would leave the process gigabytes larger).
@@ -23,7 +27,7 @@ import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from captioner.serve.options import Limits, RequestError
 
@@ -37,6 +41,8 @@ class _Connection:
     transport: asyncio.Transport
     busy: bool = False  # its request is read and being answered: never closed to make room
     timer: asyncio.TimerHandle | None = None
+    discarding: bool = False  # its request was refused for its body: what else comes is dropped
+    refused_body: StreamReader | None = None  # that body, ended when the client hangs up
 
 
 class Guard:
@@ -57,16 +63,17 @@ class Guard:
         return lambda: _Counted(self, make())
 
     # -- connections -------------------------------------------------------------------------------
-    def opened(self, transport: asyncio.Transport) -> None:
+    def opened(self, transport: asyncio.Transport) -> _Connection | None:
         if len(self._open) >= self.cap:
             oldest = next((c for c in self._open.values() if not c.busy), None)
             if oldest is None:  # every connection is being answered: the newcomer waits its turn
                 transport.abort()
-                return
+                return None
             self.closed(oldest.transport)
             oldest.transport.abort()
         connection = self._open[transport] = _Connection(transport)
         self._await_request(connection)
+        return connection
 
     def closed(self, transport: asyncio.BaseTransport) -> None:
         connection = self._open.pop(transport, None)
@@ -94,6 +101,13 @@ class Guard:
         connection = self._open.get(request.transport) if request.transport else None
         if connection is not None:
             connection.busy = True
+
+    def body_refused(self, request: web.Request) -> None:
+        """The request is refused for its body, and its connection closed after the answer: the
+        rest of the body is not worth parsing."""
+        connection = self._open.get(request.transport) if request.transport else None
+        if connection is not None:
+            connection.discarding, connection.refused_body = True, request.content
 
     def request_done(self, request: web.Request) -> None:
         self._in_flight -= 1
@@ -147,18 +161,24 @@ class _Counted(asyncio.Protocol):
     def __init__(self, guard: Guard, inner: asyncio.Protocol) -> None:
         self._guard, self._inner = guard, inner
         self._transport: asyncio.BaseTransport | None = None
+        self._connection: _Connection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         self._inner.connection_made(transport)
-        self._guard.opened(transport)  # type: ignore[arg-type]
+        self._connection = self._guard.opened(transport)  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.closed(self._transport)  # type: ignore[arg-type]
+        if self._connection is not None and self._connection.refused_body is not None:
+            # aiohttp waits for the end of a refused body (up to 10 s) before it lets go; the
+            # client has gone, and the rest was dropped, so that end is now.
+            self._connection.refused_body.feed_eof()
         self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+        if self._connection is None or not self._connection.discarding:
+            self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
