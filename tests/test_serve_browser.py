@@ -239,3 +239,29 @@ def test_dropped_images_are_captioned_each(server: Served, photo: Path, best: Pa
                                       "card.querySelector('.caption').textContent])")
 
     assert asyncio.run(visit()) == [["holiday snap.jpg", want[0]], ["other.png", want[1]]]
+
+
+def test_lowering_the_beam_lowers_n_best_and_says_so(server: Served, photo: Path, tmp_path: Path) -> None:
+    """The page starts with beam 3 and n-best 3; a beam of 2 made every upload fail with the
+    server's "n_best=3 needs beam_size >= 3" (issue 24 item 6)."""
+    async def visit() -> dict:
+        async with browser_tab(server.url, tmp_path / "profile") as tab:
+            await tab.evaluate("""(() => {
+                const beam = document.querySelector('input[name=beam_size]');
+                beam.value = '2';
+                beam.dispatchEvent(new Event('input', {bubbles: true}));
+            })()""")
+            await tab.choose_files("#files", photo)
+            await tab.wait_for("document.querySelector('.result')?.dataset.state !== 'pending'")
+            return await tab.evaluate("""(() => {
+                const card = document.querySelector('.result');
+                return {state: card.dataset.state, error: card.querySelector('.error').textContent,
+                        rows: card.querySelectorAll('.nbest tbody tr').length,
+                        nBest: document.querySelector('input[name=n_best]').value,
+                        note: document.getElementById('settings-note')?.textContent};
+            })()""")
+
+    seen = asyncio.run(visit())
+    assert seen["state"] == "done", seen["error"]
+    assert seen["nBest"] == "2" and seen["rows"] == 2
+    assert seen["note"] == "n-best lowered from 3 to 2: a beam of 2 keeps 2 captions at most"

@@ -186,7 +186,20 @@ drop.addEventListener("drop", (event) => {
   captionFiles(event.dataTransfer.files); // a file that is no image gets the server's one-line answer
 });
 form.addEventListener("submit", (event) => event.preventDefault());
-form.elements.beam_size.addEventListener("input", () => {
-  form.elements.n_best.max = form.elements.beam_size.value; // n-best cannot exceed the beam
-});
+// The server refuses an n-best larger than the beam, so the page never sends one: n-best follows
+// the beam down (and says so), and cannot be raised above it.
+function keepNBestWithinBeam() {
+  const nBest = form.elements.n_best, note = document.getElementById("settings-note");
+  const width = Number(form.elements.beam_size.value);
+  if (!Number.isInteger(width) || width < 1 || width > 20) return; // half typed: the server says what is wrong
+  nBest.max = String(width);
+  note.textContent = "";
+  if (Number(nBest.value) > width) {
+    note.textContent = `n-best lowered from ${nBest.value} to ${width}: a beam of ${width} keeps ${width} captions at most`;
+    nBest.value = String(width);
+  }
+}
+form.elements.beam_size.addEventListener("input", keepNBestWithinBeam);
+form.elements.n_best.addEventListener("input", keepNBestWithinBeam);
+keepNBestWithinBeam();
 showModel();
