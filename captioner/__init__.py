@@ -13,12 +13,7 @@ stage imports only the stages listed before it:
     api, cli               the entry points
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("captioner")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+local"
+from captioner.version import __version__
 
 
 def __getattr__(name: str):

@@ -23,7 +23,7 @@ EXIT_CODES = ("exit status: 0 done; 1 error (one line on stderr); 2 wrong comman
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from captioner import __version__
+    from captioner.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="captioner", formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from captioner import __version__
 from captioner.config import Config, from_dict, load_config
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError, one_line
 from captioner.model.network import CaptionModel, build_model
 from captioner.model.stored_encoder import restore
+from captioner.version import __version__
 
 # Settings of captioner 0.1's training recipe (a CNN fine-tuned from scratch with an auxiliary
 # loss and a freeze window), which later versions dropped: ignored when a 0.1 checkpoint is read.

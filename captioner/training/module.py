@@ -15,7 +15,6 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
-from captioner import __version__
 from captioner.config import Config, from_dict
 from captioner.data.vocab import Vocabulary
 from captioner.model.network import CaptionModel, build_model
@@ -23,6 +22,7 @@ from captioner.model.stored_encoder import PREFIX, StoredEncoder, strip
 from captioner.training.schedule import cooldown
 from captioner.training.trainer import stop_unless_finite
 from captioner.training.validation import GreedyValidation
+from captioner.version import __version__
 
 
 def caption_loss(model: CaptionModel, features: Tensor, captions: Tensor, pad: int) -> Tensor:

@@ -29,7 +29,6 @@ from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset
 
-from captioner import __version__
 from captioner.config import Config, from_dict, load_config, to_dict, to_yaml
 from captioner.data.coco import ImageRecord
 from captioner.data.images import open_rgb
@@ -49,6 +48,7 @@ from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
 from captioner.util.locks import flock
 from captioner.util.runs import claim_run_dir, kept_on_failure, run_dir_of
+from captioner.version import __version__
 
 # Bump when a change of this module changes the weights a given config produces.
 PRETRAIN_VERSION = 3

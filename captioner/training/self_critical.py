@@ -27,13 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captioner import __version__
 from captioner.config import Config
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
 from captioner.evaluation.cider_reward import CaptionRewards
 from captioner.model.search import Hypothesis, greedy, sample
 from captioner.training.module import CaptionModule
+from captioner.version import __version__
 
 PHASE, SELF_CRITICAL = "captioner_phase", "self-critical"  # the mark in the checkpoint
 MONITOR = "val/cider"

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from captioner import __version__
 from captioner.errors import CaptionerError
 from captioner.util.atomic import TEMP_SUFFIX, is_temp_file, write_json
+from captioner.version import __version__
 
 CACHE_ENV = "CAPTIONER_CACHE"
 
