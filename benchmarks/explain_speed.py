@@ -44,19 +44,17 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(seconds(run) for _ in range(repeats))
 
 
-def caption_and_explain(captioner: Captioner, explainer: Explainer, paths: list[Path],
-                        repeats: int) -> tuple[float, float]:
+def caption_and_explain(captioner: Captioner, paths: list[Path], repeats: int) -> tuple[float, float]:
     """Median seconds to caption `paths` in one batch, and to explain those captions."""
     def caption() -> list:
         return captioner.caption(paths, batch_size=len(paths))
 
     results = caption()
-    explainer.explain_results(paths, results, batch_size=len(paths))  # warm-up
+    captioner.explain(paths, results, batch_size=len(paths))  # warm-up
     caption_s, explain_s = [], []
     for _ in range(repeats):  # alternating, so that load on the machine hits both alike
         caption_s.append(seconds(caption))
-        explain_s.append(seconds(lambda: explainer.explain_results(paths, results,
-                                                                   batch_size=len(paths))))
+        explain_s.append(seconds(lambda: captioner.explain(paths, results, batch_size=len(paths))))
     return statistics.median(caption_s), statistics.median(explain_s)
 
 
@@ -64,7 +62,7 @@ def looped_channel_weights(explainer: Explainer, acts: Tensor, inputs: Tensor,
                            targets: Tensor) -> Tensor:
     """Explainer.channel_weights' by T backward passes through one retained graph from A (the
     max-pool included), each gradient then averaged over A's grid."""
-    decoder, pad = explainer.captioner.model.decoder, explainer.captioner.vocab.pad
+    decoder, pad = explainer.model.decoder, explainer.vocab.pad
     acts = acts.detach().requires_grad_()
     logits = decoder(explainer.top(explainer.pool(acts)), inputs)
     logprobs = torch.log_softmax(logits.float(), -1).gather(2, targets.unsqueeze(-1))[..., 0]
@@ -73,9 +71,9 @@ def looped_channel_weights(explainer: Explainer, acts: Tensor, inputs: Tensor,
                         for t in range(targets.shape[1])]).mean((-2, -1))
 
 
-def compare_strategies(explainer: Explainer, paths: list[Path], repeats: int) -> None:
+def compare_strategies(captioner: Captioner, paths: list[Path], repeats: int) -> None:
     """Both ways over the captions grouped by length, as Explainer.explain groups them."""
-    captioner = explainer.captioner
+    explainer = captioner.explainer()
     captions = [r.tokens or [] for r in captioner.caption(paths, batch_size=len(paths))]
     acts = explainer.feature_map(torch.stack([captioner.load(p) for p in paths]))
     groups = {}
@@ -115,7 +113,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     captioner = Captioner.from_checkpoint(args.checkpoint, device=args.device)
-    explainer = Explainer(captioner)
     paths = list_images(args.images.expanduser()).images[:64]
     lengths = [len(r.tokens or ()) for r in captioner.caption(paths, batch_size=len(paths))]
     one = min(range(len(paths)), key=lambda i: (abs(lengths[i] - 5), i))
@@ -126,11 +123,11 @@ def main() -> None:
     for batch, label in (([paths[one]], f"1 image, {lengths[one]} words"),
                          (paths, f"{len(paths)} images, mean "
                                  f"{statistics.mean(lengths):.1f} words, one batch")):
-        caption_s, explain_s = caption_and_explain(captioner, explainer, batch, args.repeats)
+        caption_s, explain_s = caption_and_explain(captioner, batch, args.repeats)
         target = 2 if len(batch) == 1 else 3
         print(f"{label}: caption {caption_s * 1e3:.0f} ms, explain {explain_s * 1e3:.0f} ms "
               f"= {explain_s / caption_s:.2f}x (target <= {target}x)")
-    compare_strategies(explainer, paths, args.repeats)
+    compare_strategies(captioner, paths, args.repeats)
 
 
 if __name__ == "__main__":

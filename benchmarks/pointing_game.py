@@ -35,7 +35,7 @@ import torch
 from machine import describe  # benchmarks/ is on sys.path as a script
 
 from captioner.data.instances import load_scenes
-from captioner.model.explain import Explainer, Explanation
+from captioner.model.explain import Explanation
 from captioner.model.explain_checks import (
     POINTERS,
     pointing_game,
@@ -91,7 +91,7 @@ def main() -> None:
     encoder = captioner.config.encoder
     paths = [scene.image for scene in scenes]
     results = captioner.caption(paths)
-    explanations = Explainer(captioner).explain_results(paths, results)
+    explanations = captioner.explain(paths, results)
     print(f"machine: {describe(args.device)}")
     print(f"checkpoint: {args.checkpoint} ({encoder.arch}, {encoder.image_size} px); "
           f"{len(scenes)} test scenes, beam 3; hit rates:")
@@ -99,7 +99,7 @@ def main() -> None:
                                             encoder.image_size))
     for which, label in LABELS.items():
         shuffled = randomised(captioner, which, args.seed)
-        other = Explainer(shuffled).explain_results(paths, results)  # the trained model's words
+        other = shuffled.explain(paths, results)  # the trained model's words
         print(f"{label}:")
         print_randomisation(explanations, other)
         print_pointing(label, pointing_game(scenes, other, encoder.resize_size, encoder.image_size))

@@ -19,7 +19,7 @@ from captioner.data.vocab import SPECIALS, Vocabulary
 from captioner.errors import CaptionerError
 from captioner.model.decoder import Decoder
 from captioner.model.encoder import VGG_ARCHS, VGGEncoder
-from captioner.model.explain import Explainer, Explanation, feature_map_index, grad_cam
+from captioner.model.explain import Explanation, feature_map_index, grad_cam
 from captioner.model.explain_files import folder_names, write_explanation
 from captioner.model.inference import Captioner
 from captioner.model.network import CaptionModel, build_model
@@ -70,7 +70,7 @@ def test_explaining_leaves_captions_and_model_as_they_were(captioner: Captioner,
         p.requires_grad_(False)
     try:
         before = captioner.caption(pictures, beam_size=2, max_length=MAX_LENGTH)
-        explanations = Explainer(captioner).explain_results(pictures, before)
+        explanations = captioner.explain(pictures, before)
         after = captioner.caption(pictures, beam_size=2, max_length=MAX_LENGTH)
         assert not captioner.model.training
         assert not any(p.requires_grad for p in encoder_params)
@@ -108,7 +108,7 @@ def test_explaining_works_inside_inference_mode(captioner: Captioner) -> None:
     """Captioner.caption runs under inference mode; explanations must be possible there too."""
     with torch.inference_mode():
         images = torch.randn(2, 3, 64, 64)  # an inference tensor, as Captioner.caption's are
-        explanations = Explainer(captioner).explain(images, [["a", "red"], ["blue"]])
+        explanations = captioner.explainer().explain(images, [["a", "red"], ["blue"]])
     assert [e.maps.shape for e in explanations] == [(2, 4, 4), (1, 4, 4)]
 
 
@@ -116,7 +116,7 @@ def test_batched_equals_one_by_one(captioner: Captioner) -> None:
     torch.manual_seed(1)
     images = torch.randn(3, 3, 64, 64)
     captions = [["a", "red", "circle"], ["a", "blue", "square", "left", "of"], []]
-    explainer = Explainer(captioner)
+    explainer = captioner.explainer()
     together = explainer.explain(images, captions)
     for n, caption in enumerate(captions):
         (alone,) = explainer.explain(images[n:n + 1], [caption])
@@ -128,7 +128,7 @@ def test_batched_equals_one_by_one(captioner: Captioner) -> None:
 
 def test_explanations_run_in_eval_mode_and_leave_each_module_as_it_was(captioner: Captioner) -> None:
     images, captions = torch.randn(2, 3, 64, 64), [["a", "red"], ["blue", "circle"]]
-    explainer = Explainer(captioner)
+    explainer = captioner.explainer()
     reference = explainer.explain(images, captions)
     captioner.model.decoder.train()  # dropout on, as if a training step were under way
     try:
@@ -150,7 +150,7 @@ def test_maps_point_where_a_hand_built_model_looks(vocab: Vocabulary, config: Co
     image = torch.zeros(1, 3, 64, 64)
     image[0, 0, 4:28, 4:28] = 2.0  # red block: cells [0:2, 0:2] of the 4 x 4 grid
     image[0, 1, 36:60, 36:60] = 2.0  # green block: cells [2:4, 2:4]
-    (explanation,) = Explainer(captioner).explain(image, [["a", "red", "circle", "left", "of",
+    (explanation,) = captioner.explainer().explain(image, [["a", "red", "circle", "left", "of",
                                                            "a", "green", "square"]])
     outside = explanation.maps.copy()
     outside[:, rows, rows] = 0.0
@@ -208,7 +208,7 @@ def test_feature_map_is_the_last_relu_before_the_final_pool(arch: str) -> None:
 
 
 def test_bad_captions_are_refused(captioner: Captioner) -> None:
-    explainer = Explainer(captioner)
+    explainer = captioner.explainer()
     with pytest.raises(CaptionerError, match="'zebra'"):
         explainer.explain(torch.zeros(1, 3, 64, 64), [["a", "zebra"]])
     with pytest.raises(CaptionerError, match="N captions"):

@@ -107,12 +107,13 @@ def captioner() -> Captioner:
 def test_randomised_weights_change_the_maps(captioner: Captioner, scenes: list[Scene]) -> None:
     images = torch.stack([captioner.load(scene.image) for scene in scenes])
     captions = [["a", colour, shape] for colour, shape, _ in (s.objects[0] for s in scenes)]
-    explainer = Explainer(captioner)
+    explainer = captioner.explainer()
     trained = explainer.explain(images, captions)
-    same = rank_correlations(trained, Explainer(captioner).explain(images, captions))
+    same = rank_correlations(trained, Explainer(captioner.model, captioner.vocab, captioner.device,
+                                                     captioner.preprocess).explain(images, captions))
     assert all(rho == pytest.approx(1.0) or math.isnan(rho) for rho in same)
     for which in ("convs", "all"):
-        rhos = rank_correlations(trained, Explainer(randomised(captioner, which, seed=1))
+        rhos = rank_correlations(trained, randomised(captioner, which, seed=1).explainer()
                                  .explain(images, captions))
         assert statistics.median(r for r in rhos if not math.isnan(r)) < 0.6
     again = explainer.explain(images, captions)  # the original model is left as it was

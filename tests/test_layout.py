@@ -57,3 +57,50 @@ def test_functions_stay_short() -> None:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
             and node.end_lineno - node.lineno + 1 > MAX_LINES]
     assert long == []
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Which package modules each module imports, wherever the import stands: at the top, under
+    `if TYPE_CHECKING:` or inside a function. `from captioner.model import search` names the
+    module captioner.model.search; `from captioner import __version__` names captioner."""
+    names = {_module_name(path) for path, _, _ in _modules()}
+    graph: dict[str, set[str]] = {}
+    for path, _, tree in _modules():
+        targets = graph.setdefault(_module_name(path), set())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names if alias.name in names)
+            elif isinstance(node, ast.ImportFrom) and node.module in names:
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & names
+                targets.update(submodules or {node.module})
+    return graph
+
+
+def _cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
+    """The shortest import path from `start` back to itself, or None (breadth first)."""
+    paths = {target: [start, target] for target in graph[start]}
+    queue = list(paths)
+    while queue:
+        module = queue.pop(0)
+        if module == start:
+            return paths[module]
+        for target in sorted(graph.get(module, ())):
+            if target not in paths:
+                paths[target] = [*paths[module], target]
+                queue.append(target)
+    return None
+
+
+def test_no_import_cycles() -> None:
+    """A module never imports, however indirectly or lazily, a module that imports it: a circle
+    hidden behind TYPE_CHECKING or a function-level import is still two modules that cannot be
+    understood, tested or moved apart."""
+    graph = _import_graph()
+    cycles = {" -> ".join(cycle) for start in sorted(graph)
+              if (cycle := _cycle_through(graph, start)) is not None and start == min(cycle)}
+    assert sorted(cycles) == []

@@ -17,7 +17,6 @@ import torch
 
 from captioner.data.tokenize import tokenize
 from captioner.errors import CaptionerError
-from captioner.model.explain import Explainer
 from captioner.model.explain_files import overlay
 from captioner.model.inference import Captioner
 from captioner.util.atomic import atomic_path
@@ -52,7 +51,7 @@ class GalleryMaps:
             ids.append(image_id)
         if not images:
             return {}
-        explanations = Explainer(self.captioner).explain(torch.stack(images), captions)
+        explanations = self.captioner.explainer().explain(torch.stack(images), captions)
         return {image_id: _write(out_dir, image_id, explanation, chosen[image_id][1])
                 for image_id, explanation in zip(ids, explanations)}
 

@@ -12,9 +12,8 @@ Captioner's own), never of a re-decoded one, and explaining changes nothing in t
 The convolutions below A run once without gradients; only fc6, fc7 and the decoder are
 recorded, and the N x T per-word gradients are taken in two batched backward passes.
 
-    explainer = Explainer(captioner)
     results = captioner.caption(paths)
-    for explanation in explainer.explain_results(paths, results):
+    for explanation in captioner.explain(paths, results):  # Captioner.explainer()'s maps
         ...  # explanation.words, explanation.maps [T, h, w]; see captioner.model.explain_files
 """
 
@@ -22,10 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,9 +34,7 @@ from torch.nn import functional as F
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
 from captioner.model.encoder import VGGEncoder
-
-if TYPE_CHECKING:  # annotations only: captioner.model.inference may import this module
-    from captioner.model.inference import Captioner, CaptionResult, ImageInput
+from captioner.model.network import CaptionModel
 
 
 @dataclass(frozen=True)
@@ -69,11 +66,17 @@ class Explanation:
 
 
 class Explainer:
-    """Grad-CAM for a Captioner's model; build it once (it keeps the encoder split in two)."""
+    """Grad-CAM for a caption model; build it once (it keeps the encoder split in two).
 
-    def __init__(self, captioner: Captioner) -> None:
-        self.captioner = captioner
-        encoder = captioner.model.encoder
+    It is given what it uses and nothing more: the model, its vocabulary (to teacher-force the
+    words), the device, and the preprocessing the images went through (whose ImageNet mean and
+    std turn them back into the view an overlay is drawn on). Captioner.explainer() builds one.
+    """
+
+    def __init__(self, model: CaptionModel, vocab: Vocabulary, device: torch.device,
+                 preprocess: Callable[..., Tensor]) -> None:
+        self.model, self.vocab, self.device, self.preprocess = model, vocab, device, preprocess
+        encoder = model.encoder
         split = feature_map_index(encoder.features) + 1
         self.layer = f"features.{split - 1}"  # the module whose output A is
         self.bottom, self.pool = encoder.features[:split], encoder.features[split:]
@@ -83,23 +86,6 @@ class Explainer:
         # the encoder's forward (with its folded fc6 for small grids) runs them as captioning does.
         self.top = VGGEncoder(SimpleNamespace(features=nn.Sequential(),  # type: ignore[arg-type]
                                               avgpool=encoder.avgpool, classifier=encoder.fc))
-
-    def explain_results(self, inputs: Sequence[ImageInput], results: Sequence[CaptionResult],
-                        batch_size: int = 32) -> list[Explanation | None]:
-        """The best caption of each result explained, in order; None where a result has no
-        caption (its image failed). `inputs` are what was captioned, in the same order."""
-        if len(inputs) != len(results):
-            raise CaptionerError(f"explain: {len(inputs)} images but {len(results)} results")
-        if batch_size < 1:
-            raise CaptionerError(f"batch_size must be at least 1, got {batch_size}")
-        todo = [i for i, result in enumerate(results) if result.tokens is not None]
-        explained: list[Explanation | None] = [None] * len(results)
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            images = torch.stack([self.captioner.load(inputs[i]) for i in chunk])
-            for i, explanation in zip(chunk, self.explain(images, [results[i].tokens for i in chunk])):
-                explained[i] = explanation
-        return explained
 
     def explain(self, images: Tensor, captions: Sequence[Sequence[str]]) -> list[Explanation]:
         """Maps for preprocessed images [N, 3, H, W] (Captioner.load) and one caption each."""
@@ -113,8 +99,8 @@ class Explainer:
             # Captions of one length at a time: the decoder's backward costs ~T^2 steps per
             # caption, and padded positions would cost as much as real ones.
             for group in _by_length(captions):
-                inputs, targets = teacher_forcing(self.captioner.vocab, [captions[n] for n in group],
-                                                  self.captioner.device)
+                inputs, targets = teacher_forcing(self.vocab, [captions[n] for n in group],
+                                                  self.device)
                 weights, group_logprobs = self.channel_weights(acts[group], inputs, targets)
                 group_maps = grad_cam(acts[group], weights)  # [T, len(group), h, w]
                 for i, n in enumerate(group):
@@ -125,8 +111,8 @@ class Explainer:
 
     def feature_map(self, images: Tensor) -> Tensor:
         """A [N, C, h, w], computed without gradients (nothing below A needs one)."""
-        with _explaining(self.captioner.model), torch.no_grad():
-            images = images.to(self.captioner.device).contiguous(memory_format=torch.channels_last)
+        with _explaining(self.model), torch.no_grad():
+            images = images.to(self.device).contiguous(memory_format=torch.channels_last)
             return self.bottom(images).float()
 
     def channel_weights(self, acts: Tensor, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,13 +127,13 @@ class Explainer:
         """
         if not targets.shape[1]:  # only empty captions
             return acts.new_zeros(0, *acts.shape[:2]), acts.new_zeros(targets.shape)
-        with _explaining(self.captioner.model):
-            mask = targets != self.captioner.vocab.pad
+        with _explaining(self.model):
+            mask = targets != self.vocab.pad
             pooled = self.pool(acts).detach().requires_grad_()
             fc7 = self.top(pooled)
             fc7_leaf = fc7.detach().requires_grad_()
             with _native_rnn():
-                logits = self.captioner.model.decoder(fc7_leaf, inputs)
+                logits = self.model.decoder(fc7_leaf, inputs)
                 logprobs = torch.log_softmax(logits.float(), -1).gather(2, targets.unsqueeze(-1))
                 logprobs = logprobs[..., 0] * mask
                 # selectors[t] picks word t of every caption: [T, N, T].
@@ -159,7 +145,7 @@ class Explainer:
 
     def _views(self, images: Tensor) -> np.ndarray:
         """The preprocessed images back in RGB bytes [N, H, W, 3]: ImageNet normalisation undone."""
-        preprocess = self.captioner.preprocess  # torchvision's ImageClassification preset
+        preprocess: Any = self.preprocess  # torchvision's ImageClassification preset
         mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
         std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
         rgb = (images.detach().float().cpu() * std + mean).clamp(0, 1).mul(255).round()

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import torch
 from PIL import Image
@@ -30,11 +30,10 @@ from captioner.model import search
 from captioner.model.checkpoint import check_weights_fit, checkpoint_config, load_checkpoint, model_state
 from captioner.model.decoding import Decoding
 from captioner.model.encoder import build_preprocess, encode
+from captioner.model.explain import Explainer, Explanation
 from captioner.model.network import CaptionModel
 
 ImageInput = str | os.PathLike[str] | Image.Image | BinaryIO
-if TYPE_CHECKING:
-    from captioner.model.explain import Explainer, Explanation
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -251,12 +250,34 @@ class Captioner:
                 self._explain_loaded(loaded)
             yield from results
 
-    def _explain_loaded(self, loaded: list[tuple[CaptionResult, Tensor]]) -> None:
-        from captioner.model.explain import Explainer
+    # -- captions -> where the model looked ------------------------------------------------------
+    def explainer(self) -> Explainer:
+        """Per-word Grad-CAM over this model (captioner.model.explain), built at the first call."""
+        if self._explainer is None:
+            self._explainer = Explainer(self.model, self.vocab, self.device, self.preprocess)
+        return self._explainer
 
-        self._explainer = self._explainer or Explainer(self)
-        explanations = self._explainer.explain(torch.stack([x for _, x in loaded]),
-                                               [r.tokens for r, _ in loaded])
+    def explain(self, inputs: Sequence[ImageInput], results: Sequence[CaptionResult],
+                batch_size: int = 32) -> list[Explanation | None]:
+        """The best caption of each result explained, in order; None where a result has no
+        caption (its image failed). `inputs` are what was captioned, in the same order."""
+        if len(inputs) != len(results):
+            raise CaptionerError(f"explain: {len(inputs)} images but {len(results)} results")
+        if batch_size < 1:
+            raise CaptionerError(f"batch_size must be at least 1, got {batch_size}")
+        todo = [i for i, result in enumerate(results) if result.tokens is not None]
+        explained: list[Explanation | None] = [None] * len(results)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            images = torch.stack([self.load(inputs[i]) for i in chunk])
+            for i, explanation in zip(chunk, self.explainer().explain(
+                    images, [results[i].tokens for i in chunk])):
+                explained[i] = explanation
+        return explained
+
+    def _explain_loaded(self, loaded: list[tuple[CaptionResult, Tensor]]) -> None:
+        explanations = self.explainer().explain(torch.stack([x for _, x in loaded]),
+                                                [r.tokens for r, _ in loaded])
         for (result, _), explanation in zip(loaded, explanations):
             result.explanations = explanation
 

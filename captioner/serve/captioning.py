@@ -156,7 +156,7 @@ class Pass:
         rows = [row for row, want in enumerate(wanted) if want]
         explained: list[Explanation | None] = [None] * len(captions)
         if rows:
-            self._explainer = self._explainer or Explainer(self.captioner)
+            self._explainer = self._explainer or self.captioner.explainer()
             found = self._explainer.explain(images[rows], [captions[row][0].tokens for row in rows])
             for row, explanation in zip(rows, found):
                 explained[row] = explanation
