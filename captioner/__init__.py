@@ -1,16 +1,27 @@
 """captioner: show-and-tell image captioning (VGG fc7 -> LSTM/GRU), trained with Lightning.
 
-The package is laid out by pipeline stage, each a folder whose docstring says what it owns; a
-stage imports only the stages listed before it:
+The map: one folder per purpose, each saying it in its docstring's first sentence. A module
+imports from its own row and the rows above it, never below, never another module's private
+names, and no two modules import each other however indirectly (lazily or for type checking
+included); tests/test_layout.py holds all three.
 
-    util, config, errors   files, locks, run folders, hardware; typed settings; the error users see
-    data                   images, captions, vocabulary, datasets (COCO, Karpathy, shapes, imports)
-    model                  VGG encoder, recurrent decoder, search, checkpoints, inference
-    features               the fc7 cache and its extraction
-    evaluation             metrics, intervals, mentions/CHAIR, explanations, reports, diffs
-    training               the LightningModule, checkpoints, logs, pretraining, `train`
-    compare, serve         RNN vs LSTM vs GRU; the local web page
-    api, cli               the entry points
+    errors, config,   the one-line errors users see; typed settings; atomic files, locks, run
+    util, version     folders, hardware; the package's version
+    data, pages       files on disk to the batches training reads: images, captions, vocabulary,
+                      COCO/Karpathy/shapes readers and importers, the objects an instances file
+                      annotates | the HTML kit every page is built from, with its plots
+    model             the network and what it does to an image: VGG encoder to fc7, recurrent
+                      decoder, search, checkpoints, captioning (Captioner), per-word Grad-CAM
+                      explanations, the files they are written to and the checks of what they show
+    features, serve   the fc7 cache on disk and its extraction | the local web page and JSON API
+                      over a Captioner (serve imports only model and the rows above)
+    evaluation        how good a checkpoint's captions are: metrics and their intervals,
+                      mentions/CHAIR, the report, the diff of two reports, the CIDEr-D reward
+    training          fitting the weights: the LightningModule and its validation, the Trainer,
+                      checkpoints and logs, classifier pretraining, self-critical training, `train`
+    compare           RNN vs LSTM vs GRU on the same features, trained and scored side by side
+    api, cli          the entry points: the Python API and the command line, which alone
+                      imports serve and compare
 """
 
 from captioner.version import __version__

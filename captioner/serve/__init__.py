@@ -4,7 +4,7 @@ requests into one forward pass (batching.py), the model's side of a pass (captio
 JSON answers (records.py), the aiohttp application (app.py) and starting it (server.py); the
 page itself is package data in static/.
 
-Imports model, evaluation, data, config, errors and util; only the CLI imports it. Everything
+Imports model, data, config, errors and util; only the CLI imports it. Everything
 but options.py and batching.py needs the `serve` extra (aiohttp), which `captioner --help`
 never imports.
 """
