@@ -196,3 +196,13 @@ def test_a_folder_against_a_checkpoint(trained_run: Path, tmp_path: Path) -> Non
         undefined = (m["a"], m["b"], m["delta"]) == (None, None, None)
         assert undefined or (m["delta"], m["b_wins"]) == (0, 0.5), name
     assert "cider" in cli.stdout and "report:" in cli.stdout
+
+
+def test_a_hand_edited_tag_stays_data() -> None:
+    from captioner.pages.html import tag_badges
+
+    record = {"tags": ['x" onmouseover="alert(1)', "missed object"], "hallucinated": [],
+              "missed": ["<b>cat</b>"], "repeated": [], "same_caption_images": 0}
+    html = tag_badges(record)  # what the report's and the diff's cards show for a per_image.jsonl row
+    assert 'onmouseover="' not in html and "<b>" not in html
+    assert '<span class="tag tag-xonmouseoveralert1">' in html and 'class="tag tag-missed-object"' in html

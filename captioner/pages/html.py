@@ -7,6 +7,7 @@ a dataset, a model or a user passes through html.escape here or in the page that
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
@@ -77,8 +78,11 @@ def tag_badges(record: Mapping[str, Any]) -> str:
         "repetition": "repeated: " + ", ".join(record["repeated"]),
         "generic": f"generic: same caption for {record['same_caption_images']} images",
     }
+    # The class names only letters, digits and dashes: a tag from a hand-edited per_image.jsonl is
+    # data, and must not close the attribute (its text is escaped like every other).
     return "".join(
-        f'<span class="tag tag-{tag.replace(" ", "-")}">{escape(details.get(tag, tag))}</span>'
+        f'<span class="tag tag-{re.sub(r"[^a-z0-9-]", "", str(tag).lower().replace(" ", "-"))}">'
+        f'{escape(str(details.get(tag, tag)))}</span>'
         for tag in record["tags"]
     )
 
