@@ -29,7 +29,8 @@ EXTREMES = ["0", "-1", "1", str(2**63), "9" * 40, "1e308", "1e400", "nan", "-nan
 # What each command needs besides the option under test, so that only that option can be wrong.
 REQUIRED = {("caption",): ["x.png"], ("diff",): ["a", "b"], ("config",): ["show"],
             ("completion",): ["bash"], ("data", "shapes"): ["--out", "d"],
-            ("data", "import"): ["src.csv", "--out", "d"], ("compare",): ["--out", "d"]}
+            ("data", "import"): ["src.csv", "--out", "d"], ("data", "coco"): ["--root", "d"],
+            ("compare",): ["--out", "d"]}
 
 
 def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -90,7 +91,7 @@ def _parse_or_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -
 def test_the_options_cover_every_command() -> None:
     commands = {tuple(argv[:2]) if argv[0] == "data" else (argv[0],) for argv, _, _ in OPTIONS}
     assert {("caption",), ("evaluate",), ("serve",), ("diff",), ("compare",), ("data", "shapes"),
-            ("data", "import"), ("completion",)} <= commands
+            ("data", "import"), ("data", "coco"), ("completion",)} <= commands
     assert len(OPTIONS) > 30
 
 

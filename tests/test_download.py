@@ -17,8 +17,9 @@ from coco_fixture import Faults, build_coco_archives, serve_directory
 from PIL import Image
 from pycocotools.coco import COCO
 
+from captioner.cli import main
 from captioner.data import download
-from captioner.data.download import ARCHIVE_NAMES, ARCHIVES, LOCK_FILE, DownloadError, fetch, main
+from captioner.data.download import ARCHIVE_NAMES, ARCHIVES, LOCK_FILE, DownloadError, fetch
 from captioner.util.locks import flock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def served(zips: Path):
 
 
 def run(root: Path, url: str, *extra: str) -> int:
-    return main(["--root", str(root), "--mirror", url, "--timeout", "10", *extra])
+    return main(["data", "coco", "--root", str(root), "--mirror", url, "--timeout", "10", *extra])
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -210,6 +211,13 @@ def test_connection_refused_is_one_line_from_the_script(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"error: train2014.zip: cannot reach http://127.0.0.1:{port}/train2014.zip: "
         "Connection refused"]
+
+
+def test_the_script_is_captioner_data_coco() -> None:
+    """Issue 23 item 6: one entry, `captioner data coco`; the script only runs it (no sys.path)."""
+    script = (REPO / "data_scripts" / "download_coco.py").read_text()
+    assert 'main(["data", "coco", *sys.argv[1:]])' in script and "sys.path" not in script
+    assert not hasattr(download, "main") and not hasattr(download, "parse_args")
 
 
 def test_existing_folders_are_merged_never_replaced(served: Served, tmp_path: Path) -> None:

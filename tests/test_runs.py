@@ -52,7 +52,7 @@ def test_only_global_rank_zero_claims_a_run_folder(tmp_path: Path, monkeypatch: 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path: Path) -> None:
     result = run_cli("train", *TINY, "data.dataset=coco", f"data.root={tmp_path / 'nowhere'}", cwd=tmp_path)
     assert result.returncode == 1 and "data.root: no such folder" in result.stderr
-    assert "python data_scripts/download_coco.py --root" in result.stderr  # what to do about it
+    assert "captioner data coco --root" in result.stderr  # what to do about it
     assert not (tmp_path / "runs" / "shapes").exists()
     assert not (tmp_path / "runs" / "LATEST").exists()
 

@@ -1,11 +1,12 @@
-"""`captioner data`: write the built-in shapes dataset, or import your own captioned images."""
+"""`captioner data`: write the built-in shapes dataset, fetch COCO 2014 and Karpathy's splits, or
+import your own captioned images."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from captioner.cli.common import at_least, command, random_seed
+from captioner.cli.common import at_least, command, positive_float, random_seed
 from captioner.config import ShapesConfig
 from captioner.errors import CaptionerError
 
@@ -16,13 +17,15 @@ MAX_SIZE = 1024
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = command(sub, "data", "write datasets: the built-in shapes set anywhere, or your own images "
-                             "and captions (CSV, JSONL, Flickr8k/30k, COCO, Karpathy) as a folder "
-                             "`captioner train data.root=DIR` reads", [
+    p = command(sub, "data", "write datasets: the built-in shapes set anywhere, COCO 2014 with "
+                             "Karpathy's splits, or your own images and captions (CSV, JSONL, "
+                             "Flickr8k/30k, COCO, Karpathy) as a folder `captioner train "
+                             "data.root=DIR` reads", [
         "captioner data shapes --out data/shapes",
+        "captioner data coco --root data/coco",
         "captioner data import photos/captions.csv --out data/mine",
     ])
-    dsub = p.add_subparsers(dest="dataset", required=True, metavar="{shapes,import}")
+    dsub = p.add_subparsers(dest="dataset", required=True, metavar="{shapes,coco,import}")
     s = command(dsub, "shapes", "write the built-in shapes dataset in COCO's formats", [
         "captioner data shapes --out data/shapes",
         "captioner data shapes --out data/big --num-train 20000 --seed 1",
@@ -46,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-objects", type=_max_objects, default=defaults.max_objects, metavar="N",
                    help="most objects per image, up to 5; captions name every one (train with "
                         "data.max_length=25 eval.max_length=25 above 3)")
+    _add_data_coco(dsub)
     _add_data_import(dsub)
 
 
@@ -53,6 +57,42 @@ def _max_objects(text: str) -> int:
     from captioner.data.shapes import NUMBER_WORDS  # numpy and Pillow: only when it is given
 
     return at_least(1, max(NUMBER_WORDS))(text)
+
+
+def _add_data_coco(dsub: argparse._SubParsersAction) -> None:
+    from captioner.data.download import ARCHIVE_NAMES, DEFAULT_TIMEOUT_S
+
+    p = command(dsub, "coco", "download and extract COCO 2014 images, annotations and Karpathy's "
+                              "split (resumable; each archive's size and SHA-256 checked)", [
+        "captioner data coco --root data/coco --dry-run",
+        "captioner data coco --root data/coco",
+        "captioner data coco --root data/coco --only caption_datasets.zip",
+    ], extra="exit status: 0 every archive asked for is complete; 1 one could not be fetched or "
+             "verified (one line; rerun to resume); 2 wrong command line; 130 interrupted")
+    p.add_argument("--root", type=Path, required=True, metavar="DIR", help="folder to fill")
+    p.add_argument("--mirror", type=_http_url, metavar="URL",
+                   help="fetch every archive as URL/<archive name> instead")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list URLs, destinations and disk space; download nothing")
+    p.add_argument("--only", nargs="+", choices=ARCHIVE_NAMES, metavar="NAME",
+                   help=f"fetch only these archives: {', '.join(ARCHIVE_NAMES)}")
+    p.add_argument("--keep-archives", action="store_true",
+                   help="keep downloaded zips after extraction (deleted by default to save "
+                        "~20 GB; zips you put there yourself are always kept)")
+    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help="seconds to wait for the server before giving up")
+    p.add_argument("--checksums", type=Path, metavar="FILE",
+                   help="'<archive name> <bytes> <sha256>' lines replacing the pinned sizes and "
+                        "sums (for a mirror serving other builds of the archives)")
+
+
+def _http_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    # urllib would raise a bare ValueError (a traceback) on anything else.
+    if urlsplit(value).scheme not in ("http", "https"):
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {value!r}")
+    return value
 
 
 def _add_data_import(dsub: argparse._SubParsersAction) -> None:
@@ -103,6 +143,8 @@ def _add_data_import(dsub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.dataset == "import":
         return _import(args)
+    if args.dataset == "coco":
+        return _coco(args)
     from captioner.data.shapes import ShapesSpec, check_replaceable, generate_shapes
     from captioner.util.console import say
 
@@ -111,6 +153,18 @@ def run(args: argparse.Namespace) -> int:
     check_replaceable(args.out)  # a refusal comes before the line that says it writes
     say(f"writing {args.num_train + args.num_val + args.num_test} shapes images into {args.out}")
     print(generate_shapes(args.out, spec).resolve())
+    return 0
+
+
+def _coco(args: argparse.Namespace) -> int:
+    from captioner.data.download import ARCHIVE_NAMES, download_coco, plan
+
+    names = args.only or ARCHIVE_NAMES
+    if args.dry_run:
+        print(plan(args.root, names, args.mirror))
+        return 0
+    download_coco(args.root, names, mirror=args.mirror, keep_archives=args.keep_archives,
+                  timeout=args.timeout, checksums=args.checksums)
     return 0
 
 

@@ -14,7 +14,6 @@ verification is kept under another name, and two downloaders cannot share one fo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import os
@@ -28,7 +27,6 @@ from dataclasses import dataclass
 from http.client import HTTPException, HTTPResponse
 from pathlib import Path, PurePosixPath
 from urllib.error import HTTPError, URLError
-from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
 from tqdm import tqdm
@@ -401,46 +399,3 @@ def with_checksums(archives: dict[str, Archive], path: Path) -> dict[str, Archiv
                                 f"of {', '.join(archives)}")
         updated[name] = dataclasses.replace(archives[name], size=int(fields[1]), sha256=fields[2])
     return updated
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Download and extract COCO 2014 images, annotations and Karpathy's split.")
-    parser.add_argument("--root", type=Path, required=True, help="folder to fill")
-    parser.add_argument("--mirror", type=_http_url,
-                        help="fetch every archive as MIRROR/<archive name> instead")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="list URLs, destinations and disk space; download nothing")
-    parser.add_argument("--only", nargs="+", choices=ARCHIVE_NAMES, metavar="NAME",
-                        help=f"fetch only these archives: {', '.join(ARCHIVES)}")
-    parser.add_argument("--keep-archives", action="store_true",
-                        help="keep downloaded zips after extraction (deleted by default to save "
-                             "~20 GB; zips you put there yourself are always kept)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help="seconds to wait for the server before giving up")
-    parser.add_argument("--checksums", type=Path, metavar="FILE",
-                        help="'<archive name> <bytes> <sha256>' lines replacing the pinned sizes and "
-                             "sums (for a mirror serving other builds of the archives)")
-    return parser.parse_args(argv)
-
-
-def _http_url(value: str) -> str:
-    # urllib would raise a bare ValueError (a traceback) on anything else.
-    if urlsplit(value).scheme not in ("http", "https"):
-        raise argparse.ArgumentTypeError(f"not an http(s) URL: {value!r}")
-    return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    names = args.only or ARCHIVE_NAMES
-    if args.dry_run:
-        print(plan(args.root, names, args.mirror))
-        return 0
-    try:
-        download_coco(args.root, names, mirror=args.mirror, keep_archives=args.keep_archives,
-                      timeout=args.timeout, checksums=args.checksums)
-    except CaptionerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0

@@ -35,7 +35,7 @@ def dataset_root(config: Config) -> Path:
         raise CaptionerError(f"data.root is not set for dataset {config.data.dataset!r}")
     root = Path(config.data.root).expanduser()
     if not root.is_dir():
-        how = (f"fetch COCO with: python data_scripts/download_coco.py --root {root}"
+        how = (f"fetch COCO with: captioner data coco --root {root}"
                if config.data.dataset == "coco" else
                f"make one with: captioner data import CAPTIONS_FILE --out {root}")
         raise CaptionerError(f"data.root: no such folder {root.resolve()}; {how}")
