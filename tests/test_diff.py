@@ -205,4 +205,4 @@ def test_a_hand_edited_tag_stays_data() -> None:
               "missed": ["<b>cat</b>"], "repeated": [], "same_caption_images": 0}
     html = tag_badges(record)  # what the report's and the diff's cards show for a per_image.jsonl row
     assert 'onmouseover="' not in html and "<b>" not in html
-    assert '<span class="tag tag-xonmouseoveralert1">' in html and 'class="tag tag-missed-object"' in html
+    assert '<span class="tag tag-x-onmouseoveralert1">' in html and 'class="tag tag-missed-object"' in html
