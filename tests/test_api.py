@@ -160,7 +160,7 @@ def test_sampling_is_reproducible_with_a_seed(sensitive: Captioner,
     ({"beam_size": 0}, "beam_size must be at least 1"),
     ({"n_best": 4}, "n_best=4 needs beam_size >= 4"),
     ({"sample": True, "temperature": 0.0}, "temperature must be positive"),
-    ({"sample": True, "top_k": -1}, "top_k must be >= 0"),
+    ({"sample": True, "top_k": -1}, r"top_k must be at least 0 \(0: the whole vocabulary\), got -1"),
     ({"max_length": 0}, "max_length must be at least 1"),
     ({"batch_size": 0}, "batch_size must be at least 1"),
 ])

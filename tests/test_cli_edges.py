@@ -4,6 +4,7 @@ command line, one-line messages in plain words, and completion of settings."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from conftest import run_cli
 from PIL import Image
 
 from captioner.errors import CaptionerError
+from captioner.model.decoding import MAX_BEAM
+from captioner.serve.options import RequestError
 
 CAPTIONER = [sys.executable, "-m", "captioner"]
 
@@ -62,6 +65,55 @@ def test_the_api_and_the_server_hold_the_same_limits() -> None:
         with pytest.raises(CaptionerError):
             decoding.Decoding(**bad)
     decoding.Decoding(beam_size=20, n_best=20, max_length=100)
+
+
+def _accepts(parse, value) -> bool:
+    try:
+        parse(value)
+    except (argparse.ArgumentTypeError, CaptionerError, RequestError):
+        return False
+    return True
+
+
+def test_every_decoding_option_is_declared_once() -> None:
+    """Issue 23 item 6: each of Decoding's options is declared once, with its default, meaning and
+    limits; the caption command's options, evaluate's --beam-size, the server's fields and the
+    Python API are built from it: each takes the bounds and refuses the value just outside."""
+    from captioner.cli import build_parser
+    from captioner.model.decoding import OPTIONS, Decoding
+    from captioner.serve.options import parse_options
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    caption, evaluate = ({a.dest: a for a in commands.choices[name]._actions}
+                         for name in ("caption", "evaluate"))
+    assert set(OPTIONS) <= set(caption) and "beam_size" in evaluate
+    served = {"beam_size", "n_best", "max_length", "length_penalty"}
+    for name, item in OPTIONS.items():
+        meta, action = item.metadata, caption[name]
+        assert action.help.startswith(meta["help"]) and f"--{name.replace('_', '-')}" in action.option_strings
+        if item.type == "bool":
+            assert action.nargs == 0 and action.default is item.default is False
+            continue
+        assert action.default == (None if meta["sampling"] else item.default)
+        if meta["positive"]:
+            edges = [(0, False), (1e-6, True)]
+        else:
+            step = 1 if item.type.startswith("int") else 1e-3
+            low, high = meta["low"], meta["high"]
+            edges = [(low - step, False), (low, True)]
+            edges += [(high, True), (high + step, False)] if high is not None else [(10**6, True)]
+        beam = {"beam_size": MAX_BEAM} if name == "n_best" else {}  # n_best needs as wide a beam
+        for value, ok in edges:
+            assert _accepts(action.type, str(value)) == ok, (name, value)
+            assert _accepts(lambda given: Decoding.of(**given), {**beam, name: value}) == ok, (name, value)
+            if name == "beam_size":
+                assert _accepts(evaluate[name].type, str(value)) == ok, value
+            if name in served:
+                pairs = [*((k, str(v)) for k, v in beam.items()), (name, str(value))]
+                assert _accepts(parse_options, pairs) == ok, (name, value)
+    assert Decoding() == Decoding.of(**{name: item.default for name, item in OPTIONS.items()})
+    with pytest.raises(CaptionerError, match="unknown decoding option 'beam'; the options are beam_size"):
+        Decoding.of(beam=3)
 
 
 def test_evaluate_beam_has_the_same_limit(tmp_path: Path) -> None:

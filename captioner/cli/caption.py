@@ -14,12 +14,12 @@ from captioner.cli.common import (
     checkpoint,
     checkpoint_arguments,
     command,
-    number,
-    positive_float,
+    decoding_arguments,
+    decoding_given,
     random_seed,
 )
 from captioner.errors import CaptionerError, UsageError
-from captioner.model.decoding import MAX_BEAM, MAX_LENGTH_PENALTY, MAX_WORDS
+from captioner.model.decoding import OPTIONS, Decoding
 from captioner.util.console import counted
 
 if TYPE_CHECKING:
@@ -45,21 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "bytes, or paths one a line)")
     checkpoint_arguments(p)
     p.add_argument("--recursive", "-r", action="store_true", help="include the images in subfolders")
-    p.add_argument("--beam-size", type=at_least(1, MAX_BEAM), default=3,
-                   help=f"beam width, 1 to {MAX_BEAM}")
-    p.add_argument("--n-best", type=at_least(1, MAX_BEAM), default=1,
-                   help="print the N best beams (or N samples) with their log-probabilities")
-    p.add_argument("--length-penalty", type=number(-MAX_LENGTH_PENALTY, MAX_LENGTH_PENALTY),
-                   default=0.0, help=f"GNMT length penalty alpha, up to {MAX_LENGTH_PENALTY:g} "
-                                     "either way; 0 ranks by log-probability")
-    p.add_argument("--max-length", type=at_least(1, MAX_WORDS), default=None,
-                   help=f"most words per caption, up to {MAX_WORDS} (default: the checkpoint's "
-                        "eval.max_length)")
-    p.add_argument("--sample", action="store_true", help="sample captions instead of beam search")
-    p.add_argument("--temperature", type=positive_float, default=None,
-                   help="sampling temperature, below 1 sharper (implies --sample; default 1)")
-    p.add_argument("--top-k", type=at_least(0), default=None,
-                   help="sample among the K most likely words (implies --sample; default 0: all)")
+    decoding_arguments(p)
     p.add_argument("--seed", type=random_seed, default=None,
                    help="make sampling reproducible (implies --sample)")
     p.add_argument("--batch-size", type=at_least(1), default=32, help="images per forward pass")
@@ -79,11 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.model.decoding import Decoding
     from captioner.util.console import say
 
     # Everything that can be checked is, before the model loads: options, checkpoint, device, paths.
-    decoding = _decoding(args, Decoding)
+    decoding = _decoding(args)
     _check_explain_folder(args.explain)
     device = _device(args.device)
     ckpt = checkpoint(args)
@@ -152,17 +137,16 @@ def _device(name: str) -> Any:
     return resolve_device(name)
 
 
-def _decoding(args: argparse.Namespace, decoding: type) -> Any:
+def _decoding(args: argparse.Namespace) -> Decoding:
     from captioner.util.console import say
 
-    implied = [flag for flag, value in (("--temperature", args.temperature), ("--top-k", args.top_k),
-                                        ("--seed", args.seed)) if value is not None]
+    given = decoding_given(args)
+    implied = [f"--{name.replace('_', '-')}" for name in given if OPTIONS[name].metadata["sampling"]]
+    implied += ["--seed"] if args.seed is not None else []
     if implied and not args.sample:
         say(f"sampling captions: {', '.join(implied)} implies --sample")
     try:
-        return decoding(beam_size=args.beam_size, n_best=args.n_best, max_length=args.max_length,
-                        length_penalty=args.length_penalty, sample=args.sample or bool(implied),
-                        temperature=args.temperature or 1.0, top_k=args.top_k or 0)
+        return Decoding.of(**{**given, "sample": args.sample or bool(implied)})
     except CaptionerError as err:
         raise UsageError(f"{err} (see captioner caption --help)") from None
 
@@ -209,7 +193,7 @@ def _caption_all(args: argparse.Namespace, captioner: Any, given: list[tuple[str
         expanded.append((arg, items or [str(p) for p in listing.images]))
     flat = [item for _, items in expanded if items for item in items]
     seed = args.seed if decoding.sample else None
-    results = captioner.stream(flat, **vars(decoding), seed=seed, batch_size=args.batch_size,
+    results = captioner.stream(flat, decoding, seed=seed, batch_size=args.batch_size,
                                explain=args.explain is not None)
     names = _explanation_folders(args, flat)
     counts = {"captioned": 0, "failed": 0, "empty": 0}

@@ -105,6 +105,46 @@ def positive_float(text: str) -> float:
     return value
 
 
+def decoding_arguments(parser: argparse.ArgumentParser, *names: str,
+                       elsewhere: dict[str, str] | None = None) -> None:
+    """--beam-size, --n-best, ...: an option for each of Decoding's fields (or those in `names`),
+    its type, limits, help and default read from the field's declaration. `elsewhere`: options
+    whose default comes from another place (the checkpoint), said in their help; unset, they
+    parse to None, as do the sampling options (so that giving one can imply --sample)."""
+    from captioner.model.decoding import OPTIONS
+
+    elsewhere = elsewhere or {}
+    for name in names or OPTIONS:
+        item = OPTIONS[name]
+        meta, flag = item.metadata, f"--{name.replace('_', '-')}"
+        if item.type == "bool":
+            parser.add_argument(flag, action="store_true", help=meta["help"])
+            continue
+        low, high = meta["low"], meta["high"]
+        if meta["positive"]:
+            kind = positive_float
+        elif item.type.startswith("int"):
+            kind = at_least(low, high)
+        else:
+            kind = number(low, math.inf if high is None else high)
+        span = "above 0" if meta["positive"] else f"at least {low:g}" if high is None \
+            else f"{low:g} to {high:g}"
+        default, note = item.default, meta["none"] and f"default: {meta['none']}"
+        if meta["sampling"]:
+            default, note = None, f"implies --sample; default {item.default}"
+        elif name in elsewhere:
+            default, note = None, f"default: {elsewhere[name]}"
+        help = f"{meta['help']}, {span}" + (f" ({note})" if note else "")
+        parser.add_argument(flag, type=kind, default=default, help=help)
+
+
+def decoding_given(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding options the command line gave (those left unset are absent)."""
+    from captioner.model.decoding import OPTIONS
+
+    return {name: getattr(args, name) for name in OPTIONS if getattr(args, name, None) is not None}
+
+
 def checkpoint(args: argparse.Namespace) -> Path:
     """--checkpoint, checked, or the latest run's best (saying which, on stderr)."""
     from captioner.util.console import say

@@ -11,9 +11,9 @@ from captioner.cli.common import (
     checkpoint,
     checkpoint_arguments,
     command,
+    decoding_arguments,
     metrics_line,
 )
-from captioner.model.decoding import MAX_BEAM
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     checkpoint_arguments(p)
     p.add_argument("--split", default=None, help="split to score (default: the checkpoint's eval.split)")
     p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default: <run>/eval-<split>)")
-    p.add_argument("--beam-size", type=at_least(1, MAX_BEAM), default=None,
-                   help=f"beam width, 1 to {MAX_BEAM} (default: the checkpoint's eval.beam_size)")
+    decoding_arguments(p, "beam_size", elsewhere={"beam_size": "the checkpoint's eval.beam_size"})
     p.add_argument("--limit", type=at_least(1), default=None, help="score only the first N images")
     p.add_argument("--worst", type=at_least(0), default=None,
                    help="images in the failure gallery (default: the checkpoint's eval.worst)")

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 from PIL import Image
@@ -161,14 +161,14 @@ class Captioner:
 
     # -- features -> captions -------------------------------------------------------------------
     @torch.inference_mode()
-    def caption_features(self, features: Tensor, *, generator: torch.Generator | None = None,
-                         **decoding) -> list[list[Caption]]:
+    def caption_features(self, features: Tensor, decoding: Decoding | None = None, *,
+                         generator: torch.Generator | None = None, **options: Any) -> list[list[Caption]]:
         """Captions for a batch of fc7 features [N, 4096]: n_best per image, best first.
-        `decoding`: the fields of `Decoding`; `generator` drives sampling.
+        `decoding` and `options`: as for `caption`; `generator` drives sampling.
 
             >>> captioner.caption_features(features, beam_size=5, n_best=2)[0][1].text
         """
-        return self._decode(features, Decoding(**decoding), generator)
+        return self._decode(features, Decoding.of(decoding, **options), generator)
 
     def _decode(self, features: Tensor, decoding: Decoding,
                 generator: torch.Generator | None) -> list[list[Caption]]:
@@ -191,41 +191,38 @@ class Captioner:
         words = self.vocab.decode(hyp.tokens)
         return Caption(" ".join(words), words, float(hyp.score), float(hyp.logprob))
 
-    def caption(self, inputs: ImageInput | Iterable[ImageInput], *, beam_size: int = 3,
-                n_best: int = 1, max_length: int | None = None, length_penalty: float = 0.0,
-                sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-                seed: int | None = None, batch_size: int = 32, explain: bool = False,
-                recursive: bool = False) -> list[CaptionResult]:
+    def caption(self, inputs: ImageInput | Iterable[ImageInput], decoding: Decoding | None = None,
+                *, seed: int | None = None, batch_size: int = 32, explain: bool = False,
+                recursive: bool = False, **options: Any) -> list[CaptionResult]:
         """Caption images: paths, folders (every image inside, sorted; with `recursive` also in
         subfolders), binary files or PIL images. One result per image in order; an unreadable
-        one gets `error` instead of captions. See `Decoding` for the options; `seed` makes
-        sampling reproducible for the same inputs and batch size; `explain` adds each best
-        caption's per-word Grad-CAM maps (`result.explanations`).
+        one gets `error` instead of captions. How captions are searched: `decoding`, with any
+        of its fields changed by `options` (beam_size=3, n_best=1, max_length=None: the
+        checkpoint's, length_penalty=0.0, sample=False, temperature=1.0, top_k=0; see
+        `Decoding`); `seed` makes sampling reproducible for the same inputs and batch size;
+        `explain` adds each best caption's per-word Grad-CAM maps (`result.explanations`).
 
             >>> results = captioner.caption(["a.jpg", "photos/"], beam_size=5, n_best=2)
             >>> [r.text if r.ok else r.error for r in results]
         """
-        return list(self.stream(
-            inputs, beam_size=beam_size, n_best=n_best, max_length=max_length,
-            length_penalty=length_penalty, sample=sample, temperature=temperature, top_k=top_k,
-            seed=seed, batch_size=batch_size, explain=explain, recursive=recursive,
-        ))
+        return list(self.stream(inputs, decoding, seed=seed, batch_size=batch_size, explain=explain,
+                                recursive=recursive, **options))
 
-    def stream(self, inputs: ImageInput | Iterable[ImageInput], *, seed: int | None = None,
-               batch_size: int = 32, explain: bool = False, recursive: bool = False,
-               **decoding) -> Iterator[CaptionResult]:
+    def stream(self, inputs: ImageInput | Iterable[ImageInput], decoding: Decoding | None = None,
+               *, seed: int | None = None, batch_size: int = 32, explain: bool = False,
+               recursive: bool = False, **options: Any) -> Iterator[CaptionResult]:
         """`caption`, yielding results batch by batch (a large folder shows progress).
 
             >>> for result in captioner.stream(paths, batch_size=64):
             ...     print(result.image, result.text)
         """
-        options = Decoding(**decoding)  # checked now, not at the first next()
+        decoding = Decoding.of(decoding, **options)  # checked now, not at the first next()
         if batch_size < 1:
             raise CaptionerError(f"batch_size must be at least 1, got {batch_size}")
         if isinstance(inputs, (str, os.PathLike, Image.Image)) or hasattr(inputs, "read"):
             inputs = [inputs]
         items = [x for item in inputs for x in expand_folder(item, recursive).images]
-        return self._stream(items, options, seed, batch_size, explain)
+        return self._stream(items, decoding, seed, batch_size, explain)
 
     @torch.inference_mode()
     def _stream(self, inputs: list[ImageInput], decoding: Decoding, seed: int | None,

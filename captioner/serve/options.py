@@ -9,10 +9,8 @@ from dataclasses import dataclass
 
 from captioner.data.images import MAX_PIXELS
 from captioner.errors import CaptionerError
-from captioner.model.decoding import MAX_BEAM, MAX_WORDS, Decoding
+from captioner.model.decoding import MAX_BEAM, MAX_WORDS, OPTIONS, Decoding  # noqa: F401 (the limits)
 
-# GNMT's alpha is usually 0 to 1; past a few, ((5 + words) / 6) ** alpha overflows a float.
-MAX_LENGTH_PENALTY = 10.0
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
@@ -108,6 +106,12 @@ def _flag(name: str, text: str) -> bool:
     return text.lower() in _TRUE
 
 
-_PARSERS = {"beam_size": _whole(1, MAX_BEAM), "n_best": _whole(1, MAX_BEAM),
-            "max_length": _whole(1, MAX_WORDS),
-            "length_penalty": _number(-MAX_LENGTH_PENALTY, MAX_LENGTH_PENALTY), "explain": _flag}
+def _parser(name: str):
+    """A form field's parser with the limits Decoding declares for that option."""
+    meta = OPTIONS[name].metadata
+    return (_whole if OPTIONS[name].type.startswith("int") else _number)(meta["low"], meta["high"])
+
+
+# The beam search options a request may set (sampling is not served).
+_PARSERS = {**{name: _parser(name) for name in ("beam_size", "n_best", "max_length", "length_penalty")},
+            "explain": _flag}
