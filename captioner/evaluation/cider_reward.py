@@ -57,7 +57,12 @@ def ngram_counts(words: Tensor, lengths: Tensor, n: int, base: int) -> tuple[Ten
     codes = (windows * base ** torch.arange(n, dtype=torch.long)).sum(-1)
     valid = torch.arange(width - n + 1).unsqueeze(0) < (lengths - n + 1).unsqueeze(1)
     row = torch.arange(rows).unsqueeze(1).expand_as(codes)[valid]
-    distinct, counts = torch.unique(torch.stack([row, codes[valid]], 1), dim=0, return_counts=True)
+    codes = codes[valid]
+    span = base ** n  # every code is below it
+    if rows * span < 2 ** 63:  # one sortable key per (row, code): a flat unique, several times faster
+        keys, counts = torch.unique(row * span + codes, return_counts=True)
+        return keys // span, keys % span, counts
+    distinct, counts = torch.unique(torch.stack([row, codes], 1), dim=0, return_counts=True)
     return distinct[:, 0], distinct[:, 1], counts
 
 

@@ -12,7 +12,9 @@ baseline b_i, which does not depend on w_i, only lowers its variance). b_i is th
 model's own greedy caption of that image (Rennie et al.'s "self-critical" baseline) or the mean
 reward of the image's other samples (scst.baseline=mean, ruotianluo's later variant).
 
-Samples are drawn with dropout off, and the log-probabilities are recomputed in one teacher-forced
+The greedy baselines and the samples come from one batched decoder run under inference mode
+(`rollout`), their words stay tensors, and one reward call scores them all. Samples are drawn
+with dropout off, and the log-probabilities are recomputed in one teacher-forced
 pass over the sampled words, also with dropout off: both then come from the same distribution, so
 the gradient is on-policy, and the pass is the fast packed one cross-entropy training uses.
 Validation, checkpoints and resuming are CaptionModule's; best.ckpt is picked by val/cider.
@@ -28,10 +30,10 @@ import torch
 from torch import Tensor
 
 from captioner.config import Config
-from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
 from captioner.evaluation.cider_reward import CaptionRewards
-from captioner.model.search import Hypothesis, greedy, sample
+from captioner.model.decoder import State
+from captioner.model.search import Step
 from captioner.training.module import CaptionModule
 from captioner.version import __version__
 
@@ -73,16 +75,55 @@ class Episode:
     baseline: Tensor  # [N] float32
 
 
-def teacher_forcing(captions: Sequence[Hypothesis], vocab: Vocabulary) -> tuple[Tensor, Tensor]:
-    """Inputs and targets [N, T] that make the decoder replay these captions."""
-    targets = [[*c.tokens, vocab.end] if c.finished else list(c.tokens) for c in captions]
-    inputs = [[vocab.start, *t[:-1]] for t in targets]
-    return _padded(inputs, vocab.pad), _padded(targets, vocab.pad)
+@dataclass(frozen=True)
+class Rollout:
+    """Captions decoded as tensors: no per-caption Python objects between the decoder, the
+    reward and the teacher-forced pass."""
+
+    tokens: Tensor  # [N, T] the chosen ids; <end>, then <end> again, once a caption has ended
+    lengths: Tensor  # [N] words before <end> (T for a caption cut at max_length)
+    finished: Tensor  # [N] bool: <end> was emitted
 
 
-def _padded(rows: list[list[int]], pad: int) -> Tensor:
-    longest = max(len(r) for r in rows)
-    return torch.tensor([r + [pad] * (longest - len(r)) for r in rows], dtype=torch.long)
+@torch.inference_mode()
+def rollout(step: Step, state: State, greedy_rows: int, *, bos: int, eos: int, max_length: int,
+            banned: Sequence[int] = ()) -> Rollout:
+    """Decode all rows of `state` in one batched run: the first `greedy_rows` greedily (the
+    lower id on a tie, as captioner.model.search.greedy), the others sampled from the model's
+    distribution. One run for the greedy baselines and the samples halves the decoder calls
+    that two runs would make; it stops when every row has ended."""
+    rows, device = state[0].shape[1], state[0].device
+    tokens = torch.full((rows,), bos, dtype=torch.long, device=device)
+    ended = torch.zeros(rows, dtype=torch.bool, device=device)
+    ban = torch.tensor(list(banned), dtype=torch.long, device=device)
+    chosen = []
+    for _ in range(max_length):
+        log_probs, state = step(tokens, state)
+        log_probs = log_probs.index_fill(1, ban, float("-inf")) if len(ban) else log_probs
+        picks = log_probs[:greedy_rows].argmax(1)
+        if greedy_rows < rows:
+            drawn = torch.multinomial(log_probs[greedy_rows:].softmax(1), 1)[:, 0]
+            picks = torch.cat([picks, drawn])
+        tokens = picks.masked_fill(ended, eos)
+        chosen.append(tokens)
+        ended |= tokens == eos
+        if bool(ended.all()):
+            break
+    ids = torch.stack(chosen, 1)
+    is_end = ids == eos
+    lengths = torch.where(ended, is_end.int().argmax(1), ids.shape[1])
+    return Rollout(ids, lengths, ended)
+
+
+def teacher_forcing(captions: Rollout, start: int, pad: int) -> tuple[Tensor, Tensor]:
+    """Inputs and targets [N, T] that make the decoder replay these captions: targets are the
+    words and <end> (if emitted), inputs <start> and the words, both padded with `pad`."""
+    steps = captions.lengths + captions.finished.long()  # what each caption has the decoder predict
+    width = int(steps.max())
+    kept = torch.arange(width, device=steps.device).unsqueeze(0) < steps.unsqueeze(1)
+    targets = captions.tokens[:, :width].masked_fill(~kept, pad)
+    inputs = torch.cat([torch.full_like(targets[:, :1], start), targets[:, :-1]], 1).masked_fill(~kept, pad)
+    return inputs, targets
 
 
 class SelfCriticalModule(CaptionModule):
@@ -121,30 +162,35 @@ class SelfCriticalModule(CaptionModule):
 
     @torch.no_grad()
     def episode(self, features: Tensor, image_ids: Tensor) -> Episode:
-        """Sample scst.samples captions of each image (one batched decoder run), score them and
-        their baselines."""
+        """Sample scst.samples captions of each image and decode its greedy baseline, in one
+        batched decoder run, and score them all in one reward call."""
         decoder, v, s = self.model.decoder, self.vocab, self.config.scst
         state = decoder.initial_state(features)
-        search = {"bos": v.start, "eos": v.end, "max_length": self.config.eval.max_length,
-                  "banned": (v.pad, v.start)}
-        drawn = sample(decoder.step, tuple(x.repeat_interleave(s.samples, dim=1) for x in state), **search)
-        reward = self.reward(image_ids.repeat_interleave(s.samples), drawn)
-        if s.baseline == "greedy":
-            baseline = self.reward(image_ids, greedy(decoder.step, state, **search))
-            baseline = baseline.repeat_interleave(s.samples)
+        greedy_rows = len(image_ids) if s.baseline == "greedy" else 0
+        rows = tuple(torch.cat([x[:, :greedy_rows], x.repeat_interleave(s.samples, dim=1)], 1)
+                     for x in state)
+        captions = rollout(decoder.step, rows, greedy_rows, bos=v.start, eos=v.end,
+                           max_length=self.config.eval.max_length, banned=(v.pad, v.start))
+        ids = torch.cat([image_ids[:greedy_rows], image_ids.repeat_interleave(s.samples)])
+        scores = self.reward(ids, captions.tokens, captions.lengths)
+        reward = scores[greedy_rows:]
+        if greedy_rows:
+            baseline = scores[:greedy_rows].repeat_interleave(s.samples)
         else:  # the mean of the image's other samples
             grouped = reward.view(-1, s.samples)
             baseline = ((grouped.sum(1, keepdim=True) - grouped) / (s.samples - 1)).view(-1)
-        inputs, targets = teacher_forcing(drawn, v)
+        sampled = Rollout(captions.tokens[greedy_rows:], captions.lengths[greedy_rows:],
+                          captions.finished[greedy_rows:])
+        inputs, targets = teacher_forcing(sampled, v.start, v.pad)
+        # Made outside inference mode (rollout's are inference tensors): autograd may save them.
         return Episode(inputs, targets, reward, baseline)
 
-    def reward(self, image_ids: Tensor, captions: Sequence[Hypothesis]) -> Tensor:
-        """scst.cider_weight * CIDEr-D + scst.bleu_weight * BLEU-4 of each caption, float32 [N]."""
+    def reward(self, image_ids: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """scst.cider_weight * CIDEr-D + scst.bleu_weight * BLEU-4 of captions [N, T] of these
+        images (the first lengths[i] ids of row i are its words), float32 [N]."""
         if self.rewards is None:
             raise RuntimeError("SelfCriticalModule.rewards must be set before training")
         s = self.config.scst
-        tokens = _padded([list(c.tokens) or [self.vocab.pad] for c in captions], self.vocab.pad)
-        lengths = torch.tensor([len(c.tokens) for c in captions], dtype=torch.long)
         scores = self.rewards(image_ids, tokens, lengths)
         return (s.cider_weight * scores.cider + s.bleu_weight * scores.bleu4).float()
 
