@@ -28,7 +28,7 @@ from PIL import Image
 
 from captioner.data.shapes import ShapesSpec, generate_shapes
 from captioner.errors import CaptionerError, Interrupted
-from captioner.features.cache import extract_features, load_or_extract, merge_shards
+from captioner.features.cache import extract_features, feature_key, load_or_extract, merge_shards
 from captioner.model.encoder import build_encoder, build_preprocess
 
 KEY = {"test": 1}
@@ -54,11 +54,12 @@ def _slow(seconds: float, seen: Counter | None = None) -> Callable[[Image.Image]
 @pytest.mark.slow
 def test_ranks_share_the_shards_and_merge_once(tmp_path: Path, vgg11: torch.nn.Module) -> None:
     records, seen = random_image_records(tmp_path, 12), Counter()
-    options = {"split": "val", "arch": "vgg11", "image_size": 32, "dataset": "t", "shard_size": 2,
-               "world_size": 2, "bf16": False}
+    key = feature_key(vgg11, _slow(0.05), records, split="val", arch="vgg11", image_size=32,
+                      dataset="t", bf16=False)
 
     def rank(r: int):
-        return load_or_extract(vgg11, _slow(0.05, seen), records, tmp_path / "cache", rank=r, **options)
+        return load_or_extract(vgg11, _slow(0.05, seen), records, tmp_path / "cache", key, rank=r,
+                               shard_size=2, world_size=2)
 
     with ThreadPoolExecutor(2) as pool:
         stores = list(pool.map(rank, (0, 1)))

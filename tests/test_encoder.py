@@ -12,7 +12,7 @@ from conftest import random_image_records
 from PIL import Image
 
 from captioner.errors import CaptionerError
-from captioner.features.cache import load_or_extract
+from captioner.features.cache import feature_key, load_or_extract
 from captioner.model.encoder import build_encoder, build_preprocess, encode, export_weights, weights_file
 
 
@@ -99,33 +99,37 @@ def test_an_exported_encoder_loads_without_its_classifier(tmp_path: Path) -> Non
 def test_feature_cache_reuse_and_invalidation(tmp_path: Path, vgg11: torch.nn.Module) -> None:
     records = random_image_records(tmp_path, 5)
     preprocess = build_preprocess("vgg11_bn", 32, 32)
-    options = {"split": "val", "arch": "vgg11_bn", "image_size": 32, "dataset": "t", "batch_size": 2,
-               "bf16": False}
-    store = load_or_extract(vgg11, preprocess, records, tmp_path / "cache", shard_size=2, **options)
+
+    def cached(encoder: torch.nn.Module, preprocess=preprocess, bf16: bool = False, **extract):
+        key = feature_key(encoder, preprocess, records, split="val", arch="vgg11_bn", image_size=32,
+                          dataset="t", bf16=bf16)
+        return load_or_extract(encoder, preprocess, records, tmp_path / "cache", key, batch_size=2, **extract)
+
+    store = cached(vgg11, shard_size=2)
     assert store.ids == [1, 2, 3, 4, 5] and store.array.dtype == np.float16
     expected = encode(vgg11, preprocess(Image.open(records[2].path).convert("RGB"))[None], False)[0]
     torch.testing.assert_close(store[3], expected, atol=2e-2, rtol=1e-2)
     folders = list((tmp_path / "cache" / "features").iterdir())
 
-    again = load_or_extract(vgg11, preprocess, records, tmp_path / "cache", **options)
+    again = cached(vgg11)
     assert list((tmp_path / "cache" / "features").iterdir()) == folders  # reused
     assert np.array_equal(again.array, store.array)
 
     changed = build_encoder("vgg11_bn", "none", seed=1).eval()  # other weights: a new cache
-    load_or_extract(changed, preprocess, records, tmp_path / "cache", **options)
+    cached(changed)
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 2
 
     Image.new("RGB", (40, 40), "red").save(records[0].path)  # an edited image: rebuilt
-    rebuilt = load_or_extract(vgg11, preprocess, records, tmp_path / "cache", **options)
+    rebuilt = cached(vgg11)
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 3
     assert not np.array_equal(rebuilt.array[0], store.array[0])
 
     # Everything else that changes the numbers has its own cache too: the precision and the
     # resize before the crop (the crop size alone would not tell these apart).
-    load_or_extract(vgg11, preprocess, records, tmp_path / "cache", **(options | {"bf16": True}))
+    cached(vgg11, bf16=True)
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 4
     resized = build_preprocess("vgg11_bn", 32, 40)
-    load_or_extract(vgg11, resized, records, tmp_path / "cache", **options)
+    cached(vgg11, resized)
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 5
 
 

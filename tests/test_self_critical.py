@@ -139,15 +139,14 @@ def test_self_critical_steps_raise_the_models_own_cider_and_a_sign_error_does_no
 @pytest.mark.slow
 def test_finetune_runs_logs_and_resumes_exactly(best: Path, tmp_path: Path, monkeypatch) -> None:
     """`captioner finetune`'s path in-process: a 2-epoch run, and a 1-epoch run resumed to 2."""
-    from captioner.training.train import self_critical_run, train, train_run
+    from captioner.training.train import resume, self_critical_run, train_run
 
     monkeypatch.chdir(tmp_path)
     common = ["output_dir=runs", "scst.lr=1e-3", "trainer.limit_train_batches=2",
               "trainer.log_every_n_steps=1"]
     whole = train_run(self_critical_run(best, [*common, "scst.epochs=2", "name=whole"]), False)
     first = train_run(self_critical_run(best, [*common, "scst.epochs=1", "name=cut"]), False)
-    train(None, resume=first.run_dir / "checkpoints" / "last.ckpt", overrides=["scst.epochs=2"],
-          evaluate_after=False)
+    resume(first.run_dir / "checkpoints" / "last.ckpt", ["scst.epochs=2"], evaluate_after=False)
 
     def fingerprint(run: Path) -> tuple[int, list[torch.Tensor]]:
         loaded = load_checkpoint(run / "checkpoints" / "last.ckpt")

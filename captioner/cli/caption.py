@@ -132,7 +132,7 @@ def _device(name: str) -> Any:
     """The device, checked before the checkpoint loads (torch only when a GPU is asked for)."""
     if name in ("auto", "cpu"):
         return name
-    from captioner.model.inference import resolve_device
+    from captioner.util.hardware import resolve_device
 
     return resolve_device(name)
 

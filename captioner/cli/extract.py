@@ -26,11 +26,14 @@ def run(args: argparse.Namespace) -> int:
 
     from captioner.data.prepare import prepare
     from captioner.features.extract import extract
-    from captioner.training.train import configured_encoder
+    from captioner.model.encoder import build_encoder
+    from captioner.training.train import prepare_encoder_weights
     from captioner.util.console import counted
 
     data = prepare(config)
-    for result in extract(config, data, configured_encoder(config, data), args.splits):
+    weights = prepare_encoder_weights(config, data)  # encoder.weights=pretrain: pretrains first
+    encoder = build_encoder(config.encoder.arch, weights, seed=config.trainer.seed)
+    for result in extract(config, data, encoder, args.splits):
         skipped = result.images - len(result.store.ids)
         note = f" ({skipped} unreadable, skipped)" if skipped else ""
         print(f"{result.split}: {counted(len(result.store.ids), 'image')}{note} -> "

@@ -29,10 +29,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint.is_file():
         raise CaptionerError(f"checkpoint not found: {args.checkpoint}")
 
-    from captioner.training.train import self_critical_run, train_run  # torch: after every check
+    from captioner.training.train import finetune  # torch: after every check
 
-    result = train_run(self_critical_run(args.checkpoint, args.overrides), not args.no_eval)
-    if not result.best.name:  # a DDP rank other than 0: rank 0 reports
+    result = finetune(args.checkpoint, args.overrides, evaluate_after=not args.no_eval)
+    if result is None:  # a DDP rank other than 0: rank 0 reports
         return 0
     print(f"run folder:      {result.run_dir.resolve()}")
     print(f"best checkpoint: {result.best.resolve()}")

@@ -88,8 +88,9 @@ def _require_extra() -> None:
 
 
 def _load(args: argparse.Namespace, ckpt: Path) -> Captioner:
-    from captioner.model.inference import MAX_PIXELS, Captioner, resolve_device
+    from captioner.model.inference import MAX_PIXELS, Captioner
     from captioner.util.console import say
+    from captioner.util.hardware import resolve_device
 
     say(f"loading {ckpt}")
     return Captioner.from_checkpoint(ckpt, device=resolve_device(args.device), precision=args.precision,

@@ -34,11 +34,12 @@ def run(args: argparse.Namespace) -> int:
         raise CaptionerError(f"checkpoint not found: {args.resume}")
     config = None if args.resume is not None else load(args.config, args.overrides)
 
-    from captioner.training.train import train  # torch and Lightning: after every check
+    from captioner.training.train import resume, train  # torch and Lightning: after every check
 
-    result = train(config, resume=args.resume, overrides=args.overrides,
-                   evaluate_after=not args.no_eval)
-    if not result.best.name:  # a DDP rank other than 0: rank 0 reports
+    evaluate_after = not args.no_eval
+    result = (resume(args.resume, args.overrides, evaluate_after=evaluate_after) if config is None
+              else train(config, evaluate_after=evaluate_after))
+    if result is None:  # a DDP rank other than 0: rank 0 reports
         return 0
     if result.before is not None:  # scst.epochs > 0: the cross-entropy run came first
         print(f"cross-entropy run folder: {result.before.run_dir.resolve()}")

@@ -15,7 +15,7 @@ from captioner.data.prepare import PreparedData
 from captioner.errors import CaptionerError
 from captioner.model.checkpoint import load_checkpoint, model_state
 from captioner.model.encoder import VGGEncoder, build_encoder, weights_meta
-from captioner.training.train import configured_encoder
+from captioner.training.train import prepare_encoder_weights
 from captioner.util.runs import LATEST, latest_checkpoint
 
 
@@ -41,7 +41,8 @@ def config_encoder(config: Config, data: PreparedData) -> EncoderSource:
     """The config's encoder, built as `captioner train encoder.mode=frozen` builds it (random
     weights seeded alike), so that both read the same cached features."""
     c = config.encoder
-    encoder = configured_encoder(cell_config(config, config.decoder.cell), data)
+    weights = prepare_encoder_weights(cell_config(config, config.decoder.cell), data)  # may pretrain
+    encoder = build_encoder(c.arch, weights, seed=config.trainer.seed)
     initialised = {"none": " (random initialisation, seeded)",
                    "pretrain": " (a classifier pretrained on the dataset's objects)"}.get(c.weights, "")
     return EncoderSource(encoder, c.arch, c.image_size, c.resize_size,

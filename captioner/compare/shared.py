@@ -21,7 +21,6 @@ from captioner.evaluation.mentions import ObjectIndex, load_object_index
 from captioner.features.cache import FeatureStore
 from captioner.features.extract import split_features
 from captioner.model.encoder import VGGEncoder
-from captioner.util.hardware import resolve_precision
 
 # The fixed batch for the gradient measurements: the longest validation captions.
 GRAD_CAPTIONS = 32
@@ -39,9 +38,9 @@ class Shared:
     objects: ObjectIndex | None  # the objects of each image, where instances files list them
 
 
-def _features(config: Config, data: PreparedData, encoder: VGGEncoder, split: str,
-              bf16: bool) -> tuple[list[ImageRecord], FeatureStore]:
-    store = split_features(config, data, encoder, split, bf16=bf16)
+def _features(config: Config, data: PreparedData, encoder: VGGEncoder,
+              split: str) -> tuple[list[ImageRecord], FeatureStore]:
+    store = split_features(config, data, encoder, split)
     return [r for r in data.split(split) if r.image_id in store.row], store
 
 
@@ -56,8 +55,7 @@ def long_captions(records: Sequence[ImageRecord], store: FeatureStore, vocab: Vo
 
 
 def share(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Vocabulary) -> Shared:
-    bf16 = resolve_precision(config) == "bf16-mixed"
-    splits = {split: _features(config, data, encoder, split, bf16) for split in ("train", "val", "test")}
+    splits = {split: _features(config, data, encoder, split) for split in ("train", "val", "test")}
     d = config.data
 
     def caption_set(split: str) -> CaptionSet:

@@ -12,14 +12,14 @@ import torch
 from tqdm import tqdm
 
 from captioner.data.coco import ImageRecord
-from captioner.data.prepare import cache_dir, prepare
+from captioner.data.prepare import prepare
 from captioner.errors import Interrupted
 from captioner.evaluation.gallery_maps import GalleryMaps
 from captioner.evaluation.report import REPORT_FILES, ImageResult, write_report
-from captioner.features.cache import FeatureStore, load_or_extract
+from captioner.features.cache import FeatureStore
+from captioner.features.extract import split_features
 from captioner.model.inference import Captioner
 from captioner.util.console import bars, counted, say
-from captioner.util.hardware import fast_bf16, uses_bf16
 from captioner.util.paths import check_out_dir
 from captioner.util.runs import run_dir_of
 
@@ -85,12 +85,8 @@ def _evaluate(checkpoint: Path, captioner: Captioner, split: str, out_dir: Path,
     say(f"evaluating on {counted(len(records), split + ' image')}")
     # Features go through the cache: evaluating again (another beam size, say) skips the CNN, and
     # a frozen run's test features were extracted like its training features, in its precision.
-    store = load_or_extract(
-        captioner.model.encoder, captioner.preprocess, records, cache_dir(config), split=split,
-        arch=config.encoder.arch, image_size=config.encoder.image_size, dataset=str(data.root),
-        batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
-        bf16=uses_bf16(config) and fast_bf16(captioner.device),
-    )
+    store = split_features(config, data, captioner.model.encoder, split, records=records,
+                           device=captioner.device)
     records = [r for r in records if r.image_id in store.row]
     say(f"captioning {counted(len(records), 'image')} with beam {beam_size}")
     predictions = caption_split(captioner, records, store, beam_size)

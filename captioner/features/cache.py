@@ -291,6 +291,46 @@ def _describe(preprocess: Callable[[Image.Image], Tensor]) -> str:
     return re.sub(r" at 0x[0-9a-f]+", "", " ".join(repr(preprocess).split()))
 
 
+@dataclass(frozen=True)
+class FeatureKey:
+    """Everything that changes the numbers of a split's cached features: the encoder's weights,
+    the preprocessing (its repr names the resize, the crop and the normalisation), the precision,
+    and the images. Built by `feature_key` alone; meta.json holds it, so a folder is reused only
+    for exactly this key."""
+
+    dataset: str
+    split: str
+    arch: str
+    image_size: int
+    transforms: str
+    precision: str  # "bf16" or "fp32"
+    encoder: str  # encoder_fingerprint
+    images: str  # records_fingerprint
+    count: int
+    version: int = FORMAT_VERSION
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
+    def to_json(self) -> dict:
+        """The dict meta.json and key.json hold (the folder's name hashes it too)."""
+        return {"version": self.version, "dataset": self.dataset, "split": self.split,
+                "arch": self.arch, "image_size": self.image_size, "transforms": self.transforms,
+                "precision": self.precision, "encoder": self.encoder, "images": self.images,
+                "count": self.count}
+
+
+def feature_key(encoder: VGGEncoder, preprocess: Callable[[Image.Image], Tensor],
+                records: Sequence[ImageRecord], *, dataset: str, split: str, arch: str,
+                image_size: int, bf16: bool) -> FeatureKey:
+    """The cache key of `records`' features computed by `encoder` after `preprocess`."""
+    return FeatureKey(dataset=dataset, split=split, arch=arch, image_size=image_size,
+                      transforms=_describe(preprocess), precision="bf16" if bf16 else "fp32",
+                      encoder=encoder_fingerprint(encoder), images=records_fingerprint(records),
+                      count=len(records))
+
+
 def feature_folder(cache_dir: Path, key: dict) -> Path:
     name = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=8).hexdigest()
     return cache_dir / "features" / f"{key['split']}-{key['arch']}-{key['image_size']}px-{name}"
@@ -301,40 +341,28 @@ def load_or_extract(
     preprocess: Callable[[Image.Image], Tensor],
     records: Sequence[ImageRecord],
     cache_dir: Path,
+    key: FeatureKey,
     *,
-    split: str,
-    arch: str,
-    image_size: int,
-    dataset: str,
-    bf16: bool,
     device: torch.device | None = None,
     **extract_options,
 ) -> FeatureStore:
-    """Features for `records` from the cache, extracting (on `device`) and caching them first if needed.
-
-    The key holds everything that changes the numbers: the encoder's weights, the preprocessing
-    (its repr names the resize, the crop and the normalisation), the precision, and the images.
-    """
-    key = {
-        "version": FORMAT_VERSION, "dataset": dataset, "split": split, "arch": arch,
-        "image_size": image_size, "transforms": _describe(preprocess),
-        "precision": "bf16" if bf16 else "fp32", "encoder": encoder_fingerprint(encoder),
-        "images": records_fingerprint(records), "count": len(records),
-    }
-    folder = feature_folder(cache_dir, key)
-    store = cached_store(folder, key)
+    """Features for `records` from the cache under `key` (feature_key of the same encoder,
+    preprocessing and records), extracting (on `device`) and caching them first if needed."""
+    meta = key.to_json()
+    folder = feature_folder(cache_dir, meta)
+    store = cached_store(folder, meta)
     if store is not None:
         return store
     home = next(encoder.parameters()).device
     device = device or home
-    say(f"extracting {arch} fc7 features of split {split!r}: {len(records)} images, "
-        f"{image_size}px, on {device} in {'bf16' if bf16 else 'fp32'} -> {folder}")
+    say(f"extracting {key.arch} fc7 features of split {key.split!r}: {len(records)} images, "
+        f"{key.image_size}px, on {device} in {key.precision} -> {folder}")
     try:
-        extract_features(encoder.to(device), preprocess, records, folder, key=key, bf16=bf16,
-                         desc=f"features {split}", **extract_options)
+        extract_features(encoder.to(device), preprocess, records, folder, key=meta, bf16=key.bf16,
+                         desc=f"features {key.split}", **extract_options)
         with flock(folder / "merge.lock", wait=True):
-            store = cached_store(folder, key)
-            store = store if store is not None else merge_shards(folder, key)
+            store = cached_store(folder, meta)
+            store = store if store is not None else merge_shards(folder, meta)
             # Finished: a process that came late may have created the lock anew; whoever still
             # waits on the old one finds meta.json.
             (folder / "merge.lock").unlink(missing_ok=True)

@@ -32,6 +32,7 @@ from captioner.model.decoding import Decoding
 from captioner.model.encoder import build_preprocess, encode
 from captioner.model.explain import Explainer, Explanation
 from captioner.model.network import CaptionModel
+from captioner.util.hardware import resolve_device
 
 ImageInput = str | os.PathLike[str] | Image.Image | BinaryIO
 
@@ -72,24 +73,6 @@ class CaptionResult:
     @property
     def score(self) -> float | None:
         return self.captions[0].score if self.captions else None
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" (CUDA when there is one), "cpu", "cuda" or "cuda:N"."""
-    device = str(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        resolved = None
-    if resolved is None or resolved.type not in ("cpu", "cuda"):
-        raise CaptionerError(f"device {device!r}: use cpu, cuda, cuda:N or auto")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise CaptionerError(f"device {device!r}: CUDA is not available on this machine")
-    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
-        raise CaptionerError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPUs")
-    return resolved
 
 
 class Captioner:

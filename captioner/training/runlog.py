@@ -19,7 +19,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from captioner.util.atomic import write_text
-from captioner.util.runs import global_rank
+from captioner.util.launch import launch
 
 FILE = "metrics.csv"
 _FIRST = ("epoch", "step")
@@ -35,7 +35,7 @@ class RunLog(Logger):
         if resume_step is not None and self.path.is_file():
             self._rows = [row for row in read_rows(self.path) if _step(row) < resume_step]
             self._columns = sorted({k for row in self._rows for k in row if row[k] != ""})
-            if global_rank() == 0:  # the run folder is rank 0's (util.runs)
+            if launch().rank == 0:  # the run folder is rank 0's (util.runs)
                 self._rewrite()
         self._written = len(self._rows)
 

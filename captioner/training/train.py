@@ -5,11 +5,15 @@ classifier (captioner.training.pretrain, the stand-in for ImageNet) loses its cl
 image is extracted once into the feature cache, and the decoder trains on those features; the
 best checkpoint is scored on the test split and the report written. The COCO configs run the same
 path with ImageNet weights.
+
+`train(config)` starts a run, `resume(checkpoint, overrides)` continues one, `finetune` starts a
+self-critical run from a checkpoint. Every process of a distributed run calls them; rank 0 gets
+the TrainResult, the others None.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +34,7 @@ from captioner.model.checkpoint import (
     model_state,
     resume_config,
 )
-from captioner.model.encoder import VGGEncoder, build_encoder, build_preprocess, weights_file
+from captioner.model.encoder import VGGEncoder, build_preprocess, weights_file
 from captioner.model.stored_encoder import RECORD, locate, store
 from captioner.training.module import CaptionModule
 from captioner.training.pretrain import cached_encoder
@@ -39,16 +43,8 @@ from captioner.training.trainer import build_trainer, fit
 from captioner.util import atomic
 from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
-from captioner.util.runs import (
-    best_checkpoint,
-    claim_run_dir,
-    global_rank,
-    kept_on_failure,
-    mark_latest,
-    run_dir_of,
-)
-
-RUN_DIR_ENV = "CAPTIONER_RUN_DIR"
+from captioner.util.launch import launch
+from captioner.util.runs import best_checkpoint, claim_run_dir, kept_on_failure, mark_latest, run_dir_of
 
 
 @dataclass
@@ -60,8 +56,10 @@ class TrainResult:
     before: TrainResult | None = None  # the cross-entropy run a self-critical phase started from
 
 
-def encoder_weights(config: Config, data: PreparedData) -> str:
-    """What encoder.weights names, with "pretrain" resolved to the cached classifier's weights."""
+def prepare_encoder_weights(config: Config, data: PreparedData) -> str:
+    """A run's first stage: encoder.weights as build_encoder takes it. For "pretrain" that is a
+    whole Lightning fit of the VGG classifier on this data, unless the cache or the package holds
+    its weights already (captioner.training.pretrain.cached_encoder)."""
     if config.encoder.weights == "pretrain":
         return str(cached_encoder(config, data))
     return config.encoder.weights
@@ -74,13 +72,8 @@ def encoder_source(config: Config, weights: str) -> Path | None:
     return weights_file(config.encoder.arch) if weights == "imagenet" else Path(weights).expanduser()
 
 
-def configured_encoder(config: Config, data: PreparedData) -> VGGEncoder:
-    """The encoder a run with this config starts from (pretrained first if it asks for that)."""
-    return build_encoder(config.encoder.arch, encoder_weights(config, data), seed=config.trainer.seed)
-
-
 def datasets(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Vocabulary,
-             bf16: bool, by_image: bool = False) -> tuple[CaptionSet, CaptionSet]:
+             by_image: bool = False) -> tuple[CaptionSet, CaptionSet]:
     """Train and val sets: cached fc7 features (frozen encoder) or preprocessed images; training
     items by image when `by_image` (self-critical training samples its own captions per image)."""
     c, d = config.encoder, config.data
@@ -90,7 +83,7 @@ def datasets(config: Config, data: PreparedData, encoder: VGGEncoder, vocab: Voc
         if c.mode == "frozen":
             # Under DDP every rank gets here before `fit`; rank 0 first (Lightning starts the other
             # ranks later), so it extracts and the others find the cache ready.
-            store = split_features(config, data, encoder, split, bf16=bf16)
+            store = split_features(config, data, encoder, split)
             records = [r for r in records if r.image_id in store.row]
             inputs = store.of
         else:
@@ -118,15 +111,12 @@ class RunStart:
 
 
 def new_run(config: Config) -> RunStart:
-    """A new run folder (rank 0), or the one rank 0 claimed (ranks Lightning's launcher started)."""
-    if global_rank() != 0:
-        # Only rank 0 writes into the run folder; the other ranks learn it from the launcher's
-        # environment where there is one, and otherwise never need it.
-        fallback = Path(config.output_dir) / config.name
-        return RunStart(config, Path(os.environ.get(RUN_DIR_ENV, fallback)))
-    run_dir = claim_run_dir(Path(config.output_dir), config.name)
-    os.environ[RUN_DIR_ENV] = str(run_dir)  # Lightning's launcher copies the environment to the ranks
-    return RunStart(config, run_dir, claimed=True)
+    """A new run folder, claimed by rank 0. The other ranks write nothing into it and cannot learn
+    its name before a process group exists: they hold the name they would have claimed, and the
+    trainer gives them rank 0's folder once fit starts (trainer.RunFolder)."""
+    if launch().rank != 0:
+        return RunStart(config, Path(config.output_dir) / config.name)
+    return RunStart(config, claim_run_dir(Path(config.output_dir), config.name), claimed=True)
 
 
 def _resumed_run(resume: Path, overrides: list[str]) -> RunStart:
@@ -139,7 +129,7 @@ def _resumed_run(resume: Path, overrides: list[str]) -> RunStart:
     config, vocab = resume_config(checkpoint, resume, overrides)
     run_dir = run_dir_of(resume)
     start = new_run(config) if run_dir is None else RunStart(config, run_dir)
-    if run_dir is None and global_rank() == 0:
+    if run_dir is None and launch().rank == 0:
         say(f"{resume} is not inside a run folder: continuing it in {start.run_dir}")
     start.vocab, start.resume, start.resume_step = vocab, resume, int(checkpoint["global_step"])
     start.weights = model_state(checkpoint)
@@ -168,30 +158,53 @@ def self_critical_run(checkpoint_path: Path, overrides: list[str]) -> RunStart:
     return start
 
 
-def train(config: Config | None, *, resume: Path | None = None, overrides: list[str] | None = None,
-          evaluate_after: bool = True) -> TrainResult:
-    """Train a captioner (or continue one from `resume`) and, on rank 0, evaluate its best
-    checkpoint; with scst.epochs > 0 a self-critical run then fine-tunes that checkpoint."""
-    if config is not None:
-        check(config)
-    start = _resumed_run(resume, overrides or []) if resume is not None else new_run(config)
-    result = train_run(start, evaluate_after)
+def train(config: Config, *, evaluate_after: bool = True) -> TrainResult | None:
+    """Train a new captioner and, on rank 0, evaluate its best checkpoint; with scst.epochs > 0 a
+    self-critical run then fine-tunes that checkpoint. None on the other ranks."""
+    check(config)
+    return _phases(new_run(config), evaluate_after)
+
+
+def resume(checkpoint: Path, overrides: Sequence[str] = (), *,
+           evaluate_after: bool = True) -> TrainResult | None:
+    """Continue the run `checkpoint` belongs to (its own config, plus `overrides`, e.g. more
+    epochs), then as `train`."""
+    return _phases(_resumed_run(checkpoint, list(overrides)), evaluate_after)
+
+
+def finetune(checkpoint: Path, overrides: Sequence[str] = (), *,
+             evaluate_after: bool = True) -> TrainResult | None:
+    """`captioner finetune`: a new self-critical run from `checkpoint`'s weights."""
+    return train_run(self_critical_run(checkpoint, list(overrides)), evaluate_after)
+
+
+def _phases(start: RunStart, evaluate_after: bool) -> TrainResult | None:
+    best = _train(start)
+    result = _evaluated(start, best, evaluate_after)
     if start.self_critical or start.config.scst.epochs < 1:
         return result
-    # Every rank goes on (DDP ranks take part in the next fit); rank 0 names the checkpoint.
-    best = best_checkpoint(start.run_dir)
+    # Every rank goes on (DDP ranks take part in the next fit), from the checkpoint rank 0 named.
     after = train_run(self_critical_run(best, [f"name={start.config.name}-scst"]), evaluate_after)
-    after.before = result
+    if after is not None:
+        after.before = result
     return after
 
 
-def train_run(start: RunStart, evaluate_after: bool = True) -> TrainResult:
-    """Fit one run (cross-entropy or self-critical) and, on rank 0, evaluate its best checkpoint."""
-    command = "captioner train"
-    with kept_on_failure(start.run_dir, start.claimed, command):
-        best = _fit(start)
-    if best is None:  # not rank 0
-        return TrainResult(start.run_dir, Path(), {}, Path())
+def train_run(start: RunStart, evaluate_after: bool = True) -> TrainResult | None:
+    """Fit one run (cross-entropy or self-critical) and, on rank 0, evaluate its best checkpoint;
+    None on the other ranks."""
+    return _evaluated(start, _train(start), evaluate_after)
+
+
+def _train(start: RunStart) -> Path:
+    """Fit; the best checkpoint, on every rank."""
+    with kept_on_failure(start.run_dir, start.claimed, "captioner train"):
+        return _fit(start)
+
+
+def _evaluated(start: RunStart, best: Path, evaluate_after: bool) -> TrainResult | None:
+    if launch().rank != 0:  # rank 0 evaluates and reports
+        return None
     if not evaluate_after:
         return TrainResult(start.run_dir, best, {}, Path())
     from captioner.evaluation.evaluate import evaluate
@@ -223,16 +236,17 @@ def _trainer(start: RunStart, config: Config, run_dir: Path) -> L.Trainer:
                          resume_step=start.resume_step)
 
 
-def _fit(start: RunStart) -> Path | None:
-    """Build everything and fit; the best checkpoint on rank 0, None elsewhere."""
+def _fit(start: RunStart) -> Path:
+    """Build everything and fit; the best checkpoint (rank 0's, on every rank)."""
     config, run_dir = start.config, start.run_dir
     data = prepare(config)
     vocab = start.vocab or build_vocab(data, config.data.min_count)
-    if global_rank() == 0:
+    if launch().rank == 0:
         atomic.write_text(run_dir / "config.yaml", to_yaml(config))
     precision = resolve_precision(config)
+    # The encoder's starting weights; for encoder.weights=pretrain, the classifier pretraining.
     # A run from a checkpoint takes every weight from it: no pretraining, no ImageNet file.
-    starting_weights = "none" if start.weights is not None else encoder_weights(config, data)
+    starting_weights = "none" if start.weights is not None else prepare_encoder_weights(config, data)
     # Seeded here, after any pretraining, so the decoder starts the same whether or not this
     # process pretrained the encoder first.
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
@@ -240,10 +254,9 @@ def _fit(start: RunStart) -> Path | None:
     module = kind(to_dict(config), vocab.to_list(), encoder_weights=starting_weights)
     if start.weights is not None:  # now, not at fit: a frozen run's features come from this encoder
         module.model.load_state_dict(start.weights)
-    if config.encoder.mode == "frozen" and global_rank() == 0:
+    if config.encoder.mode == "frozen" and launch().rank == 0:
         _keep_encoder(start, module, starting_weights)
-    train_set, val_set = datasets(config, data, module.model.encoder, vocab, bf16=precision == "bf16-mixed",
-                                  by_image=start.self_critical)
+    train_set, val_set = datasets(config, data, module.model.encoder, vocab, by_image=start.self_critical)
     if isinstance(module, SelfCriticalModule):  # the training references, counted once
         module.rewards = CaptionRewards({r.image_id: data.tokens(r) for r in train_set.records},
                                         vocab.to_list())
@@ -254,7 +267,7 @@ def _fit(start: RunStart) -> Path | None:
     say(f"{what}: {config.decoder.cell} decoder on {config.encoder.arch} "
         f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}")
     fit(trainer, module, datamodule, resume=start.resume)
-    if not trainer.is_global_zero:
-        return None
-    mark_latest(run_dir)
-    return best_checkpoint(run_dir)
+    if trainer.is_global_zero:
+        mark_latest(run_dir)
+    # The other ranks learn rank 0's checkpoint from it: they may never have known its folder.
+    return Path(trainer.strategy.broadcast(str(best_checkpoint(run_dir)) if trainer.is_global_zero else None))

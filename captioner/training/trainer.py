@@ -44,6 +44,26 @@ class StderrProgressBar(TQDMProgressBar):
             return super().init_validation_tqdm()
 
 
+class RunFolder(L.Callback):
+    """Rank 0's run folder on every rank, agreed as soon as the process group exists.
+
+    Only rank 0 claims a run folder (util.runs), before any process group exists, so the other
+    ranks cannot know its name (it may be runs/shapes-2) when their Trainer is built. Lightning
+    has no stock piece for this; once the ranks can talk, rank 0 names the folder and the
+    checkpoints (which sharded strategies save from every rank) and the profiles go there."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        self.run_dir = Path(trainer.strategy.broadcast(str(self.run_dir), src=0))
+        for callback in trainer.callbacks:
+            if isinstance(callback, RunCheckpoints):
+                callback.folder = self.run_dir / "checkpoints"
+        if isinstance(trainer.profiler, SimpleProfiler) and trainer.profiler.dirpath is not None:
+            trainer.profiler.dirpath = self.run_dir / "logs"
+
+
 class EpochLines(L.Callback):
     """One line per epoch on stderr, for logs and pipes where a progress bar would be noise."""
 
@@ -74,7 +94,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback], *,
     quieten_lightning()
     t = config.trainer
     progress: L.Callback = StderrProgressBar(refresh_rate=10) if bars() else EpochLines(what)
-    own = [RunCheckpoints(run_dir / "checkpoints", monitor)] if checkpoints else []
+    own = [RunFolder(run_dir), *([RunCheckpoints(run_dir / "checkpoints", monitor)] if checkpoints else [])]
     settings = {
         "default_root_dir": run_dir, "max_epochs": t.max_epochs, "accelerator": t.accelerator,
         "devices": int(t.devices) if t.devices.isdigit() else t.devices, "num_nodes": t.num_nodes,

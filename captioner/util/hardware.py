@@ -7,11 +7,40 @@ import os
 import torch
 
 from captioner.config import Config
+from captioner.errors import CaptionerError
+from captioner.util.launch import launch
 
 
-def wants_cuda(accelerator: str) -> bool:
-    """Whether a run with this trainer.accelerator computes on CUDA."""
-    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+def resolve_device(device: str | torch.device = "auto", *, local_rank: int | None = None) -> torch.device:
+    """The device a name means, checked to exist here: "auto" (CUDA when there is one), "cpu",
+    "cuda" (or trainer.accelerator's "gpu") or "cuda:N". With `local_rank` (a process of a
+    distributed run) an unnumbered GPU is that process's own: local_rank modulo the GPUs."""
+    name = str(device)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device("cuda" if name == "gpu" else name)
+    except (RuntimeError, ValueError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise CaptionerError(f"device {name!r}: use cpu, cuda, cuda:N or auto")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise CaptionerError(f"device {name!r}: CUDA is not available on this machine")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise CaptionerError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPUs")
+    if resolved.type == "cuda" and resolved.index is None and local_rank is not None:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return resolved
+
+
+def training_device(config: Config) -> torch.device:
+    """The device this process trains and extracts features on (trainer.accelerator): its own
+    GPU (by its local rank) if training uses GPUs, else the CPU."""
+    accelerator = config.trainer.accelerator
+    try:
+        return resolve_device(accelerator, local_rank=launch().local_rank)
+    except CaptionerError as err:
+        raise CaptionerError(f"trainer.accelerator={accelerator}: {err}") from None
 
 
 def fast_bf16(device: torch.device) -> bool:
@@ -44,7 +73,10 @@ def resolve_precision(config: Config) -> str:
     """trainer.precision, with "auto" meaning bf16 autocast where it is fast, else full fp32."""
     if config.trainer.precision != "auto":
         return config.trainer.precision
-    device = torch.device("cuda" if wants_cuda(config.trainer.accelerator) else "cpu")
+    try:
+        device = training_device(config)
+    except CaptionerError:  # not on this machine: training says so; evaluating here reads fp32
+        return "32-true"
     return "bf16-mixed" if fast_bf16(device) else "32-true"
 
 

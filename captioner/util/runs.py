@@ -9,7 +9,6 @@ nothing into the run folder, so they never need to know its name before rank 0 t
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,22 +17,11 @@ from typing import IO
 
 from captioner.errors import CaptionerError, Interrupted
 from captioner.util import atomic
+from captioner.util.launch import launch
 from captioner.util.paths import MARK, check_out_dir, claim_out_dir, read_mark
 
 LATEST = "LATEST"
 CHECKPOINTS = "checkpoints"
-
-
-def global_rank() -> int:
-    """This process's rank across all nodes, as the launcher announced it (0 when launched by hand).
-
-    torchrun sets RANK, srun SLURM_PROCID; Lightning's own launcher sets NODE_RANK and LOCAL_RANK
-    for the processes it starts (the local-rank arithmetic only tells zero from non-zero).
-    """
-    for name in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return int(os.environ.get("NODE_RANK", "0") or 0) + int(os.environ.get("LOCAL_RANK", "0") or 0)
 
 
 def claim_run_dir(output_dir: Path, name: str) -> Path:
@@ -134,8 +122,9 @@ def kept_on_failure(run_dir: Path, claimed: bool, command: str, *, what: str = "
         yield
     except BaseException as err:
         last = run_dir / CHECKPOINTS / "last.ckpt"
-        removed = global_rank() == 0 and claimed and discard_run_dir(run_dir)
-        kept = global_rank() == 0 and not removed and last.is_file()
+        rank0 = launch().rank == 0
+        removed = rank0 and claimed and discard_run_dir(run_dir)
+        kept = rank0 and not removed and last.is_file()
         if kept and latest:
             mark_latest(run_dir)
         if isinstance(err, KeyboardInterrupt):
