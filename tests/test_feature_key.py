@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from captioner.data.prepare import prepare
 from captioner.evaluation.evaluate import evaluate
@@ -23,7 +24,7 @@ def test_evaluation_reads_the_features_a_bf16_run_cached(best: Path, tmp_path: P
     captioner = Captioner.from_checkpoint(best, "cpu")
     config = captioner.config
     config.trainer.precision = "bf16-mixed"
-    monkeypatch.setattr("captioner.util.hardware.fast_bf16", lambda device: False)
+    monkeypatch.setattr("captioner.util.hardware.cpu_bf16_units", lambda: False)  # no AMX here
     data = prepare(config)
     records = data.split(config.eval.split)
     key = split_key(config, data, captioner.model.encoder, config.eval.split, records)
@@ -51,3 +52,16 @@ def test_the_key_is_what_the_cache_wrote_before(tmp_path: Path) -> None:
     assert key.to_json() == as_before
     assert cache.feature_folder(tmp_path, key.to_json()).name.startswith("test-vgg16-224px-")
 
+
+def test_the_fingerprint_is_recomputed_where_torch_keeps_no_version_counter(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The version counter the fingerprint is remembered by is private torch API: without it,
+    an encoder changed in place still gets a new fingerprint (and so its own cache)."""
+    from captioner.model.encoder import build_encoder
+
+    encoder = build_encoder("vgg11", "none", seed=0)
+    monkeypatch.setattr(cache, "version_counter", lambda tensor: None)
+    before = cache.encoder_fingerprint(encoder)
+    with torch.no_grad():
+        encoder.fc[0].bias.add_(1.0)
+    assert cache.encoder_fingerprint(encoder) != before

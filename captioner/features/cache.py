@@ -45,6 +45,7 @@ from captioner.model.encoder import FEATURE_DIM, VGGEncoder, encode
 from captioner.util import atomic
 from captioner.util.console import bars, say
 from captioner.util.locks import flock
+from captioner.util.torch_api import version_counter
 
 FORMAT_VERSION = 2
 ROW_BYTES = FEATURE_DIM * 2  # float16
@@ -57,9 +58,9 @@ def encoder_fingerprint(encoder: VGGEncoder) -> str:
     counter), so a run that looks up three splits hashes VGG's half gigabyte once.
     """
     state = encoder.state_dict()
-    versions = tuple((t.data_ptr(), t._version) for t in state.values())
+    versions = tuple((t.data_ptr(), version_counter(t)) for t in state.values())
     known = _fingerprints.get(encoder)
-    if known is not None and known[0] == versions:
+    if known is not None and known[0] == versions and all(v is not None for _, v in versions):
         return known[1]
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in state.items():

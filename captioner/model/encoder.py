@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from captioner.errors import CaptionerError, one_line
 from captioner.util.atomic import atomic_path
+from captioner.util.torch_api import version_counter
 
 FEATURE_DIM = 4096
 _FC8 = "classifier.6."  # the classification layer, absent from pretrained encoder files
@@ -52,8 +53,9 @@ class VGGEncoder(nn.Module):
         Cached while fc6 is unchanged (its version counter moves with every in-place update).
         """
         weight = self.fc[0].weight
-        key = (tuple(size), weight.device, weight.data_ptr(), weight._version)
-        if self._folded is None or self._folded[0] != key:
+        version = version_counter(weight)
+        key = (tuple(size), weight.device, weight.data_ptr(), version)
+        if self._folded is None or self._folded[0] != key or version is None:
             with torch.inference_mode(False), torch.no_grad():
                 h, w = size
                 # spread[k, o]: how much grid cell k contributes to pooled cell o.
