@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 # The first stderr line of each stage of `captioner train`, in order.
 STAGES = (("start", ""), ("dataset", "generating the built-in shapes dataset"),
           ("shipped encoder", "using the shapes encoder shipped"), ("pretraining", "pretraining "),
-          ("features", "extracting "), ("decoder", "training "),
+          ("features", "extracting "), ("decoder", "training"),
           ("evaluation", "evaluating on "))
 
 
