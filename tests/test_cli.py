@@ -61,7 +61,8 @@ def test_caption_folder_jsonl_with_a_broken_file(trained_run: Path, image: Path,
     # A missing path is reported before the model loads; every failure shows on the terminal too.
     assert result.stderr.splitlines()[1].endswith("missing.png: no such file")  # after "using ..."
     assert "c.jpg: not an image Pillow can read" in result.stderr
-    assert "2 of 4 images could not be captioned" in result.stderr
+    # A missing path is an input that gave no images, not an image that failed.
+    assert "1 of 3 images could not be captioned; 1 input gave no images" in result.stderr
     assert "Traceback" not in result.stderr
 
 
