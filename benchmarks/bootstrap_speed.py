@@ -32,6 +32,7 @@ from captioner.evaluation.bootstrap import (
     resample_weights,
 )
 from captioner.evaluation.metrics import bleu_scores, cider_d, score_captions
+from captioner.evaluation.records import ImageRecord, ImageScores
 
 
 def synthetic_split(images: int, seed: int = 0) -> tuple[dict[int, list[str]], dict[int, str]]:
@@ -84,9 +85,9 @@ def main() -> None:
     start = time.perf_counter()
     scores = score_captions(references, predictions, meteor=False)
     scoring = time.perf_counter() - start
-    records = [{"prediction": predictions[k], "references": references[k],
-                "scores": scores.per_image[k]} for k in predictions]
-    tokens = {c: tokenize(c) for r in records for c in (r["prediction"], *r["references"])}
+    records = [ImageRecord(k, f"{k}.jpg", predictions[k], references[k],
+                           ImageScores(**scores.per_image[k])) for k in predictions]
+    tokens = {c: tokenize(c) for r in records for c in (r.prediction, *r.references)}
 
     start = time.perf_counter()
     stats = image_statistics(records, chair=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from captioner.evaluation.bootstrap import (
 )
 from captioner.evaluation.mentions import load_object_index
 from captioner.evaluation.metrics import score_captions
+from captioner.evaluation.records import ImageRecord, ImageScores
 from captioner.evaluation.report import write_report
 
 # An empty caption, punctuation, a hypothesis of 4 tokens between references of 3 and 5 (nltk
@@ -35,10 +37,10 @@ PREDICTIONS = {1: "a man on a horse", 2: "", 3: "a red circle, small", 4: "a cat
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "rouge_l")
 
 
-def _records(references: dict[int, list[str]], predictions: dict[int, str]) -> list[dict]:
+def _records(references: dict[int, list[str]], predictions: dict[int, str]) -> list[ImageRecord]:
     scores = score_captions(references, predictions, meteor=False)
-    return [{"prediction": predictions[k], "references": references[k],
-             "scores": scores.per_image[k]} for k in predictions]
+    return [ImageRecord(k, f"{k}.jpg", predictions[k], references[k],
+                        ImageScores(**scores.per_image[k])) for k in predictions]
 
 
 def _random_set(images: int, seed: int) -> tuple[dict[int, list[str]], dict[int, str]]:
@@ -52,10 +54,12 @@ def _random_set(images: int, seed: int) -> tuple[dict[int, list[str]], dict[int,
             {k: caption(0, 8) for k in range(images)})
 
 
-def _scored(values: np.ndarray) -> list[dict]:
+def _scored(values: np.ndarray) -> list[ImageRecord]:
     """Records whose only varying statistic is a given per-image CIDEr-D."""
-    return [{"prediction": "a dog", "references": ["a dog"], "scores": {"cider": float(v)}}
-            for v in values]
+    return [replace(_DOG, image_id=i, scores=ImageScores(float(v))) for i, v in enumerate(values)]
+
+
+_DOG = ImageRecord(0, "dog.jpg", "a dog", ["a dog"], ImageScores(1.0))
 
 
 @pytest.mark.parametrize("data", [(REFERENCES, PREDICTIONS), _random_set(300, 0)],
@@ -70,16 +74,15 @@ def test_full_sample_reproduces_the_corpus_metrics(data: tuple[dict, dict]) -> N
 
 
 def test_chair_is_a_ratio_of_sums_over_annotated_images() -> None:
-    base = {"prediction": "a dog", "references": ["a dog"], "scores": {"cider": 1.0}}
     records = [
-        {**base, "objects_annotated": True, "mentioned": ["cat", "dog"], "hallucinated": ["cat"]},
-        {**base, "objects_annotated": True, "mentioned": ["dog"], "hallucinated": []},
-        {**base, "objects_annotated": True, "mentioned": [], "hallucinated": []},
-        {**base, "objects_annotated": False, "mentioned": ["cow"], "hallucinated": []},
+        replace(_DOG, objects_annotated=True, mentioned=["cat", "dog"], hallucinated=["cat"]),
+        replace(_DOG, objects_annotated=True, mentioned=["dog"], hallucinated=[]),
+        replace(_DOG, objects_annotated=True, mentioned=[], hallucinated=[]),
+        replace(_DOG, objects_annotated=False, mentioned=["cow"], hallucinated=[]),
     ]
     found = point_estimates(image_statistics(records, chair=True))
     assert found["chair_i"] == pytest.approx(1 / 3) and found["chair_s"] == pytest.approx(1 / 3)
-    silent = [{**r, "mentioned": [], "hallucinated": []} for r in records]
+    silent = [replace(r, mentioned=[], hallucinated=[]) for r in records]
     assert point_estimates(image_statistics(silent, chair=True))["chair_i"] is None
     assert intervals(image_statistics(silent, chair=True))["chair_i"] is None
 
@@ -127,10 +130,9 @@ def test_a_per_image_shift_gives_an_interval_around_it() -> None:
 
 
 def test_fewer_hallucinations_win_for_chair() -> None:
-    base = {"prediction": "a dog", "references": ["a dog"], "scores": {"cider": 1.0},
-            "objects_annotated": True, "mentioned": ["cat", "dog"]}
-    worse = [{**base, "hallucinated": ["cat"] if i % 2 else []} for i in range(100)]
-    better = [{**base, "hallucinated": ["cat"] if i % 4 == 1 else []} for i in range(100)]
+    base = replace(_DOG, objects_annotated=True, mentioned=["cat", "dog"])
+    worse = [replace(base, hallucinated=["cat"] if i % 2 else []) for i in range(100)]
+    better = [replace(base, hallucinated=["cat"] if i % 4 == 1 else []) for i in range(100)]
     deltas = paired_deltas(image_statistics(worse, chair=True), image_statistics(better, chair=True))
     assert deltas["chair_s"].delta == pytest.approx(-0.25) and deltas["chair_s"].b_wins == 1.0
     assert deltas["chair_i"].interval[1] < 0

@@ -26,6 +26,7 @@ from nltk.translate.bleu_score import closest_ref_length, modified_precision
 from pycocoevalcap.rouge.rouge import Rouge
 
 from captioner.data.tokenize import tokenize
+from captioner.evaluation.records import ImageRecord
 
 LEVEL = 0.95
 RESAMPLES = 1000
@@ -63,11 +64,11 @@ class ImageStatistics:
 
 
 def image_statistics(
-    records: Sequence[Mapping[str, Any]], *, chair: bool,
+    records: Sequence[ImageRecord], *, chair: bool,
     tokens: Mapping[str, list[str]] | None = None,
 ) -> ImageStatistics:
-    """Statistics of per-image records as per_image.jsonl holds them: prediction, references,
-    scores.cider, and with `chair` objects_annotated, mentioned and hallucinated.
+    """Statistics of per-image records: prediction, references, scores.cider, and with `chair`
+    objects_annotated, mentioned and hallucinated.
 
     `tokens` maps captions to their tokens where the caller has them already.
     """
@@ -81,19 +82,19 @@ def image_statistics(
     return ImageStatistics(rows.reshape(len(records), _COLUMNS), chair)
 
 
-def _row(record: Mapping[str, Any], tok: Callable[[str], list[str]], rouge: Rouge,
+def _row(record: ImageRecord, tok: Callable[[str], list[str]], rouge: Rouge,
          chair: bool) -> list[float]:
-    hypothesis = tok(record["prediction"])
-    references = [tok(r) for r in record["references"]]
+    hypothesis = tok(record.prediction)
+    references = [tok(r) for r in record.references]
     precisions = [modified_precision(references, hypothesis, n) for n in range(1, 5)]
     # As metrics.score_captions scores ROUGE-L: space-joined tokens against each reference.
     rouge_l = rouge.calc_score([" ".join(hypothesis)], [" ".join(r) for r in references])
-    annotated = chair and bool(record["objects_annotated"])
-    mentions = len(record["mentioned"]) if annotated else 0
-    hallucinated = len(record["hallucinated"]) if annotated else 0
+    annotated = chair and record.objects_annotated
+    mentions = len(record.mentioned) if annotated else 0
+    hallucinated = len(record.hallucinated) if annotated else 0
     return [*(p.numerator for p in precisions), *(p.denominator for p in precisions),
             len(hypothesis), closest_ref_length(references, len(hypothesis)),
-            record["scores"]["cider"], rouge_l,
+            record.scores.cider, rouge_l,
             annotated, mentions, hallucinated, hallucinated > 0]
 
 
@@ -218,7 +219,7 @@ def _number(value: float) -> float | None:
 
 
 def report_entries(
-    records: Sequence[Mapping[str, Any]], metric_names: Sequence[str], *, chair: bool,
+    records: Sequence[ImageRecord], metric_names: Sequence[str], *, chair: bool,
     resamples: int = RESAMPLES, seed: int = 0, tokens: Mapping[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """metrics.json's "intervals" (a key per metric in `metric_names`, then CHAIR's; null for

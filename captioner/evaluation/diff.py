@@ -9,7 +9,6 @@ and the failure tags that appeared or disappeared are listed. Results: diff.json
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from captioner.evaluation.bootstrap import (
     paired_deltas,
 )
 from captioner.evaluation.diff_page import render_diff_page
+from captioner.evaluation.records import EvaluationMetrics, ImageRecord, read_per_image
 from captioner.evaluation.report import REPORT_FILES, TAGS, write_thumbnail
 from captioner.util.atomic import write_json, write_text
 from captioner.util.console import say
@@ -33,9 +33,6 @@ from captioner.util.paths import check_out_dir, claim_out_dir, seal_out_dir
 
 SHOW = 12
 _WRITES = ("diff.json", "index.html", "thumbs")
-_SIDE_FIELDS = ("prediction", "tags", "hallucinated", "missed", "repeated", "same_caption_images")
-_RECORD_FIELDS = ("image_id", "file", "references", "scores", "mentioned", "objects_annotated",
-                  *_SIDE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -43,12 +40,11 @@ class Evaluation:
     """One evaluation folder: its metrics.json and its per-image records, by image id."""
 
     folder: Path
-    metrics: dict[str, Any]
-    records: list[dict[str, Any]]  # sorted by image id
+    metrics: EvaluationMetrics
+    records: list[ImageRecord]  # sorted by image id
 
     def describe(self) -> str:
-        run = self.metrics.get("run", {})
-        return f"split {run.get('split', '?')}, {len(self.records)} images"
+        return f"split {self.metrics.run.get('split', '?')}, {len(self.records)} images"
 
 
 def load_evaluation(folder: Path) -> Evaluation:
@@ -58,57 +54,29 @@ def load_evaluation(folder: Path) -> Evaluation:
         if not (folder / name).is_file():
             raise CaptionerError(f"{folder}: not an evaluation folder (no {name}); "
                                  "run `captioner evaluate` first")
-    metrics = _read_json(folder / "metrics.json", (folder / "metrics.json").read_text())
-    if not isinstance(metrics, dict) or not all(isinstance(metrics.get(k), dict)
-                                                for k in ("metrics", "summary")):
-        raise CaptionerError(f"{folder / 'metrics.json'}: not a captioner metrics.json "
-                             "(no 'metrics' or 'summary')")
-    records = []
+    metrics = EvaluationMetrics.read(folder / "metrics.json")
     path = folder / "per_image.jsonl"
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            records.append(_record(f"{path}:{number}", line))
+    records = read_per_image(path)
     if not records:
         raise CaptionerError(f"{path}: no images")
-    twice = [i for i, n in Counter(r["image_id"] for r in records).items() if n > 1]
+    twice = [i for i, n in Counter(r.image_id for r in records).items() if n > 1]
     if twice:
         raise CaptionerError(f"{path}: image {twice[0]} appears twice")
-    return Evaluation(folder, metrics, sorted(records, key=lambda r: r["image_id"]))
-
-
-def _read_json(where: str | Path, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CaptionerError(f"{where}: not valid JSON ({err.msg}, line {err.lineno})") from err
-
-
-def _record(where: str, line: str) -> dict[str, Any]:
-    record = _read_json(where, line)
-    missing = [k for k in _RECORD_FIELDS if not isinstance(record, dict) or k not in record]
-    if missing:
-        raise CaptionerError(f"{where}: not a per-image record (no {missing[0]!r})")
-    if not isinstance(record["image_id"], int):
-        raise CaptionerError(f"{where}: image_id {record['image_id']!r} is not a number")
-    if not isinstance(record["scores"], dict) or "cider" not in record["scores"]:
-        raise CaptionerError(f"{where}: no per-image CIDEr-D under 'scores'")
-    if not record["references"]:
-        raise CaptionerError(f"{where}: image {record['image_id']} has no references")
-    return record
+    return Evaluation(folder, metrics, sorted(records, key=lambda r: r.image_id))
 
 
 def check_comparable(a: Evaluation, b: Evaluation) -> None:
     """Refuse two evaluations that did not score the same images against the same references."""
-    ids_a = {r["image_id"] for r in a.records}
-    ids_b = {r["image_id"] for r in b.records}
+    ids_a = {r.image_id for r in a.records}
+    ids_b = {r.image_id for r in b.records}
     if ids_a != ids_b:
         example = min(ids_a ^ ids_b)
         raise CaptionerError(
             f"cannot diff {a.folder} and {b.folder}: not scored on the same images (A: "
             f"{a.describe()}; B: {b.describe()}; image {example} is only in "
             f"{'A' if example in ids_a else 'B'}); evaluate both on the same split and --limit")
-    differing = [ra["image_id"] for ra, rb in zip(a.records, b.records)
-                 if sorted(ra["references"]) != sorted(rb["references"])]
+    differing = [ra.image_id for ra, rb in zip(a.records, b.records)
+                 if sorted(ra.references) != sorted(rb.references)]
     if differing:
         raise CaptionerError(
             f"cannot diff {a.folder} and {b.folder}: {len(differing)} image(s) have other "
@@ -119,14 +87,14 @@ def diff(a: Evaluation, b: Evaluation, *, resamples: int = RESAMPLES, seed: int 
          show: int = SHOW) -> dict[str, Any]:
     """What diff.json holds: metrics with paired intervals, moved images, tag changes."""
     check_comparable(a, b)
-    chair = "objects" in a.metrics["summary"] and "objects" in b.metrics["summary"]
+    chair = a.metrics.chair and b.metrics.chair
     deltas = paired_deltas(image_statistics(a.records, chair=chair),
                            image_statistics(b.records, chair=chair), resamples, seed)
     metrics = {name: asdict(delta) for name, delta in deltas.items()}
     notes = ["CHAIR_i and CHAIR_s: lower is better; B wins a resample where it hallucinates less"
              ] if chair else []
-    if "meteor" in a.metrics["metrics"] and "meteor" in b.metrics["metrics"]:
-        va, vb = a.metrics["metrics"]["meteor"], b.metrics["metrics"]["meteor"]
+    if "meteor" in a.metrics.metrics and "meteor" in b.metrics.metrics:
+        va, vb = a.metrics.metrics["meteor"], b.metrics.metrics["meteor"]
         metrics = _insert_before_chair(metrics, "meteor", {
             "a": va, "b": vb, "delta": vb - va, "interval": None, "b_wins": None})
         notes.append(NOT_RESAMPLED["meteor"])
@@ -146,7 +114,7 @@ def diff(a: Evaluation, b: Evaluation, *, resamples: int = RESAMPLES, seed: int 
 
 
 def _side(evaluation: Evaluation) -> dict[str, Any]:
-    return {"folder": str(evaluation.folder.resolve()), "run": evaluation.metrics.get("run", {})}
+    return {"folder": str(evaluation.folder.resolve()), "run": evaluation.metrics.run}
 
 
 def _insert_before_chair(metrics: dict[str, Any], name: str, value: Any) -> dict[str, Any]:
@@ -158,29 +126,30 @@ def _insert_before_chair(metrics: dict[str, Any], name: str, value: Any) -> dict
 
 def _moved(a: Evaluation, b: Evaluation, show: int) -> dict[str, list[dict[str, Any]]]:
     """The `show` images whose per-image CIDEr-D rose most from A to B, and fell most."""
-    pairs = [(rb["scores"]["cider"] - ra["scores"]["cider"], ra, rb)
-             for ra, rb in zip(a.records, b.records)]
-    up = sorted((p for p in pairs if p[0] > 0), key=lambda p: (-p[0], p[1]["image_id"]))
-    down = sorted((p for p in pairs if p[0] < 0), key=lambda p: (p[0], p[1]["image_id"]))
+    pairs = [(rb.scores.cider - ra.scores.cider, ra, rb) for ra, rb in zip(a.records, b.records)]
+    up = sorted((p for p in pairs if p[0] > 0), key=lambda p: (-p[0], p[1].image_id))
+    down = sorted((p for p in pairs if p[0] < 0), key=lambda p: (p[0], p[1].image_id))
     return {"b_better": [_pair(*p) for p in up[:show]],
             "b_worse": [_pair(*p) for p in down[:show]]}
 
 
-def _pair(delta: float, ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
-    def side(record: dict[str, Any]) -> dict[str, Any]:
-        return {"cider": record["scores"]["cider"], **{k: record[k] for k in _SIDE_FIELDS}}
+def _pair(delta: float, ra: ImageRecord, rb: ImageRecord) -> dict[str, Any]:
+    def side(r: ImageRecord) -> dict[str, Any]:
+        return {"cider": r.scores.cider, "prediction": r.prediction, "tags": r.tags,
+                "hallucinated": r.hallucinated, "missed": r.missed, "repeated": r.repeated,
+                "same_caption_images": r.same_caption_images}
 
-    return {"image_id": ra["image_id"], "file": ra["file"], "references": ra["references"],
+    return {"image_id": ra.image_id, "file": ra.file, "references": ra.references,
             "cider_delta": delta, "a": side(ra), "b": side(rb)}
 
 
 def _tag_changes(a: Evaluation, b: Evaluation) -> dict[str, dict[str, Any]]:
     """Per failure tag: images carrying it in A and in B, and which gained or lost it."""
-    seen = {t for e in (a, b) for r in e.records for t in r["tags"]}
+    seen = {t for e in (a, b) for r in e.records for t in r.tags}
     changes = {}
     for tag in [*TAGS, *sorted(seen - set(TAGS))]:  # tags of another version go last
-        in_a = {r["image_id"] for r in a.records if tag in r["tags"]}
-        in_b = {r["image_id"] for r in b.records if tag in r["tags"]}
+        in_a = {r.image_id for r in a.records if tag in r.tags}
+        in_b = {r.image_id for r in b.records if tag in r.tags}
         changes[tag] = {"a": len(in_a), "b": len(in_b), "appeared": sorted(in_b - in_a),
                         "disappeared": sorted(in_a - in_b)}
     return changes
@@ -241,7 +210,7 @@ def diff_paths(a: Path, b: Path, *, out_dir: Path | None = None, split: str | No
     for side in order:
         found[side] = evaluation_of(paths[side], side, out_dir=out_dir, split=split, limit=limit,
                                     device=device)
-        split = split or found[side].metrics.get("run", {}).get("split")
+        split = split or found[side].metrics.run.get("split")
     result = diff(found["a"], found["b"], resamples=resamples, seed=seed, show=show)
     if out_dir is not None:
         write_diff(out_dir, result)

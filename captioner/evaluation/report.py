@@ -8,13 +8,12 @@ relative, so it can be moved or archived as it is.
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,13 @@ from captioner.errors import CaptionerError
 from captioner.evaluation.bootstrap import RESAMPLES, report_entries
 from captioner.evaluation.mentions import ObjectIndex
 from captioner.evaluation.metrics import METRIC_DEFINITIONS, SCALE, Scores, score_captions
+from captioner.evaluation.records import (
+    EvaluationMetrics,
+    ImageRecord,
+    ImageScores,
+    WordMap,
+    per_image_lines,
+)
 from captioner.evaluation.report_page import render_page
 from captioner.pages.plots import (
     Plot,
@@ -59,10 +65,23 @@ TAGS = {
 }
 
 
-# Called with the report folder and the worst and best records; returns each gallery image's
-# word maps, [{"word": ..., "file": path relative to the folder}], by image id.
+# Called with the report folder and the worst and best records (as per_image.jsonl rows); returns
+# each gallery image's word maps, [{"word": ..., "file": path relative to the folder}], by image id.
 Records = Sequence[dict[str, Any]]
 GalleryMaker = Callable[[Path, Records, Records], dict[int, list[dict[str, str]]]]
+
+
+@dataclass
+class _Analysis:
+    """What the report finds in one caption: ImageRecord's fields after the scores."""
+
+    hallucinated: list[str]
+    missed: list[str]
+    mentioned: list[str]
+    objects_annotated: bool
+    repeated: list[str]
+    same_caption_images: int
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -117,52 +136,53 @@ def write_report(
         plots = _learning_curves(out_dir, metrics_csv, notes)
         scores = pending.result()
     notes[:0] = scores.notes
-    records = [{**_identity(r), "scores": scores.per_image[r.image_id], **analysis}
+    records = [_record(r, scores.per_image[r.image_id], analysis)
                for r, analysis in zip(results, analyses, strict=True)]
     plots.append(_score_distribution(out_dir, results, tokens, scores))
     worst_records, best_records = _galleries(records, worst, best)
     thumbnails = _write_thumbnails(out_dir, results, [*worst_records, *best_records], notes)
     if gallery_maps is not None:
-        _attach_maps(records, gallery_maps(out_dir, worst_records, best_records))
-    metrics = {
-        "metrics": scores.corpus,
-        **report_entries(records, list(scores.corpus), chair=objects is not None,
-                         resamples=bootstrap, seed=seed, tokens=tokens),
-        "scale": SCALE,
-        "definitions": {k: METRIC_DEFINITIONS[k] for k in [*scores.corpus, "bleu4_smoothed"]},
-        "summary": summary,
-        "notes": notes,
-        "run": {str(k): _plain(v) for k, v in (extra or {}).items()},
-    }
+        records = _attach_maps(records, gallery_maps(out_dir, [r.to_json() for r in worst_records],
+                                                     [r.to_json() for r in best_records]))
+        worst_records, best_records = _galleries(records, worst, best)
+    entries = report_entries(records, list(scores.corpus), chair=objects is not None,
+                             resamples=bootstrap, seed=seed, tokens=tokens)
+    metrics = EvaluationMetrics(
+        metrics=scores.corpus, intervals=entries["intervals"], bootstrap=entries["bootstrap"],
+        scale=SCALE,
+        definitions={k: METRIC_DEFINITIONS[k] for k in [*scores.corpus, "bleu4_smoothed"]},
+        summary=summary, notes=notes,
+        run={str(k): _plain(v) for k, v in (extra or {}).items()})
     _write_files(out_dir, metrics, results, records,
                  render_page(metrics, worst_records, best_records, plots, thumbnails, TAGS))
     seal_out_dir(out_dir, REPORT_FILES, command="evaluation")
-    return metrics
+    return metrics.to_json()
 
 
-def _galleries(records: list[dict[str, Any]], worst: int, best: int) -> tuple[list, list]:
+def _galleries(records: list[ImageRecord], worst: int,
+               best: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """The worst and the best images by CIDEr-D. Disjoint: with fewer images than both ask for,
     each gets its share (the best at most half) rather than the same images shown twice."""
-    by_cider = sorted(records, key=lambda r: (r["scores"]["cider"], r["scores"]["bleu4_smoothed"],
-                                              r["image_id"]))
+    by_cider = sorted(records, key=lambda r: (r.scores.cider, r.scores.bleu4_smoothed or 0.0,
+                                              r.image_id))
     shown_best = min(best, len(by_cider) // 2)
     return by_cider[:min(worst, len(by_cider) - shown_best)], by_cider[::-1][:shown_best]
 
 
-def _attach_maps(records: list[dict[str, Any]], maps: Mapping[int, Any]) -> None:
-    """Give the gallery's records where the model looked, by image id."""
-    by_id = {r["image_id"]: r for r in records}
-    for image_id, image_maps in maps.items():
-        by_id[image_id]["maps"] = image_maps
+def _attach_maps(records: list[ImageRecord],
+                 maps: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[ImageRecord]:
+    """The records, the gallery's with where the model looked, by image id."""
+    return [replace(r, maps=[WordMap.from_json(m) for m in maps[r.image_id]])
+            if r.image_id in maps else r for r in records]
 
 
-def _write_files(out_dir: Path, metrics: dict[str, Any], results: Sequence[ImageResult],
-                 records: list[dict[str, Any]], page: str) -> None:
+def _write_files(out_dir: Path, metrics: EvaluationMetrics, results: Sequence[ImageResult],
+                 records: list[ImageRecord], page: str) -> None:
     """metrics.json, predictions.json, per_image.jsonl and index.html, each atomically."""
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "metrics.json", metrics.to_json())
     write_json(out_dir / "predictions.json",
                [{"image_id": r.image_id, "caption": r.prediction} for r in results])
-    write_text(out_dir / "per_image.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_text(out_dir / "per_image.jsonl", per_image_lines(records))
     write_text(out_dir / "index.html", page)
 
 
@@ -180,9 +200,9 @@ def _check(results: Sequence[ImageResult]) -> None:
         raise CaptionerError(f"report: image id {duplicated[0]} appears more than once")
 
 
-def _identity(result: ImageResult) -> dict[str, Any]:
-    return {"image_id": result.image_id, "file": str(result.file),
-            "prediction": result.prediction, "references": list(result.references)}
+def _record(result: ImageResult, scores: Mapping[str, float], analysis: _Analysis) -> ImageRecord:
+    return ImageRecord(result.image_id, str(result.file), result.prediction,
+                       list(result.references), ImageScores(**scores), **vars(analysis))
 
 
 def _caption_key(text: str) -> str:
@@ -192,7 +212,7 @@ def _caption_key(text: str) -> str:
 
 def _judge(
     results: Sequence[ImageResult], tokens: Mapping[str, list[str]], objects: ObjectIndex | None
-) -> list[dict[str, Any]]:
+) -> list[_Analysis]:
     """Failure tags of each image, with what triggered them (per_image.jsonl fields)."""
     predicted = Counter(_caption_key(r.prediction) for r in results)
     referenced = Counter(key for r in results for key in {_caption_key(c) for c in r.references})
@@ -202,17 +222,16 @@ def _judge(
         key = _caption_key(result.prediction)
         generic = predicted[key] >= GENERIC_MIN_IMAGES and predicted[key] > 2 * referenced[key]
         mentioned, present = _objects(objects, result.image_id, words)
-        analysis = {
-            "hallucinated": sorted(mentioned - present) if present is not None else [],
-            "missed": sorted(present - mentioned) if present is not None else [],
-            "mentioned": sorted(mentioned),
-            "objects_annotated": present is not None,
-            "repeated": _repeated(words, [tokens[c] for c in result.references]),
-            "same_caption_images": predicted[key],
-        }
-        flags = (not words, analysis["hallucinated"], analysis["missed"], analysis["repeated"],
-                 generic)
-        analysis["tags"] = [tag for tag, flag in zip(TAGS, flags, strict=True) if flag]
+        analysis = _Analysis(
+            hallucinated=sorted(mentioned - present) if present is not None else [],
+            missed=sorted(present - mentioned) if present is not None else [],
+            mentioned=sorted(mentioned),
+            objects_annotated=present is not None,
+            repeated=_repeated(words, [tokens[c] for c in result.references]),
+            same_caption_images=predicted[key],
+        )
+        flags = (not words, analysis.hallucinated, analysis.missed, analysis.repeated, generic)
+        analysis.tags = [tag for tag, flag in zip(TAGS, flags, strict=True) if flag]
         analyses.append(analysis)
     return analyses
 
@@ -239,7 +258,7 @@ def _repeated(words: list[str], references: list[list[str]]) -> list[str]:
 
 
 def _summary(
-    results: Sequence[ImageResult], analyses: list[dict[str, Any]],
+    results: Sequence[ImageResult], analyses: list[_Analysis],
     tokens: Mapping[str, list[str]], train_captions: set[str] | frozenset[str],
     objects: ObjectIndex | None,
 ) -> dict[str, Any]:
@@ -262,26 +281,26 @@ def _summary(
             "max": max(lengths),
         },
         "reference_length_mean": statistics.fmean(len(words) for words in referenced),
-        "tags": {tag: sum(tag in a["tags"] for a in analyses) for tag in TAGS},
+        "tags": {tag: sum(tag in a.tags for a in analyses) for tag in TAGS},
     }
     if objects is not None:
         summary["objects"] = _chair(analyses, objects.kind)
     return summary
 
 
-def _chair(analyses: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+def _chair(analyses: list[_Analysis], kind: str) -> dict[str, Any]:
     """CHAIR (Rohrbach et al. 2018): hallucinated share of object mentions and of captions."""
-    annotated = [a for a in analyses if a["objects_annotated"]]
-    mentions = sum(len(a["mentioned"]) for a in annotated)
-    hallucinated = sum(len(a["hallucinated"]) for a in annotated)
+    annotated = [a for a in analyses if a.objects_annotated]
+    mentions = sum(len(a.mentioned) for a in annotated)
+    hallucinated = sum(len(a.hallucinated) for a in annotated)
     found = mentions - hallucinated
-    present = found + sum(len(a["missed"]) for a in annotated)
+    present = found + sum(len(a.missed) for a in annotated)
     return {
         "kind": kind,
         "images_annotated": len(annotated),
         "object_mentions": mentions,
         "chair_i": hallucinated / mentions if mentions else None,
-        "chair_s": (sum(bool(a["hallucinated"]) for a in annotated) / len(annotated)
+        "chair_s": (sum(bool(a.hallucinated) for a in annotated) / len(annotated)
                     if annotated else None),
         "object_recall": found / present if present else None,
     }
@@ -320,14 +339,14 @@ def _score_distribution(
 
 
 def _write_thumbnails(
-    out_dir: Path, results: Sequence[ImageResult], records: list[dict[str, Any]],
+    out_dir: Path, results: Sequence[ImageResult], records: list[ImageRecord],
     notes: list[str],
 ) -> dict[int, str]:
     """Small JPEGs in out_dir/thumbs for the gallery: {image_id: path relative to out_dir}."""
     files = {r.image_id: Path(r.file) for r in results}
     thumbnails: dict[int, str] = {}
     unreadable = []
-    for image_id in dict.fromkeys(r["image_id"] for r in records):
+    for image_id in dict.fromkeys(r.image_id for r in records):
         relative = f"thumbs/{image_id}.jpg"
         if write_thumbnail(files[image_id], out_dir / relative):
             thumbnails[image_id] = relative

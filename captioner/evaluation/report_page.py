@@ -15,6 +15,7 @@ from html import escape
 from pathlib import PurePath
 from typing import Any
 
+from captioner.evaluation.records import EvaluationMetrics, ImageRecord, WordMap
 from captioner.pages.html import (
     HEADLINE,
     STYLE,
@@ -37,20 +38,20 @@ _SCRIPT = (
     " document.body.dataset.imagesTotal = images.length; });"
 )
 def render_page(
-    metrics: Mapping[str, Any],
-    worst: Sequence[Mapping[str, Any]],
-    best: Sequence[Mapping[str, Any]],
+    metrics: EvaluationMetrics,
+    worst: Sequence[ImageRecord],
+    best: Sequence[ImageRecord],
     plots: Sequence[Plot],
     thumbnails: Mapping[int, str],
     tags: Mapping[str, str],
 ) -> str:
     """The whole page; `thumbnails` maps image ids to image paths relative to the page."""
-    summary = metrics["summary"]
+    summary = metrics.summary
     # The two tables side by side, so the worst images are on the first screen or the next.
     sections = [
         "<div class=top>" + section("metrics", "Metrics", _headline(metrics))
         + section("summary", "Captions at a glance",
-                  _summary_table(summary, tags, metrics.get("intervals", {}))) + "</div>",
+                  _summary_table(summary, tags, metrics.intervals)) + "</div>",
         section("worst", f"The {len(worst)} worst images by CIDEr-D",
                  "<p class=muted>Lowest per-image CIDEr-D first: where the model fails and "
                  "how (the tags say why).</p>" + _gallery(worst, thumbnails)),
@@ -75,7 +76,7 @@ def render_page(
         f"<title>Caption evaluation ({summary['images']} images)</title>\n"
         f"<style>{STYLE}</style></head>\n<body>\n"
         f"<h1>Caption evaluation</h1>\n<p class=muted>{summary['images']} images"
-        f"{_run_line(metrics.get('run', {}))}</p>\n<nav>{nav}</nav>\n"
+        f"{_run_line(metrics.run)}</p>\n<nav>{nav}</nav>\n"
         + "\n".join(sections)
         + f"\n<script>{_SCRIPT}</script>\n</body></html>\n"
     )
@@ -85,24 +86,24 @@ def _run_line(run: Mapping[str, Any]) -> str:
     return "".join(f" · {escape(str(k))}: <b>{escape(str(v))}</b>" for k, v in run.items())
 
 
-def _headline(metrics: Mapping[str, Any]) -> str:
-    intervals = metrics.get("intervals", {})
+def _headline(metrics: EvaluationMetrics) -> str:
+    intervals = metrics.intervals
     rows = []
     for key, name in HEADLINE.items():
-        value = metrics["metrics"].get(key)
+        value = metrics.metrics.get(key)
         cells = ("<td class=num>skipped</td><td></td>" if value is None
                  else f"<td class=num>{value:.3f}</td><td class=num>{100 * value:.1f}</td>")
         if intervals:
             cells += f"<td class=num>{'' if value is None else interval_text(intervals.get(key))}</td>"
-        rows.append(f'<tr><th title="{escape(metrics["definitions"].get(key, ""))}">{name}</th>'
+        rows.append(f'<tr><th title="{escape(metrics.definitions.get(key, ""))}">{name}</th>'
                     f"{cells}</tr>")
-    notes = "".join(f"<li>{escape(n)}</li>" for n in metrics["notes"])
+    notes = "".join(f"<li>{escape(n)}</li>" for n in metrics.notes)
     interval_head = "<th>95% interval</th>" if intervals else ""
     return (
         "<table class=headline><tr><th>metric</th><th>score</th><th>×100 (as in papers)</th>"
-        f"{interval_head}</tr>{''.join(rows)}</table>\n<p class=muted>Scale: {escape(metrics['scale'])}. "
+        f"{interval_head}</tr>{''.join(rows)}</table>\n<p class=muted>Scale: {escape(metrics.scale)}. "
         "Hover a metric's name for its exact definition.</p>"
-        + (_interval_meaning(metrics["bootstrap"], metrics["summary"]["images"]) if intervals else "")
+        + (_interval_meaning(metrics.bootstrap, metrics.summary["images"]) if intervals else "")
         + (f"<ul class=notes>{notes}</ul>" if notes else "")
     )
 
@@ -155,32 +156,32 @@ def _summary_table(summary: Mapping[str, Any], tags: Mapping[str, str],
     return f"<table>{body}</table>"
 
 
-def _gallery(records: Sequence[Mapping[str, Any]], thumbnails: Mapping[int, str]) -> str:
+def _gallery(records: Sequence[ImageRecord], thumbnails: Mapping[int, str]) -> str:
     return "<div class=gallery>" + "".join(_card(r, thumbnails) for r in records) + "</div>"
 
 
-def _card(record: Mapping[str, Any], thumbnails: Mapping[int, str]) -> str:
-    image_id = record["image_id"]
-    file_name = PurePath(record["file"]).name
-    scores = record["scores"]
+def _card(record: ImageRecord, thumbnails: Mapping[int, str]) -> str:
+    image_id = record.image_id
+    file_name = PurePath(record.file).name
+    scores = record.scores
     return (
         f"<article class=card>{picture(thumbnails, image_id, file_name)}<div class=text>"
-        f'<p class=meta>#{image_id} · <span class=file title="{escape(record["file"])}">'
+        f'<p class=meta>#{image_id} · <span class=file title="{escape(record.file)}">'
         f"{escape(file_name)}</span></p>"
-        f"<p class=prediction>{escape(record['prediction']) or '<i>(empty)</i>'}</p>"
-        f"<p class=scores>CIDEr-D {scores['cider']:.3f} · smoothed BLEU-4 "
-        f"{scores['bleu4_smoothed']:.3f}</p>"
-        f"<div>{tag_badges(record)}</div>{_word_maps(record.get('maps', []))}"
-        f"{reference_list(record['references'])}</div></article>"
+        f"<p class=prediction>{escape(record.prediction) or '<i>(empty)</i>'}</p>"
+        f"<p class=scores>CIDEr-D {scores.cider:.3f} · smoothed BLEU-4 "
+        f"{scores.bleu4_smoothed or 0.0:.3f}</p>"
+        f"<div>{tag_badges(record.to_json())}</div>{_word_maps(record.maps)}"
+        f"{reference_list(record.references)}</div></article>"
     )
 
 
-def _word_maps(maps: Sequence[Mapping[str, str]]) -> str:
+def _word_maps(maps: Sequence[WordMap]) -> str:
     """Grad-CAM overlays of the card's chosen words (captioner.evaluation.gallery_maps)."""
     if not maps:
         return ""
-    figures = "".join(f'<figure><img src="{escape(m["file"])}" alt="map of {escape(m["word"])}">'
-                      f"<figcaption>{escape(m['word'])}{' (none)' if m.get('empty') else ''}"
+    figures = "".join(f'<figure><img src="{escape(m.file)}" alt="map of {escape(m.word)}">'
+                      f"<figcaption>{escape(m.word)}{' (none)' if m.empty else ''}"
                       "</figcaption></figure>" for m in maps)
     return ('<div class=wordmaps title="Grad-CAM: where the image drove this word (red: most)">'
             f"<span class=muted>where it looked:</span>{figures}</div>")

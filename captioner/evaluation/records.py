@@ -1,0 +1,173 @@
+"""What an evaluation folder holds, as typed records: per_image.jsonl and metrics.json.
+
+The report (report.py) builds these and writes `to_json()`; the bootstrap (bootstrap.py), the
+diff (diff.py) and the pages read them back through `from_json`, which checks the fields and
+the `schema_version`. A file written before the version existed (no `schema_version`) is read as
+version 1, the fields it has being those of version 1; a file of any other version is a one-line
+CaptionerError naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from captioner.errors import CaptionerError
+
+SCHEMA_VERSION = 1
+
+
+def check_version(data: Mapping[str, Any], where: str | Path, what: str) -> None:
+    """Refuse `data` unless its schema_version is this captioner's (missing: version 1)."""
+    found = data.get("schema_version", 1)
+    if found != SCHEMA_VERSION:
+        raise CaptionerError(f"{where}: {what} of schema version {found!r}; this captioner reads "
+                             f"version {SCHEMA_VERSION}: evaluate again with this version")
+
+
+def read_json(where: str | Path, text: str) -> Any:
+    """`text` parsed; invalid JSON is a one-line error naming `where`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CaptionerError(f"{where}: not valid JSON ({err.msg}, line {err.lineno})") from err
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """An image's own scores: CIDEr-D against its references (full-set idf), smoothed BLEU-4."""
+
+    cider: float
+    bleu4_smoothed: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bleu4_smoothed": self.bleu4_smoothed, "cider": self.cider}
+
+
+@dataclass(frozen=True)
+class WordMap:
+    """A gallery card's Grad-CAM overlay of one word: a file relative to the report folder."""
+
+    word: str
+    file: str
+    empty: bool = False  # the map is all zeros: the overlay shows nothing
+
+    def to_json(self) -> dict[str, Any]:
+        return {"word": self.word, "file": self.file, "empty": self.empty}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> WordMap:
+        return cls(str(data["word"]), str(data["file"]), bool(data.get("empty", False)))
+
+
+_IMAGE_FIELDS = ("image_id", "file", "prediction", "references", "scores", "hallucinated",
+                 "missed", "mentioned", "objects_annotated", "repeated", "same_caption_images",
+                 "tags")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One line of per_image.jsonl: an image, its caption and references, its scores, the objects
+    it mentions against those annotated, and its failure tags with what triggered them."""
+
+    image_id: int
+    file: str
+    prediction: str
+    references: list[str]
+    scores: ImageScores
+    hallucinated: list[str] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)
+    mentioned: list[str] = field(default_factory=list)
+    objects_annotated: bool = False
+    repeated: list[str] = field(default_factory=list)
+    same_caption_images: int = 1
+    tags: list[str] = field(default_factory=list)
+    maps: list[WordMap] = field(default_factory=list)  # the gallery's cards only
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"schema_version": SCHEMA_VERSION, "image_id": self.image_id, "file": self.file,
+                "prediction": self.prediction, "references": list(self.references),
+                "scores": self.scores.to_json(), "hallucinated": list(self.hallucinated),
+                "missed": list(self.missed), "mentioned": list(self.mentioned),
+                "objects_annotated": self.objects_annotated, "repeated": list(self.repeated),
+                "same_caption_images": self.same_caption_images, "tags": list(self.tags)}
+        if self.maps:
+            data["maps"] = [m.to_json() for m in self.maps]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> ImageRecord:
+        """The record in `data` (one parsed line); `where` ("file:line") names it in errors."""
+        missing = [k for k in _IMAGE_FIELDS if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise CaptionerError(f"{where}: not a per-image record (no {missing[0]!r})")
+        check_version(data, where, "a per-image record")
+        if not isinstance(data["image_id"], int):
+            raise CaptionerError(f"{where}: image_id {data['image_id']!r} is not a number")
+        scores = data["scores"]
+        if not isinstance(scores, dict) or "cider" not in scores:
+            raise CaptionerError(f"{where}: no per-image CIDEr-D under 'scores'")
+        if not data["references"]:
+            raise CaptionerError(f"{where}: image {data['image_id']} has no references")
+        return cls(
+            data["image_id"], str(data["file"]), data["prediction"], list(data["references"]),
+            ImageScores(scores["cider"], scores.get("bleu4_smoothed")),
+            list(data["hallucinated"]), list(data["missed"]), list(data["mentioned"]),
+            bool(data["objects_annotated"]), list(data["repeated"]),
+            data["same_caption_images"], list(data["tags"]),
+            [WordMap.from_json(m) for m in data.get("maps", [])])
+
+
+def per_image_lines(records: list[ImageRecord]) -> str:
+    """per_image.jsonl's text: one JSON record a line."""
+    return "".join(json.dumps(r.to_json()) + "\n" for r in records)
+
+
+def read_per_image(path: Path) -> list[ImageRecord]:
+    """Every record of a per_image.jsonl, in file order (blank lines skipped)."""
+    return [ImageRecord.from_json(read_json(f"{path}:{number}", line), f"{path}:{number}")
+            for number, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+
+
+@dataclass(frozen=True)
+class EvaluationMetrics:
+    """metrics.json: corpus metrics with their bootstrap intervals, how the intervals were drawn,
+    the scale and definitions of the metrics, the caption summary, notes and the run's settings."""
+
+    metrics: dict[str, float]
+    intervals: dict[str, list[float] | None]
+    bootstrap: dict[str, Any]
+    scale: str
+    definitions: dict[str, str]
+    summary: dict[str, Any]
+    notes: list[str]
+    run: dict[str, Any]
+
+    @property
+    def chair(self) -> bool:
+        """Whether objects were analysed (the summary then has CHAIR under "objects")."""
+        return "objects" in self.summary
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "metrics": self.metrics,
+                "intervals": self.intervals, "bootstrap": self.bootstrap, "scale": self.scale,
+                "definitions": self.definitions, "summary": self.summary, "notes": self.notes,
+                "run": self.run}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | Path) -> EvaluationMetrics:
+        """The metrics in `data` (a parsed metrics.json); `where` names the file in errors."""
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), dict)
+                                                 for k in ("metrics", "summary")):
+            raise CaptionerError(f"{where}: not a captioner metrics.json (no 'metrics' or 'summary')")
+        check_version(data, where, "metrics.json")
+        return cls(data["metrics"], data.get("intervals", {}), data.get("bootstrap", {}),
+                   data.get("scale", ""), data.get("definitions", {}), data["summary"],
+                   list(data.get("notes", [])), dict(data.get("run", {})))
+
+    @classmethod
+    def read(cls, path: Path) -> EvaluationMetrics:
+        return cls.from_json(read_json(path, path.read_text()), path)

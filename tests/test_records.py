@@ -1,0 +1,80 @@
+"""The typed records of an evaluation folder: round trips, the schema version, older files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from captioner.errors import CaptionerError
+from captioner.evaluation.diff import load_evaluation
+from captioner.evaluation.records import (
+    SCHEMA_VERSION,
+    EvaluationMetrics,
+    ImageRecord,
+    ImageScores,
+    WordMap,
+    per_image_lines,
+    read_per_image,
+)
+
+RECORD = ImageRecord(
+    7, "images/7.jpg", "a red circle", ["a red circle", "one red circle"],
+    ImageScores(cider=1.25, bleu4_smoothed=0.5), hallucinated=["square"], missed=["triangle"],
+    mentioned=["circle", "square"], objects_annotated=True, repeated=["red"],
+    same_caption_images=3, tags=["hallucination", "missed object"],
+    maps=[WordMap("circle", "maps/7-2.png", empty=True)])
+METRICS = EvaluationMetrics(
+    metrics={"bleu4": 0.25, "cider": 0.75}, intervals={"bleu4": [0.2, 0.3], "cider": None},
+    bootstrap={"resamples": 1000, "seed": 0}, scale="0 to 1", definitions={"cider": "CIDEr-D"},
+    summary={"images": 1, "objects": {"chair_i": 0.5}}, notes=["METEOR skipped"],
+    run={"split": "test"})
+
+
+def test_a_per_image_record_round_trips() -> None:
+    data = json.loads(json.dumps(RECORD.to_json()))
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert ImageRecord.from_json(data, "here") == RECORD
+
+
+def test_metrics_round_trip() -> None:
+    data = json.loads(json.dumps(METRICS.to_json()))
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert EvaluationMetrics.from_json(data, "metrics.json") == METRICS
+    assert METRICS.chair
+
+
+def _folder(tmp_path: Path, metrics: dict, records: list[dict]) -> Path:
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "per_image.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_another_version_is_a_one_line_error_naming_the_file(tmp_path: Path) -> None:
+    newer = {**RECORD.to_json(), "schema_version": SCHEMA_VERSION + 1}
+    folder = _folder(tmp_path, METRICS.to_json(), [newer])
+    with pytest.raises(CaptionerError, match=r"per_image.jsonl:1: a per-image record of schema "
+                                             r"version 2; this captioner reads version 1") as err:
+        load_evaluation(folder)
+    assert "\n" not in str(err.value)
+    (folder / "metrics.json").write_text(json.dumps({**METRICS.to_json(), "schema_version": "x"}))
+    with pytest.raises(CaptionerError, match=r"metrics.json: metrics.json of schema version 'x'"):
+        load_evaluation(folder)
+
+
+def test_a_file_of_the_version_before_versions_reads_as_version_1(tmp_path: Path) -> None:
+    """Reports written before schema_version existed have version 1's fields: still diffable."""
+    old_metrics = {k: v for k, v in METRICS.to_json().items() if k != "schema_version"}
+    old_record = {k: v for k, v in RECORD.to_json().items() if k != "schema_version"}
+    found = load_evaluation(_folder(tmp_path, old_metrics, [old_record]))
+    assert found.metrics == METRICS and found.records == [RECORD]
+
+
+def test_per_image_lines_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "per_image.jsonl"
+    records = [RECORD, ImageRecord(8, "8.jpg", "", ["a square"], ImageScores(0.0, 0.0))]
+    path.write_text(per_image_lines(records) + "\n")
+    assert read_per_image(path) == records
