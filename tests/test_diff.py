@@ -44,7 +44,7 @@ def folders(fake: FakeSet, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
 @pytest.fixture(scope="module")
 def result(folders: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("diff") / "a-vs-b"
-    return out, diff_paths(*folders, out_dir=out)
+    return out, diff_paths(*folders, out_dir=out).to_json()
 
 
 def test_metrics_are_each_reports_with_paired_intervals(folders: tuple[Path, Path],
@@ -96,7 +96,7 @@ def test_page_is_offline_escaped_and_side_by_side(result: tuple[Path, dict]) -> 
 
 def test_identical_evaluations_differ_by_nothing(folders: tuple[Path, Path]) -> None:
     a = load_evaluation(folders[0])
-    found = diff(a, a)
+    found = diff(a, a).to_json()
     for name, m in found["metrics"].items():
         assert m["delta"] == 0 and m["interval"] == [0, 0] and m["b_wins"] == 0.5, name
     assert found["moved"] == {"b_better": [], "b_worse": []}
@@ -176,7 +176,7 @@ def test_meteor_is_compared_but_not_resampled(folders: tuple[Path, Path], tmp_pa
         metrics["metrics"]["meteor"] = meteor
         (copy / "metrics.json").write_text(json.dumps(metrics))
         copies.append(copy)
-    found = diff_paths(*copies)
+    found = diff_paths(*copies).to_json()
     assert list(found["metrics"]) == [*METRICS[:6], "meteor", *METRICS[6:]]
     assert found["metrics"]["meteor"] == {"a": 0.20, "b": 0.25, "delta": pytest.approx(0.05),
                                           "interval": None, "b_wins": None}

@@ -11,9 +11,15 @@ from captioner.errors import CaptionerError
 from captioner.evaluation.diff import load_evaluation
 from captioner.evaluation.records import (
     SCHEMA_VERSION,
+    DiffResult,
+    DiffSide,
     EvaluationMetrics,
     ImageRecord,
     ImageScores,
+    MovedImage,
+    PairedDelta,
+    SideCaption,
+    TagChange,
     WordMap,
     per_image_lines,
     read_per_image,
@@ -78,3 +84,31 @@ def test_per_image_lines_read_back(tmp_path: Path) -> None:
     records = [RECORD, ImageRecord(8, "8.jpg", "", ["a square"], ImageScores(0.0, 0.0))]
     path.write_text(per_image_lines(records) + "\n")
     assert read_per_image(path) == records
+
+
+DIFF = DiffResult(
+    DiffSide("/a", {"split": "test"}), DiffSide("/b", {}), 7, {"resamples": 1000, "paired": True},
+    {"cider": PairedDelta(0.5, 0.75, 0.25, [0.125, 0.375], 0.99),
+     "meteor": PairedDelta(0.2, 0.25, 0.05, None, None)},
+    [MovedImage(7, "7.jpg", ["a red circle"], 0.5, SideCaption.of(RECORD),
+                SideCaption(1.75, "one red circle", [], [], [], [], 1))],
+    [], {"repetition": TagChange(1, 0, [], [4])}, ["CHAIR: lower is better"])
+
+
+def test_a_diff_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "diff.json"
+    path.write_text(json.dumps(DIFF.to_json()))
+    assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
+    assert DiffResult.read(path) == DIFF
+
+
+def test_a_diff_of_another_version_or_shape_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "diff.json"
+    path.write_text(json.dumps({**DIFF.to_json(), "schema_version": 0}))
+    with pytest.raises(CaptionerError, match=r"diff.json: diff.json of schema version 0; this "
+                                             r"captioner reads version 1: run `captioner diff`"):
+        DiffResult.read(path)
+    path.write_text(json.dumps({k: v for k, v in DIFF.to_json().items() if k != "moved"}))
+    with pytest.raises(CaptionerError,
+                       match=r"diff.json: not a captioner diff.json \(missing or malformed: 'moved'\)"):
+        DiffResult.read(path)

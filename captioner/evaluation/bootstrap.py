@@ -26,7 +26,7 @@ from nltk.translate.bleu_score import closest_ref_length, modified_precision
 from pycocoevalcap.rouge.rouge import Rouge
 
 from captioner.data.tokenize import tokenize
-from captioner.evaluation.records import ImageRecord
+from captioner.evaluation.records import ImageRecord, PairedDelta
 
 LEVEL = 0.95
 RESAMPLES = 1000
@@ -166,17 +166,6 @@ def percentile_interval(values: np.ndarray, level: float = LEVEL) -> list[float]
         return None
     tail = (1 - level) / 2
     return [float(q) for q in np.quantile(finite, [tail, 1 - tail])]
-
-
-@dataclass(frozen=True)
-class PairedDelta:
-    """One metric of A and B on the same images, and B - A over paired resamples."""
-
-    a: float | None
-    b: float | None
-    delta: float | None
-    interval: list[float] | None  # percentile interval of B - A
-    b_wins: float | None  # share of resamples where B is better; a tie counts one half
 
 
 def paired_deltas(a: ImageStatistics, b: ImageStatistics, resamples: int = RESAMPLES,

@@ -10,9 +10,8 @@ and the failure tags that appeared or disappeared are listed. Results: diff.json
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from captioner.errors import CaptionerError
 from captioner.evaluation.bootstrap import (
@@ -25,7 +24,17 @@ from captioner.evaluation.bootstrap import (
     paired_deltas,
 )
 from captioner.evaluation.diff_page import render_diff_page
-from captioner.evaluation.records import EvaluationMetrics, ImageRecord, read_per_image
+from captioner.evaluation.records import (
+    DiffResult,
+    DiffSide,
+    EvaluationMetrics,
+    ImageRecord,
+    MovedImage,
+    PairedDelta,
+    SideCaption,
+    TagChange,
+    read_per_image,
+)
 from captioner.evaluation.report import REPORT_FILES, TAGS, write_thumbnail
 from captioner.util.atomic import write_json, write_text
 from captioner.util.console import say
@@ -84,87 +93,76 @@ def check_comparable(a: Evaluation, b: Evaluation) -> None:
 
 
 def diff(a: Evaluation, b: Evaluation, *, resamples: int = RESAMPLES, seed: int = 0,
-         show: int = SHOW) -> dict[str, Any]:
+         show: int = SHOW) -> DiffResult:
     """What diff.json holds: metrics with paired intervals, moved images, tag changes."""
     check_comparable(a, b)
     chair = a.metrics.chair and b.metrics.chair
     deltas = paired_deltas(image_statistics(a.records, chair=chair),
                            image_statistics(b.records, chair=chair), resamples, seed)
-    metrics = {name: asdict(delta) for name, delta in deltas.items()}
+    metrics = dict(deltas)
     notes = ["CHAIR_i and CHAIR_s: lower is better; B wins a resample where it hallucinates less"
              ] if chair else []
     if "meteor" in a.metrics.metrics and "meteor" in b.metrics.metrics:
         va, vb = a.metrics.metrics["meteor"], b.metrics.metrics["meteor"]
-        metrics = _insert_before_chair(metrics, "meteor", {
-            "a": va, "b": vb, "delta": vb - va, "interval": None, "b_wins": None})
+        metrics = _insert_before_chair(metrics, "meteor", PairedDelta(va, vb, vb - va, None, None))
         notes.append(NOT_RESAMPLED["meteor"])
     images = len(a.records)
-    return {
-        "a": _side(a), "b": _side(b), "images": images,
-        "bootstrap": {"resamples": resamples, "seed": seed, "level": LEVEL, "paired": True,
-                      "ties": "a resample where A and B score the same counts one half to b_wins",
-                      "method": METHOD.format(resamples=resamples, images=images, seed=seed,
-                                              percent=100 * LEVEL)
-                      + "; A and B are scored on the same resamples"},
-        "metrics": metrics,
-        "moved": _moved(a, b, show),
-        "tags": _tag_changes(a, b),
-        "notes": notes,
-    }
+    b_better, b_worse = _moved(a, b, show)
+    return DiffResult(
+        _side(a), _side(b), images,
+        {"resamples": resamples, "seed": seed, "level": LEVEL, "paired": True,
+         "ties": "a resample where A and B score the same counts one half to b_wins",
+         "method": METHOD.format(resamples=resamples, images=images, seed=seed,
+                                 percent=100 * LEVEL) + "; A and B are scored on the same resamples"},
+        metrics, b_better, b_worse, _tag_changes(a, b), notes)
 
 
-def _side(evaluation: Evaluation) -> dict[str, Any]:
-    return {"folder": str(evaluation.folder.resolve()), "run": evaluation.metrics.run}
+def _side(evaluation: Evaluation) -> DiffSide:
+    return DiffSide(str(evaluation.folder.resolve()), evaluation.metrics.run)
 
 
-def _insert_before_chair(metrics: dict[str, Any], name: str, value: Any) -> dict[str, Any]:
+def _insert_before_chair(metrics: dict[str, PairedDelta], name: str,
+                         value: PairedDelta) -> dict[str, PairedDelta]:
     """The order of the report's headline table: corpus metrics, METEOR, then CHAIR."""
     items = list(metrics.items())
     at = next((i for i, (k, _) in enumerate(items) if k in LOWER_IS_BETTER), len(items))
     return dict([*items[:at], (name, value), *items[at:]])
 
 
-def _moved(a: Evaluation, b: Evaluation, show: int) -> dict[str, list[dict[str, Any]]]:
+def _moved(a: Evaluation, b: Evaluation, show: int) -> tuple[list[MovedImage], list[MovedImage]]:
     """The `show` images whose per-image CIDEr-D rose most from A to B, and fell most."""
     pairs = [(rb.scores.cider - ra.scores.cider, ra, rb) for ra, rb in zip(a.records, b.records)]
     up = sorted((p for p in pairs if p[0] > 0), key=lambda p: (-p[0], p[1].image_id))
     down = sorted((p for p in pairs if p[0] < 0), key=lambda p: (p[0], p[1].image_id))
-    return {"b_better": [_pair(*p) for p in up[:show]],
-            "b_worse": [_pair(*p) for p in down[:show]]}
+    return [_pair(*p) for p in up[:show]], [_pair(*p) for p in down[:show]]
 
 
-def _pair(delta: float, ra: ImageRecord, rb: ImageRecord) -> dict[str, Any]:
-    def side(r: ImageRecord) -> dict[str, Any]:
-        return {"cider": r.scores.cider, "prediction": r.prediction, "tags": r.tags,
-                "hallucinated": r.hallucinated, "missed": r.missed, "repeated": r.repeated,
-                "same_caption_images": r.same_caption_images}
-
-    return {"image_id": ra.image_id, "file": ra.file, "references": ra.references,
-            "cider_delta": delta, "a": side(ra), "b": side(rb)}
+def _pair(delta: float, ra: ImageRecord, rb: ImageRecord) -> MovedImage:
+    return MovedImage(ra.image_id, ra.file, ra.references, delta, SideCaption.of(ra),
+                      SideCaption.of(rb))
 
 
-def _tag_changes(a: Evaluation, b: Evaluation) -> dict[str, dict[str, Any]]:
+def _tag_changes(a: Evaluation, b: Evaluation) -> dict[str, TagChange]:
     """Per failure tag: images carrying it in A and in B, and which gained or lost it."""
     seen = {t for e in (a, b) for r in e.records for t in r.tags}
     changes = {}
     for tag in [*TAGS, *sorted(seen - set(TAGS))]:  # tags of another version go last
         in_a = {r.image_id for r in a.records if tag in r.tags}
         in_b = {r.image_id for r in b.records if tag in r.tags}
-        changes[tag] = {"a": len(in_a), "b": len(in_b), "appeared": sorted(in_b - in_a),
-                        "disappeared": sorted(in_a - in_b)}
+        changes[tag] = TagChange(len(in_a), len(in_b), sorted(in_b - in_a), sorted(in_a - in_b))
     return changes
 
 
-def write_diff(out_dir: Path, result: dict[str, Any]) -> Path:
+def write_diff(out_dir: Path, result: DiffResult) -> Path:
     """diff.json, thumbnails of the moved images and index.html in `out_dir`; returns the page."""
     out_dir = Path(out_dir)
     claim_out_dir(out_dir, _WRITES, command="diff")
     thumbnails: dict[int, str] = {}
-    for pair in [*result["moved"]["b_better"], *result["moved"]["b_worse"]]:
-        relative = f"thumbs/{pair['image_id']}.jpg"
-        if write_thumbnail(Path(pair["file"]), out_dir / relative):
-            thumbnails[pair["image_id"]] = relative
-    write_json(out_dir / "diff.json", result)
+    for pair in [*result.b_better, *result.b_worse]:
+        relative = f"thumbs/{pair.image_id}.jpg"
+        if write_thumbnail(Path(pair.file), out_dir / relative):
+            thumbnails[pair.image_id] = relative
+    write_json(out_dir / "diff.json", result.to_json())
     write_text(out_dir / "index.html", render_diff_page(result, thumbnails, TAGS))
     seal_out_dir(out_dir, _WRITES, command="diff")
     return out_dir / "index.html"
@@ -191,7 +189,7 @@ def evaluation_of(path: Path, side: str, *, out_dir: Path | None, split: str | N
 
 def diff_paths(a: Path, b: Path, *, out_dir: Path | None = None, split: str | None = None,
                limit: int | None = None, device: str = "auto", resamples: int = RESAMPLES,
-               seed: int = 0, show: int = SHOW) -> dict[str, Any]:
+               seed: int = 0, show: int = SHOW) -> DiffResult:
     """`captioner diff`: A and B (folders or checkpoints) compared; written to out_dir if given.
 
     A checkpoint is evaluated on `split`, else on the split of the other side's folder, else

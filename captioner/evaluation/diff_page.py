@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import PurePath
-from typing import Any
 
+from captioner.evaluation.records import DiffResult, MovedImage, PairedDelta, SideCaption, TagChange
 from captioner.pages.html import HEADLINE, STYLE, picture, reference_list, section, tag_badges
 
 _NAMES = {**HEADLINE, "chair_i": "CHAIR_i", "chair_s": "CHAIR_s"}
@@ -26,19 +26,18 @@ _EXTRA_STYLE = """
 """
 
 
-def render_diff_page(result: Mapping[str, Any], thumbnails: Mapping[int, str],
+def render_diff_page(result: DiffResult, thumbnails: Mapping[int, str],
                      tags: Mapping[str, str]) -> str:
     """The whole page from what diff.json holds; `thumbnails`: image id -> path beside the page."""
-    moved = result["moved"]
     sections = [
         section("metrics", "Metrics, A and B", _metrics(result)),
-        section("better", f"Where B does better: {_images(len(moved['b_better']))}",
+        section("better", f"Where B does better: {_images(len(result.b_better))}",
                 "<p class=muted>Largest rise in per-image CIDEr-D from A to B first.</p>"
-                + _pairs(moved["b_better"], thumbnails)),
-        section("worse", f"Where B does worse: {_images(len(moved['b_worse']))}",
+                + _pairs(result.b_better, thumbnails)),
+        section("worse", f"Where B does worse: {_images(len(result.b_worse))}",
                 "<p class=muted>Largest fall in per-image CIDEr-D from A to B first.</p>"
-                + _pairs(moved["b_worse"], thumbnails)),
-        section("tags", "Failure tags", _tags(result["tags"], tags)),
+                + _pairs(result.b_worse, thumbnails)),
+        section("tags", "Failure tags", _tags(result.tags, tags)),
         section("files", "Data", '<p><a href="diff.json">diff.json</a> holds every number on '
                 "this page and the ids of the images that gained or lost each tag.</p>"),
     ]
@@ -49,7 +48,7 @@ def render_diff_page(result: Mapping[str, Any], thumbnails: Mapping[int, str],
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>\n"
         f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">\n'
         '<meta name=viewport content="width=device-width, initial-scale=1">\n'
-        f"<title>Caption evaluations compared ({result['images']} images)</title>\n"
+        f"<title>Caption evaluations compared ({result.images} images)</title>\n"
         f"<style>{STYLE}{_EXTRA_STYLE}</style></head>\n<body>\n"
         f"<h1>Caption evaluations compared</h1>\n{_sides(result)}\n<nav>{nav}</nav>\n"
         + "\n".join(sections) + "\n</body></html>\n"
@@ -60,29 +59,29 @@ def _images(count: int) -> str:
     return f"{count} image" if count == 1 else f"{count} images"
 
 
-def _sides(result: Mapping[str, Any]) -> str:
+def _sides(result: DiffResult) -> str:
     lines = []
-    for side in ("a", "b"):
-        run = result[side]["run"]
-        settings = "".join(f" · {escape(str(k))}: <b>{escape(str(v))}</b>" for k, v in run.items())
-        lines.append(f"<b>{side.upper()}</b>: {escape(result[side]['folder'])}{settings}")
-    return (f"<p class=muted>{'<br>'.join(lines)}<br>the same {result['images']} images and "
+    for name, side in (("A", result.a), ("B", result.b)):
+        settings = "".join(f" · {escape(str(k))}: <b>{escape(str(v))}</b>"
+                           for k, v in side.run.items())
+        lines.append(f"<b>{name}</b>: {escape(side.folder)}{settings}")
+    return (f"<p class=muted>{'<br>'.join(lines)}<br>the same {result.images} images and "
             "references in both</p>")
 
 
-def _metrics(result: Mapping[str, Any]) -> str:
+def _metrics(result: DiffResult) -> str:
     rows = []
-    for key, m in result["metrics"].items():
+    for key, m in result.metrics.items():
         rows.append(
-            f"<tr><th>{escape(_NAMES.get(key, key))}</th>{_num(m['a'])}{_num(m['b'])}"
-            f"{_num(m['delta'], signed=True)}<td class=num>{_interval(m)}</td>"
-            f"<td class=num>{_share(m['b_wins'])}</td></tr>")
-    b = result["bootstrap"]
-    notes = "".join(f"<li>{escape(n)}</li>" for n in result["notes"])
+            f"<tr><th>{escape(_NAMES.get(key, key))}</th>{_num(m.a)}{_num(m.b)}"
+            f"{_num(m.delta, signed=True)}<td class=num>{_interval(m)}</td>"
+            f"<td class=num>{_share(m.b_wins)}</td></tr>")
+    b = result.bootstrap
+    notes = "".join(f"<li>{escape(n)}</li>" for n in result.notes)
     return (
         "<table class=headline><tr><th>metric</th><th>A</th><th>B</th><th>B − A</th>"
         f"<th>95% interval of B − A</th><th>B better in</th></tr>{''.join(rows)}</table>\n"
-        f"<p class=muted>Each of {b['resamples']} resamples draws {result['images']} images with "
+        f"<p class=muted>Each of {b['resamples']} resamples draws {result.images} images with "
         f"replacement (seed {b['seed']}) and scores A and B on that same draw. The interval holds "
         "the middle 95% of B − A; when it contains 0, these images do not tell the two runs apart "
         "on that metric. “B better in” is the share of resamples where B scores better (lower, "
@@ -101,44 +100,44 @@ def _share(fraction: float | None) -> str:
     return "" if fraction is None else f"{100 * fraction:.1f}%"
 
 
-def _interval(metric: Mapping[str, Any]) -> str:
+def _interval(metric: PairedDelta) -> str:
     """The interval of B - A; n/a where the metric is undefined (CHAIR_i without mentions)."""
-    if metric["delta"] is None:
+    if metric.delta is None:
         return "n/a"
-    interval = metric["interval"]
+    interval = metric.interval
     return "not resampled" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
 
 
-def _pairs(pairs: Sequence[Mapping[str, Any]], thumbnails: Mapping[int, str]) -> str:
+def _pairs(pairs: Sequence[MovedImage], thumbnails: Mapping[int, str]) -> str:
     if not pairs:
         return "<p>None.</p>"
     head = "<tr><th>image</th><th>A</th><th>B</th><th>references</th></tr>"
     return f"<table class=pairs>{head}{''.join(_pair(p, thumbnails) for p in pairs)}</table>"
 
 
-def _pair(pair: Mapping[str, Any], thumbnails: Mapping[int, str]) -> str:
-    image_id, name = pair["image_id"], PurePath(pair["file"]).name
-    change = "up" if pair["cider_delta"] > 0 else "down"
+def _pair(pair: MovedImage, thumbnails: Mapping[int, str]) -> str:
+    image_id, name = pair.image_id, PurePath(pair.file).name
+    change = "up" if pair.cider_delta > 0 else "down"
     return (
         f"<tr><td class=picture>{picture(thumbnails, image_id, name)}<p class=muted>#{image_id} · "
-        f'<span title="{escape(pair["file"])}">{escape(name)}</span><br>CIDEr-D '
-        f"<b class={change}>{pair['cider_delta']:+.3f}</b></p></td>"
-        f"{_caption(pair['a'])}{_caption(pair['b'])}<td>{reference_list(pair['references'])}</td></tr>"
+        f'<span title="{escape(pair.file)}">{escape(name)}</span><br>CIDEr-D '
+        f"<b class={change}>{pair.cider_delta:+.3f}</b></p></td>"
+        f"{_caption(pair.a)}{_caption(pair.b)}<td>{reference_list(pair.references)}</td></tr>"
     )
 
 
-def _caption(side: Mapping[str, Any]) -> str:
-    return (f"<td><p class=caption>{escape(side['prediction']) or '<i>(empty)</i>'}</p>"
-            f"<p class=muted>CIDEr-D {side['cider']:.3f}</p>{tag_badges(side)}</td>")
+def _caption(side: SideCaption) -> str:
+    return (f"<td><p class=caption>{escape(side.prediction) or '<i>(empty)</i>'}</p>"
+            f"<p class=muted>CIDEr-D {side.cider:.3f}</p>{tag_badges(side.to_json())}</td>")
 
 
-def _tags(changes: Mapping[str, Mapping[str, Any]], meanings: Mapping[str, str]) -> str:
+def _tags(changes: Mapping[str, TagChange], meanings: Mapping[str, str]) -> str:
     rows = []
     for tag, change in changes.items():
         rows.append(
             f"<tr><th title=\"{escape(meanings.get(tag, ''))}\">{escape(tag)}</th>"
-            f"<td class=num>{change['a']}</td><td class=num>{change['b']}</td>"
-            f"<td>{_ids(change['appeared'])}</td><td>{_ids(change['disappeared'])}</td></tr>")
+            f"<td class=num>{change.a}</td><td class=num>{change.b}</td>"
+            f"<td>{_ids(change.appeared)}</td><td>{_ids(change.disappeared)}</td></tr>")
     return (
         "<table><tr><th>tag</th><th>A</th><th>B</th><th>appeared in B (images)</th>"
         f"<th>disappeared in B (images)</th></tr>{''.join(rows)}</table>\n"

@@ -20,12 +20,13 @@ from captioner.errors import CaptionerError
 SCHEMA_VERSION = 1
 
 
-def check_version(data: Mapping[str, Any], where: str | Path, what: str) -> None:
+def check_version(data: Mapping[str, Any], where: str | Path, what: str,
+                  again: str = "evaluate again") -> None:
     """Refuse `data` unless its schema_version is this captioner's (missing: version 1)."""
     found = data.get("schema_version", 1)
     if found != SCHEMA_VERSION:
         raise CaptionerError(f"{where}: {what} of schema version {found!r}; this captioner reads "
-                             f"version {SCHEMA_VERSION}: evaluate again with this version")
+                             f"version {SCHEMA_VERSION}: {again} with this version")
 
 
 def read_json(where: str | Path, text: str) -> Any:
@@ -170,4 +171,146 @@ class EvaluationMetrics:
 
     @classmethod
     def read(cls, path: Path) -> EvaluationMetrics:
+        return cls.from_json(read_json(path, path.read_text()), path)
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    """One metric of A and B on the same images, and B - A over paired resamples."""
+
+    a: float | None
+    b: float | None
+    delta: float | None
+    interval: list[float] | None  # percentile interval of B - A; None: not resampled
+    b_wins: float | None  # share of resamples where B is better; a tie counts one half
+
+    def to_json(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "delta": self.delta, "interval": self.interval,
+                "b_wins": self.b_wins}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PairedDelta:
+        return cls(data["a"], data["b"], data["delta"], data["interval"], data["b_wins"])
+
+
+@dataclass(frozen=True)
+class DiffSide:
+    """An evaluation the diff compares: its folder and the run settings its metrics.json gives."""
+
+    folder: str
+    run: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"folder": self.folder, "run": self.run}
+
+
+@dataclass(frozen=True)
+class SideCaption:
+    """A moved image as one side captioned it: the caption, its CIDEr-D, its failure tags."""
+
+    cider: float
+    prediction: str
+    tags: list[str]
+    hallucinated: list[str]
+    missed: list[str]
+    repeated: list[str]
+    same_caption_images: int
+
+    @classmethod
+    def of(cls, record: ImageRecord) -> SideCaption:
+        return cls(record.scores.cider, record.prediction, record.tags, record.hallucinated,
+                   record.missed, record.repeated, record.same_caption_images)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cider": self.cider, "prediction": self.prediction, "tags": self.tags,
+                "hallucinated": self.hallucinated, "missed": self.missed,
+                "repeated": self.repeated, "same_caption_images": self.same_caption_images}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SideCaption:
+        return cls(data["cider"], data["prediction"], data["tags"], data["hallucinated"],
+                   data["missed"], data["repeated"], data["same_caption_images"])
+
+
+@dataclass(frozen=True)
+class MovedImage:
+    """An image whose per-image CIDEr-D moved from A to B, with both captions."""
+
+    image_id: int
+    file: str
+    references: list[str]
+    cider_delta: float
+    a: SideCaption
+    b: SideCaption
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, "file": self.file, "references": self.references,
+                "cider_delta": self.cider_delta, "a": self.a.to_json(), "b": self.b.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MovedImage:
+        return cls(data["image_id"], data["file"], data["references"], data["cider_delta"],
+                   SideCaption.from_json(data["a"]), SideCaption.from_json(data["b"]))
+
+
+@dataclass(frozen=True)
+class TagChange:
+    """One failure tag: images carrying it in A and in B, and which gained or lost it."""
+
+    a: int
+    b: int
+    appeared: list[int]
+    disappeared: list[int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "appeared": self.appeared,
+                "disappeared": self.disappeared}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TagChange:
+        return cls(data["a"], data["b"], data["appeared"], data["disappeared"])
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """diff.json: two evaluations of the same images, metric by metric (paired bootstrap), the
+    images that moved most each way, and the failure tags that appeared or disappeared."""
+
+    a: DiffSide
+    b: DiffSide
+    images: int
+    bootstrap: dict[str, Any]
+    metrics: dict[str, PairedDelta]
+    b_better: list[MovedImage]
+    b_worse: list[MovedImage]
+    tags: dict[str, TagChange]
+    notes: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "a": self.a.to_json(), "b": self.b.to_json(),
+                "images": self.images, "bootstrap": self.bootstrap,
+                "metrics": {name: m.to_json() for name, m in self.metrics.items()},
+                "moved": {"b_better": [m.to_json() for m in self.b_better],
+                          "b_worse": [m.to_json() for m in self.b_worse]},
+                "tags": {tag: c.to_json() for tag, c in self.tags.items()}, "notes": self.notes}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | Path) -> DiffResult:
+        """The diff in `data` (a parsed diff.json); `where` names the file in errors."""
+        if not isinstance(data, dict):
+            raise CaptionerError(f"{where}: not a captioner diff.json")
+        check_version(data, where, "diff.json", again="run `captioner diff` again")
+        try:
+            return cls(
+                DiffSide(**data["a"]), DiffSide(**data["b"]), data["images"], data["bootstrap"],
+                {k: PairedDelta.from_json(m) for k, m in data["metrics"].items()},
+                [MovedImage.from_json(m) for m in data["moved"]["b_better"]],
+                [MovedImage.from_json(m) for m in data["moved"]["b_worse"]],
+                {k: TagChange.from_json(c) for k, c in data["tags"].items()}, data["notes"])
+        except (KeyError, TypeError, AttributeError) as err:
+            raise CaptionerError(f"{where}: not a captioner diff.json (missing or malformed: "
+                                 f"{err})") from err
+
+    @classmethod
+    def read(cls, path: Path) -> DiffResult:
         return cls.from_json(read_json(path, path.read_text()), path)
