@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from captioner.training.checkpoints import AtomicCheckpointIO, RunCheckpoints
+from captioner.training.adapters import AtomicCheckpointIO, RunCheckpoints
 
 SCORES = [0.3, 0.5, 0.4, 0.45, 0.6, 0.2]  # a validation metric by epoch: best at 1, then at 4
 
@@ -110,16 +110,16 @@ def test_resuming_a_weights_only_best_names_last(tmp_path: Path) -> None:
 
 def _killed_at(epoch: int, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the run die at `step` of `epoch`'s end, as a SIGKILL there would leave the folder."""
-    from captioner.training import checkpoints
+    from captioner.training import adapters
 
-    real = getattr(checkpoints, step)
+    real = getattr(adapters, step)
 
     def die_at_epoch(*args: object, **kwargs: object) -> None:
         if _epoch(Path(args[0]).with_name("last.ckpt")) == epoch:
             raise RuntimeError("killed")
         real(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoints, step, die_at_epoch)
+    monkeypatch.setattr(adapters, step, die_at_epoch)
 
 
 @pytest.mark.parametrize("epoch,step", [(4, "same_file"), (5, "keep_weights_only")])

@@ -117,7 +117,7 @@ def _pretraining_folder(cache: Path) -> Path:
 def test_ctrl_c_during_the_cached_pretraining(tmp_path: Path) -> None:
     env = own_cache(tmp_path)
     args = ["train", *TINY, "pretrain.epochs=2", "pretrain.batch_size=8", "--no-eval"]
-    line = interrupted_at("captioner.training.checkpoints:RunCheckpoints.on_train_start", args, tmp_path,
+    line = interrupted_at("captioner.training.adapters:RunCheckpoints.on_train_start", args, tmp_path,
                           env=env)
     assert line == ("interrupted while pretraining the encoder; nothing of it was kept: "
                     "run the same command again to start it afresh")
@@ -125,7 +125,7 @@ def test_ctrl_c_during_the_cached_pretraining(tmp_path: Path) -> None:
     assert not list(folder.rglob("*.ckpt")) and not list(folder.rglob("*.pth"))
     assert not (tmp_path / "runs" / "shapes").exists()
 
-    line = interrupted_at("captioner.training.checkpoints:RunCheckpoints.on_train_epoch_end", args, tmp_path,
+    line = interrupted_at("captioner.training.adapters:RunCheckpoints.on_train_epoch_end", args, tmp_path,
                           when="after", env=env)
     assert line == (f"interrupted while pretraining the encoder; its checkpoint after epoch 1 is kept in "
                     f"{folder / 'checkpoints'}: run the same command again to resume the pretraining "
@@ -142,12 +142,12 @@ def test_ctrl_c_during_the_cached_pretraining(tmp_path: Path) -> None:
 def test_ctrl_c_during_captioner_pretrain(tmp_path: Path) -> None:
     args = ["pretrain", *TINY, "pretrain.epochs=2", "pretrain.batch_size=8"]
     run = tmp_path / "runs" / "shapes-pretrain"
-    line = interrupted_at("captioner.training.checkpoints:RunCheckpoints.on_train_start", args, tmp_path)
+    line = interrupted_at("captioner.training.adapters:RunCheckpoints.on_train_start", args, tmp_path)
     assert line == (f"interrupted during pretraining, before its first checkpoint: removed {run}; "
                     "run the same command again to start afresh")
     assert not run.exists()
 
-    line = interrupted_at("captioner.training.checkpoints:RunCheckpoints.on_train_epoch_end", args, tmp_path,
+    line = interrupted_at("captioner.training.adapters:RunCheckpoints.on_train_epoch_end", args, tmp_path,
                           when="after")
     last = run / "checkpoints" / "last.ckpt"
     assert line == (f"interrupted during pretraining; kept {run} with its checkpoint after epoch 1: "
@@ -163,13 +163,13 @@ def test_ctrl_c_during_captioner_pretrain(tmp_path: Path) -> None:
 def test_ctrl_c_during_training_and_while_a_checkpoint_is_written(tmp_path: Path) -> None:
     args = ["train", *NO_ENCODER, "trainer.max_epochs=3"]
     run = tmp_path / "runs" / "shapes"
-    line = interrupted_at("captioner.training.checkpoints:RunCheckpoints.on_train_start", args, tmp_path)
+    line = interrupted_at("captioner.training.adapters:RunCheckpoints.on_train_start", args, tmp_path)
     assert line == (f"interrupted during training, before its first checkpoint: removed {run}; "
                     "run the same command again to start afresh")
     assert not run.exists() and not (tmp_path / "runs" / "LATEST").exists()
 
     # Ctrl-C while epoch 2's checkpoint is being written: the write finishes, and is kept.
-    line = interrupted_at("captioner.training.checkpoints:AtomicCheckpointIO.save_checkpoint", args,
+    line = interrupted_at("captioner.training.adapters:AtomicCheckpointIO.save_checkpoint", args,
                           tmp_path, nth=2)
     last = run / "checkpoints" / "last.ckpt"
     assert line == (f"interrupted during training; kept {run} with its checkpoint after epoch 2: "

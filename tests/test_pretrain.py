@@ -120,7 +120,7 @@ def test_a_killed_pretraining_resumes_to_the_uninterrupted_weights(tmp_path: Pat
     import sys
     import time
 
-    from captioner.training.runlog import read_rows
+    from captioner.training.adapters import read_rows
 
     run = [*PRETRAIN, "pretrain.epochs=3", "pretrain.batch_size=4"]  # 2 of 4 batches an epoch
     (tmp_path / "whole").mkdir()

@@ -15,7 +15,7 @@ import torch
 from conftest import TINY, run_cli
 
 from captioner.model.checkpoint import load_checkpoint
-from captioner.training.runlog import read_rows
+from captioner.training.adapters import read_rows
 
 pytestmark = pytest.mark.slow
 RUN = [*TINY, "trainer.max_epochs=4", "--no-eval"]
@@ -77,7 +77,7 @@ def test_a_checkpoint_outside_a_run_folder_continues_in_a_new_one(uninterrupted:
 
 
 def test_a_column_that_starts_after_the_resume_step_is_dropped(tmp_path: Path) -> None:
-    from captioner.training.runlog import RunLog
+    from captioner.training.adapters import RunLog
 
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -19,6 +19,7 @@ from captioner.config import Config, from_dict
 from captioner.data.vocab import Vocabulary
 from captioner.model.network import CaptionModel, build_model
 from captioner.model.stored_encoder import PREFIX, StoredEncoder, strip
+from captioner.training.adapters import clip_gradients
 from captioner.training.schedule import cooldown
 from captioner.training.trainer import stop_unless_finite
 from captioner.training.validation import GreedyValidation
@@ -107,7 +108,7 @@ class CaptionModule(L.LightningModule):
             groups.append({"name": "encoder", "params": self.model.encoder.parameters(), "lr": c.lr,
                            "weight_decay": c.weight_decay})
         # The fused kernel updates VGG's ~130M weights in one pass: several times faster on CPU.
-        # (Lightning refuses its own clipping with fused optimisers; we clip ourselves, below.)
+        # (Lightning refuses its own clipping with fused optimisers: training.adapters clips.)
         optimizer = torch.optim.Adam(groups, fused=self.device.type in ("cpu", "cuda"))
         if o.cooldown <= 0:
             return optimizer
@@ -117,15 +118,5 @@ class CaptionModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
                                     gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
-        # Clip by global norm ourselves (Lightning has unscaled AMP gradients by now) so that the
-        # norm and whether clipping engaged are logged: the exploding-gradient half of the story.
-        limit = self.config.optim.grad_clip
-        if limit <= 0:
-            return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=limit)
-        # Logged by step, like everything else: a value logged after the epoch's checkpoint would be
-        # missing from the log of a run killed in between and resumed.
-        self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
-        self.log("train/clipped", (norm > limit).float(), on_step=True, on_epoch=False, batch_size=1)
+        clip_gradients(self, optimizer, self.config.optim.grad_clip)  # why not Lightning's: adapters
 

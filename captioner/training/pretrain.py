@@ -40,9 +40,9 @@ from captioner.features.cache import records_fingerprint
 from captioner.model.checkpoint import refuse_interpolations, refuse_weights_only
 from captioner.model.encoder import FEATURE_DIM, build_encoder, build_preprocess, export_weights
 from captioner.model.shipped_encoder import SHIPPED, fc_fingerprint, unpack
-from captioner.training.checkpoints import LAST
+from captioner.training.adapters import LAST, fit
 from captioner.training.schedule import one_cycle
-from captioner.training.trainer import build_trainer, fit, stop_unless_finite
+from captioner.training.trainer import build_trainer, stop_unless_finite
 from captioner.util.atomic import TEMP_SUFFIX, write_json, write_text
 from captioner.util.console import say
 from captioner.util.hardware import resolve_precision

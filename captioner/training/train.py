@@ -36,10 +36,11 @@ from captioner.model.checkpoint import (
 )
 from captioner.model.encoder import VGGEncoder, build_preprocess, weights_file
 from captioner.model.stored_encoder import RECORD, locate, store
+from captioner.training.adapters import fit
 from captioner.training.module import CaptionModule
 from captioner.training.pretrain import cached_encoder
 from captioner.training.self_critical import MONITOR, PHASE, SELF_CRITICAL, SelfCriticalModule, check
-from captioner.training.trainer import build_trainer, fit
+from captioner.training.trainer import build_trainer
 from captioner.util import atomic
 from captioner.util.console import say
 from captioner.util.hardware import resolve_precision

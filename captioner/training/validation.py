@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.distributed as dist
 from torch import Tensor
 
 from captioner.data.vocab import Vocabulary
 from captioner.evaluation.metrics import bleu_scores, cider_d
 from captioner.model.decoder import Decoder
 from captioner.model.search import greedy
+from captioner.training.adapters import gathered
 
 
 class GreedyValidation:
@@ -51,9 +51,5 @@ class GreedyValidation:
 
 def _gathered(items: list) -> list:
     """All ranks' predictions, each image once."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        parts: list[list] = [[] for _ in range(dist.get_world_size())]
-        dist.all_gather_object(parts, items)
-        items = [item for part in parts for item in part]
-    unique = {item[0]: item for item in items}
+    unique = {item[0]: item for item in gathered(items)}
     return [unique[k] for k in sorted(unique)]
