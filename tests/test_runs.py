@@ -86,3 +86,19 @@ def test_a_folder_with_anything_else_is_not_taken(tmp_path: Path) -> None:
     (tmp_path / "other" / "config.yaml").write_text("a user's folder, no mark")
     assert claim_run_dir(tmp_path, "other") == tmp_path / "other-2"
     assert (tmp_path / "other" / "config.yaml").read_text() == "a user's folder, no mark"
+
+
+def test_a_rank_other_than_0_gets_no_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train() on every rank of a distributed run: rank 0 gets the TrainResult, the others None
+    (the command line reports on rank 0 alone)."""
+    from captioner.config import load_config
+    from captioner.training import train
+
+    best = tmp_path / "best.ckpt"
+    monkeypatch.setattr(train, "_train", lambda start: best)  # the fit itself is tested elsewhere
+    config = load_config(None, [f"output_dir={tmp_path / 'runs'}"])
+    monkeypatch.setenv("RANK", "1")
+    assert train.train(config, evaluate_after=False) is None
+    monkeypatch.setenv("RANK", "0")
+    result = train.train(config, evaluate_after=False)
+    assert result is not None and result.best == best and result.run_dir == tmp_path / "runs" / "shapes"
