@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY, run_cli
 
+from captioner.compare.records import CellFigures, CellSummary, SeedRun
+from captioner.compare.seeds import Difference
 from captioner.config import load_config
 from captioner.data.prepare import prepare
 from captioner.errors import CaptionerError
@@ -205,7 +208,7 @@ def test_compare_over_seeds_with_objects_by_position(tmp_path: Path) -> None:
 
     config = load_config(None, [*TINY, "encoder.weights=none", "data.shapes.max_objects=4",
                                 "data.max_length=21", "eval.max_length=21"])
-    data = compare(config, ["rnn", "gru"], tmp_path, seeds=2)
+    data = compare(config, ["rnn", "gru"], tmp_path, seeds=2).to_json()
     assert data["settings"]["seeds"] == [0, 1] and data["settings"]["max_objects"] == 4
     positions = data["positions"]["images_by_position"]
     assert positions[0] == 6 and len(positions) <= 4  # each test image holds 1 to 4 objects
@@ -229,20 +232,19 @@ def test_compare_over_seeds_with_objects_by_position(tmp_path: Path) -> None:
 
 
 def _difference(higher: str, lower: str, means: tuple[float, float], separated: bool,
-                chance: float) -> dict:
-    return {"figure": "3rd object named: coverage", "higher": higher, "lower": lower,
-            "higher_mean": means[0], "lower_mean": means[1], "separated": separated,
-            "chance": chance, "real": separated and chance <= 0.05}
+                chance: float) -> Difference:
+    return Difference("3rd object named: coverage", higher, lower, means[0], means[1], separated,
+                      chance)
 
 
 def test_the_page_says_why_a_complete_separation_is_not_real_and_when_cells_tie() -> None:
     from captioner.compare.page import _differences
 
-    text = _differences({"settings": {"seeds": [0, 1, 2, 3]}, "differences": [
+    text = _differences(4, [
         _difference("lstm", "rnn", (0.6, 0.2), True, 1 / 35),
         _difference("lstm", "gru", (0.6, 0.2), True, 2 / 35),  # 4 seeds against 3
         _difference("rnn", "gru", (0.0, 0.0), False, 1 / 35),
-    ]})
+    ])
     rows = text.split("<tr>")[1:]
     assert "lstm above rnn" in rows[0] and "class=real" in rows[0]
     assert "every seed apart, but by chance 1 time in 18" in rows[1] and "class=real" not in rows[1]
@@ -252,15 +254,20 @@ def test_the_page_says_why_a_complete_separation_is_not_real_and_when_cells_tie(
 def test_the_table_says_when_a_mean_is_over_fewer_seeds_than_ran() -> None:
     from captioner.compare.page import _table
 
-    def run(precision: list[float | None]) -> dict:
-        return {"weight_sets": 1, "params": 10, "recurrent_params": 5, "epoch_seconds": 1.0,
-                "best_epoch": 1, "test": dict.fromkeys(("bleu1", "bleu2", "bleu3", "bleu4", "cider"), 0.5),
-                "mention_precision_by_position": precision, "clip_fraction": None,
-                "grad_first_over_last": {"start": 1.0, "end": 1.0}}
+    def run(precision: list[float | None]) -> CellSummary:
+        return CellSummary(
+            weight_sets=1, params=10, recurrent_params=5, epoch_seconds=1.0, validation_seconds=0.0,
+            epochs=1, val=[], best_epoch=1,
+            test=dict.fromkeys(("bleu1", "bleu2", "bleu3", "bleu4", "cider"), 0.5),
+            mention_precision_by_position=precision, mention_coverage_by_position=None,
+            mentions_by_position=None, grad_norm_per_step={"start": [], "end": []},
+            grad_first_over_last={"start": 1.0, "end": 1.0}, grad_to_initial_state=[],
+            clip_fraction=None, train_grad_norm=[])
 
     seeds = [run([0.2, 0.4]), run([0.4, None]), run([0.3, None])]
-    cell = {**run([0.3, 0.4]), "spread": {**run([0.1, None]), "test": dict.fromkeys(
-        ("bleu1", "bleu2", "bleu3", "bleu4", "cider"), 0.0)}, "runs": seeds}
+    spread = replace(run([0.1, None]), test=dict.fromkeys(("bleu1", "bleu2", "bleu3", "bleu4", "cider"), 0.0))
+    cell = CellFigures(run([0.3, 0.4]), spread, [0, 1, 2],
+                       [SeedRun(seed, s) for seed, s in enumerate(seeds)])
     page = _table({"rnn": cell}, {"grad_clip": 5.0, "monitor": "val/loss"})
     first, second = (page.split(f"{place} object named: precision</th>")[1].split("</tr>")[0]
                      for place in ("1st", "2nd"))

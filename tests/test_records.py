@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from captioner.compare.records import CellFigures, CellSummary, CompareResult, SeedRun
+from captioner.compare.seeds import Difference
 from captioner.errors import CaptionerError
 from captioner.evaluation.diff import load_evaluation
 from captioner.evaluation.records import (
@@ -112,3 +114,44 @@ def test_a_diff_of_another_version_or_shape_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CaptionerError,
                        match=r"diff.json: not a captioner diff.json \(missing or malformed: 'moved'\)"):
         DiffResult.read(path)
+
+
+def _cell_summary(cider: float, gates: dict | None = None) -> CellSummary:
+    return CellSummary(
+        params=10, recurrent_params=5, weight_sets=1, epoch_seconds=1.5, validation_seconds=0.5,
+        epochs=1, val=[{"epoch": 1, "val/loss": 2.0}], best_epoch=1,
+        test={"bleu4": 0.25, "cider": cider}, mention_precision_by_position=[0.5, None],
+        mention_coverage_by_position=[1.0, 0.5], mentions_by_position=[4, 2],
+        grad_norm_per_step={"start": [0.1, 1.0], "end": [0.2, 1.0]},
+        grad_first_over_last={"start": 0.1, "end": 0.2}, grad_to_initial_state=[0.5, 0.25],
+        clip_fraction=None, train_grad_norm=[3.0, 2.0], gates=gates)
+
+
+COMPARE = CompareResult(
+    cells={"lstm": CellFigures(_cell_summary(0.75, {"image_id": 1, "words": ["a"], "mean": {}}),
+                               _cell_summary(0.125), [0, 1],
+                               [SeedRun(0, _cell_summary(0.625)), SeedRun(1, _cell_summary(0.875))])},
+    settings={"seeds": [0, 1], "monitor": "val/cider"}, encoder={"origin": "config"},
+    grad_flow={"captions": 4, "steps": 2}, positions=None,
+    differences=[Difference("test CIDEr-D", "lstm", "rnn", 0.75, 0.5, True, 1 / 3)],
+    seconds={"features": 1.0, "total": 9.0})
+
+
+def test_a_comparison_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps(COMPARE.to_json()))
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert "gates" not in data["cells"]["lstm"]["spread"]  # one caption's gates: not averaged
+    assert data["differences"][0]["real"] is False  # 1 in 3 is no rare chance
+    assert CompareResult.read(path) == COMPARE
+
+
+def test_a_comparison_of_another_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps({**COMPARE.to_json(), "schema_version": 2}))
+    with pytest.raises(CaptionerError, match=r"compare.json: compare.json of schema version 2; "
+                                             r"this captioner reads version 1: run `captioner "
+                                             r"compare` again"):
+        CompareResult.read(path)
+

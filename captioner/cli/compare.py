@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from captioner.cli.common import at_least, command, config_arguments, random_seed
+from captioner.compare.records import CompareResult
 
 MAX_SEEDS = 100  # each seed trains every cell again
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(result: dict) -> None:
+def _print_summary(result: CompareResult) -> None:
     """The headline figures, means over seeds (± standard deviation with several seeds)."""
     def num(value: float | None, spread: float | None = None, fmt: str = ".3f") -> str:
         text = "n/a" if value is None else f"{value:{fmt}}"
@@ -63,20 +64,20 @@ def _print_summary(result: dict) -> None:
 
     print(f"{'cell':6}{'params':>12}{'recurrent':>12}{'s/epoch':>9}{'BLEU-4':>14}{'CIDEr-D':>14}"
           f"{'clipped':>9}{'grad t1/tT start':>18}{'end':>9}")
-    for cell, run in result["cells"].items():
-        spread, test = run["spread"], run["test"]
-        clipped = "off" if run["clip_fraction"] is None else f"{100 * run['clip_fraction']:.1f}%"
-        ratios = [num(run["grad_first_over_last"][when], fmt=".2g") for when in ("start", "end")]
-        print(f"{cell:6}{run['params']:>12,}{run['recurrent_params']:>12,}{run['epoch_seconds']:>9.1f}"
-              f"{num(test['bleu4'], spread['test']['bleu4']):>14}"
-              f"{num(test['cider'], spread['test']['cider']):>14}{clipped:>9}"
+    for cell, figures in result.cells.items():
+        run, spread = figures.mean, figures.spread
+        clipped = "off" if run.clip_fraction is None else f"{100 * run.clip_fraction:.1f}%"
+        ratios = [num(run.grad_first_over_last[when], fmt=".2g") for when in ("start", "end")]
+        print(f"{cell:6}{run.params:>12,}{run.recurrent_params:>12,}{run.epoch_seconds:>9.1f}"
+              f"{num(run.test['bleu4'], spread.test['bleu4']):>14}"
+              f"{num(run.test['cider'], spread.test['cider']):>14}{clipped:>9}"
               f"{ratios[0]:>18}{ratios[1]:>9}")
-    for cell, run in result["cells"].items():
-        if run["mention_precision_by_position"] is not None:
-            by_position = zip(run["mention_precision_by_position"],
-                              run["spread"]["mention_precision_by_position"])
+    for cell, figures in result.cells.items():
+        if figures.mean.mention_precision_by_position is not None:
+            by_position = zip(figures.mean.mention_precision_by_position,
+                              figures.spread.mention_precision_by_position or [])
             print(f"{cell}: precision of the 1st, 2nd, ... object named: "
                   + ", ".join(num(value, spread) for value, spread in by_position))
-    real = [d for d in result["differences"] if d["real"]]
-    print(f"real differences ({len(result['settings']['seeds'])} seeds): "
-          + ("; ".join(f"{d['figure']}: {d['higher']} > {d['lower']}" for d in real) or "none"))
+    real = [d for d in result.differences if d.real]
+    print(f"real differences ({len(result.settings['seeds'])} seeds): "
+          + ("; ".join(f"{d.figure}: {d.higher} > {d.lower}" for d in real) or "none"))

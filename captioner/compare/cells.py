@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from captioner.compare.encoders import cell_config, config_encoder, encoder_checkpoint, source_encoder
 from captioner.compare.page import GateTrace, render_compare_page
 from captioner.compare.positions import ordinal, score_positions
+from captioner.compare.records import CellFigures, CellSummary, CompareResult, SeedRun
 from captioner.compare.seeds import differences, mean_and_spread
 from captioner.compare.shared import Shared, share
 from captioner.compare.training import TEST_METRICS, run_cell
@@ -40,8 +41,6 @@ GRAD_LOSS = ("cross-entropy of each caption's last target word only, so that at 
              "d(loss)/d(h_t) is purely the gradient carried back through time")
 INITIAL_STATE_LOSS = ("cross-entropy of word t alone, differentiated with respect to the whole "
                       "initial state the image sets (h0 of every layer, and the LSTM's c0)")
-# Figures kept from the first seed's run only: one caption's gates cannot be averaged.
-FIRST_SEED_ONLY = ("gates",)
 
 
 def seeds_of(config: Config, count: int) -> list[int]:
@@ -52,7 +51,7 @@ def seeds_of(config: Config, count: int) -> list[int]:
 
 
 def run_seeds(config: Config, shared: Shared, encoder: VGGEncoder, seeds: Sequence[int],
-              folder: Path) -> tuple[dict[str, Any], GateTrace | None]:
+              folder: Path) -> tuple[CellFigures, GateTrace | None]:
     """One cell trained once per seed: each figure's mean, its spread, every run; the gates of
     the first seed's run."""
     runs = []
@@ -61,30 +60,39 @@ def run_seeds(config: Config, shared: Shared, encoder: VGGEncoder, seeds: Sequen
         seeded.trainer.seed = seed
         runs.append(run_cell(seeded, shared, encoder, folder if len(seeds) == 1 else folder / f"seed-{seed}"))
     summaries = [run.summary for run in runs]
-    mean, spread = mean_and_spread([{k: v for k, v in s.items() if k not in FIRST_SEED_ONLY}
-                                    for s in summaries])
-    figures = {**mean, **{k: summaries[0][k] for k in FIRST_SEED_ONLY}, "seeds": list(seeds),
-               "spread": spread, "runs": [{"seed": seed, **s} for seed, s in zip(seeds, summaries)]}
+    # One caption's gates cannot be averaged: the first seed's are kept.
+    mean, spread = mean_and_spread([replace(s, gates=None).to_json() for s in summaries])
+    figures = CellFigures(replace(CellSummary.from_json(mean), gates=summaries[0].gates),
+                          CellSummary.from_json(spread), list(seeds),
+                          [SeedRun(seed, s) for seed, s in zip(seeds, summaries)])
     return figures, runs[0].gates
 
 
-def judged_figures(cells: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, list[Any]]]:
+def judged_figures(cells: Mapping[str, CellFigures]) -> dict[str, dict[str, list[Any]]]:
     """figure -> cell -> its value in each seed's run: the test scores and the objects by position."""
     figures: dict[str, dict[str, list[Any]]] = {}
     for metric in TEST_METRICS:
         figures[f"test {HEADLINE[metric]}"] = {
-            cell: [r["test"][metric] for r in run["runs"]] for cell, run in cells.items()}
-    for key, name in (("mention_precision_by_position", "precision"),
-                      ("mention_coverage_by_position", "coverage")):
-        positions = max(len(run[key] or []) for run in cells.values())
+            cell: [r.summary.test[metric] for r in run.runs] for cell, run in cells.items()}
+    for name, get in (("precision", _precision), ("coverage", _coverage)):
+        positions = max(len(get(run.mean) or []) for run in cells.values())
         for k in range(positions):
             figures[f"{ordinal(k + 1)} object named: {name}"] = {
-                cell: [r[key][k] for r in run["runs"]] for cell, run in cells.items() if run[key]}
+                cell: [get(r.summary)[k] for r in run.runs]
+                for cell, run in cells.items() if get(run.mean)}
     return figures
 
 
+def _precision(summary: CellSummary) -> list[Any] | None:
+    return summary.mention_precision_by_position
+
+
+def _coverage(summary: CellSummary) -> list[Any] | None:
+    return summary.mention_coverage_by_position
+
+
 def compare(config: Config, cells: Sequence[str], out_dir: Path, *,
-            encoder_from: Path | None = None, seeds: int = 1) -> dict[str, Any]:
+            encoder_from: Path | None = None, seeds: int = 1) -> CompareResult:
     """Train `cells` (each once per seed) on shared features and write out_dir/compare.json and
     out_dir/index.html."""
     started = time.perf_counter()
@@ -105,26 +113,27 @@ def compare(config: Config, cells: Sequence[str], out_dir: Path, *,
     clock = time.perf_counter()
     shared = share(base, data, source.encoder, vocab)
     feature_seconds = time.perf_counter() - clock  # extraction, or reading the cache
-    summaries, gates = {}, []
+    summaries: dict[str, CellFigures] = {}
+    gates: list[GateTrace] = []
     claim_out_dir(out_dir, writes, command="compare")
     for n, cell in enumerate(cells, start=1):
         say(f"training the {cell} decoder ({n}/{len(cells)}, {len(seed_list)} seed(s))")
         summaries[cell], trace = run_seeds(cell_config(config, cell, source), shared, source.encoder,
                                            seed_list, out_dir / cell)
         gates += [trace] if trace else []
-    result = {
-        "cells": summaries,
-        "settings": _settings(base, cells, shared, seed_list),
-        "encoder": {"origin": source.origin, "checkpoint": None if checkpoint is None else str(checkpoint),
-                    "arch": source.arch, "image_size": source.image_size, "frozen": True,
-                    "params": sum(p.numel() for p in source.encoder.parameters())},
-        "grad_flow": {"loss": GRAD_LOSS, "initial_state_loss": INITIAL_STATE_LOSS, "split": "val",
-                      "captions": len(shared.grad_ids), "steps": shared.grad_ids.shape[1] - 1},
-        "positions": _positions(shared),
-        "differences": [asdict(d) | {"real": d.real} for d in differences(judged_figures(summaries))],
-        "seconds": {"features": feature_seconds, "total": time.perf_counter() - started},
-    }
-    write_json(out_dir / "compare.json", result)
+    result = CompareResult(
+        cells=summaries,
+        settings=_settings(base, cells, shared, seed_list),
+        encoder={"origin": source.origin, "checkpoint": None if checkpoint is None else str(checkpoint),
+                 "arch": source.arch, "image_size": source.image_size, "frozen": True,
+                 "params": sum(p.numel() for p in source.encoder.parameters())},
+        grad_flow={"loss": GRAD_LOSS, "initial_state_loss": INITIAL_STATE_LOSS, "split": "val",
+                   "captions": len(shared.grad_ids), "steps": shared.grad_ids.shape[1] - 1},
+        positions=_positions(shared),
+        differences=differences(judged_figures(summaries)),
+        seconds={"features": feature_seconds, "total": time.perf_counter() - started},
+    )
+    write_json(out_dir / "compare.json", result.to_json())
     write_text(out_dir / "index.html", render_compare_page(result, gates))
     seal_out_dir(out_dir, writes, command="compare")
     return result

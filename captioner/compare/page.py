@@ -27,7 +27,8 @@ from captioner.compare.plots import (
     validation_plot,
 )
 from captioner.compare.positions import ordinal
-from captioner.compare.seeds import REAL_CHANCE, separation_chance
+from captioner.compare.records import CellFigures, CellSummary, CompareResult
+from captioner.compare.seeds import REAL_CHANCE, Difference, separation_chance
 from captioner.data.images import open_rgb
 from captioner.errors import CaptionerError
 from captioner.pages.html import HEADLINE, STYLE, figure, section
@@ -51,15 +52,16 @@ class GateTrace:
     values: dict[str, np.ndarray]  # gate name -> [hidden units, steps], values in [0, 1]
 
 
-def render_compare_page(result: Mapping[str, Any], gates: Sequence[GateTrace]) -> str:
+def render_compare_page(result: CompareResult, gates: Sequence[GateTrace]) -> str:
     """The whole page from what compare.json holds plus the gate values of the gated cells."""
-    cells, settings = result["cells"], result["settings"]
+    cells, settings = result.cells, result.settings
     names = ", ".join(cells)
     logs = "&lt;cell&gt;/logs" if len(settings["seeds"]) == 1 else "&lt;cell&gt;/seed-&lt;seed&gt;/logs"
     sections = [
         section("setup", "Setup", _setup(result)),
         section("cells", "Cells side by side", _table(cells, settings)),
-        section("seeds", "Which differences are real", _differences(result)),
+        section("seeds", "Which differences are real",
+                _differences(len(settings["seeds"]), result.differences)),
         section("plots", "Training, gradient flow and memory",
                 "".join(figure(p) for p in _plots(result))),
         section("gates", "Gates along one caption", _gates(gates, set(cells))),
@@ -78,18 +80,18 @@ def render_compare_page(result: Mapping[str, Any], gates: Sequence[GateTrace]) -
     )
 
 
-def _plots(result: Mapping[str, Any]) -> list[Plot]:
-    cells, settings, flow = result["cells"], result["settings"], result["grad_flow"]
+def _plots(result: CompareResult) -> list[Plot]:
+    cells, settings, flow = result.cells, result.settings, result.grad_flow
     plots = [validation_plot(cells, settings["monitor"]), gradient_flow_plot(cells, flow),
              image_gradient_plot(cells, flow)]
-    if result["positions"] is not None:
-        plots.append(positions_plot(cells, result["positions"]))
+    if result.positions is not None:
+        plots.append(positions_plot(cells, result.positions))
     return [*plots, training_norm_plot(cells, settings["grad_clip"])]
 
 
 # -- text ---------------------------------------------------------------------------------------
-def _setup(result: Mapping[str, Any]) -> str:
-    s, encoder = result["settings"], result["encoder"]
+def _setup(result: CompareResult) -> str:
+    s, encoder = result.settings, result.encoder
     seeds = s["seeds"]
     seeding = (f"seed {seeds[0]}" if len(seeds) == 1 else
                f"seeds {', '.join(map(str, seeds))} (each cell trained once per seed on the same "
@@ -97,13 +99,13 @@ def _setup(result: Mapping[str, Any]) -> str:
                "the gates are the first seed's)")
     crowd = ("" if s.get("max_objects") in (None, 3) else
              f" Scenes of up to {s['max_objects']} objects (data.shapes.max_objects).")
-    positions = result["positions"]
+    positions = result.positions
     objects = ("No instances files: the objects by position are not scored." if positions is None
                else f"Objects by position: {escape(positions['objects'])} objects of the "
                     f"{escape(positions['split'])} images, from the instances files.")
     items = [
         f"Encoder (frozen, shared by every cell): {escape(encoder['origin'])}; its fc7 features "
-        f"were computed once ({result['seconds']['features']:.0f} s, extraction or cache).",
+        f"were computed once ({result.seconds['features']:.0f} s, extraction or cache).",
         f"Data: {escape(str(s['dataset']))}, {s['train_images']} training images "
         f"({s['train_captions']} captions), {s['val_images']} validation and {s['test_images']} "
         f"test images.{crowd} {objects}",
@@ -118,18 +120,18 @@ def _setup(result: Mapping[str, Any]) -> str:
     return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
 
 
-Getter = Callable[[Mapping[str, Any]], Any]
+Getter = Callable[[CellSummary], Any]
 
 
-def _table(cells: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any]) -> str:
+def _table(cells: Mapping[str, CellFigures], settings: Mapping[str, Any]) -> str:
     """One row per figure: each cell's mean, ± its spread over seeds where there is one."""
-    def cell_text(run: Mapping[str, Any], get: Getter, fmt: str) -> str:
-        value = get(run)
+    def cell_text(run: CellFigures, get: Getter, fmt: str) -> str:
+        value = get(run.mean)
         if value is None:
             return "n/a"
-        spread = get(run["spread"])
+        spread = get(run.spread)
         # A mean over fewer seeds than ran (a place no caption of some seeds reached) says so.
-        runs = run.get("runs") or []
+        runs = [r.summary for r in run.runs]
         counted = sum(get(r) is not None for r in runs)
         fewer = f" ({counted} of {len(runs)} seeds)" if 1 < len(runs) and counted < len(runs) else ""
         return f"{value:{fmt}}" + ("" if not spread else f" ± {spread:{fmt}}") + fewer
@@ -140,34 +142,34 @@ def _table(cells: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any]) 
         + "".join(f"<td class=num>{escape(cell_text(run, get, fmt))}</td>" for run in cells.values())
         + f"<td class=muted>{escape(why)}</td></tr>"
         for name, why, get, fmt in _rows(cells, settings)
-        if any(get(run) is not None for run in cells.values()))
+        if any(get(run.mean) is not None for run in cells.values()))
     return f"<table class=cells><tr><th></th>{head}<th></th></tr>{body}</table>"
 
 
-def _rows(cells: Mapping[str, Mapping[str, Any]],
+def _rows(cells: Mapping[str, CellFigures],
           settings: Mapping[str, Any]) -> list[tuple[str, str, Getter, str]]:
     """(name, what it means, how to read it from a cell's figures, number format)."""
     limit = settings["grad_clip"]
-    positions = max(len(run["mention_precision_by_position"] or []) for run in cells.values())
+    positions = max(len(run.mean.mention_precision_by_position or []) for run in cells.values())
     return [
         ("weight sets", "(W_ih, W_hh, biases) sets: the gates plus the candidate state",
-         lambda r: r["weight_sets"], "d"),
+         lambda r: r.weight_sets, "d"),
         ("decoder parameters", "everything trained: embedding, image-to-state layers, "
-         "recurrent layer, output layer", lambda r: r["params"], ",d"),
-        ("recurrent parameters", "the recurrent layer alone", lambda r: r["recurrent_params"], ",d"),
-        ("seconds per epoch", "training only; validation apart", lambda r: r["epoch_seconds"], ".1f"),
-        ("best epoch", f"by {settings['monitor']}, counted from 1", lambda r: r["best_epoch"], ".3g"),
+         "recurrent layer, output layer", lambda r: r.params, ",d"),
+        ("recurrent parameters", "the recurrent layer alone", lambda r: r.recurrent_params, ",d"),
+        ("seconds per epoch", "training only; validation apart", lambda r: r.epoch_seconds, ".1f"),
+        ("best epoch", f"by {settings['monitor']}, counted from 1", lambda r: r.best_epoch, ".3g"),
         *((f"test {HEADLINE[k]}", "beam search, best epoch's weights",
-           (lambda r, k=k: r["test"][k]), ".3f") for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider")),
+           (lambda r, k=k: r.test[k]), ".3f") for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider")),
         *((f"{ordinal(k + 1)} object named: precision", "share of the captions' k-th named objects "
-           "that the image holds", (lambda r, k=k: _at(r["mention_precision_by_position"], k)), ".3f")
+           "that the image holds", (lambda r, k=k: _at(r.mention_precision_by_position, k)), ".3f")
           for k in range(positions)),
         ("clipping engaged", f"share of training steps whose gradient norm exceeded {limit:g}",
-         lambda r: r["clip_fraction"], ".1%"),
+         lambda r: r.clip_fraction, ".1%"),
         ("gradient at step 1 / at the last step, start", "before training; see the plot",
-         lambda r: r["grad_first_over_last"]["start"], ".2g"),
+         lambda r: r.grad_first_over_last["start"], ".2g"),
         ("gradient at step 1 / at the last step, end", "after training",
-         lambda r: r["grad_first_over_last"]["end"], ".2g"),
+         lambda r: r.grad_first_over_last["end"], ".2g"),
     ]
 
 
@@ -175,8 +177,7 @@ def _at(values: Sequence[Any] | None, k: int) -> Any:
     return None if values is None else values[k]
 
 
-def _differences(result: Mapping[str, Any]) -> str:
-    seeds = len(result["settings"]["seeds"])
+def _differences(seeds: int, differences: Sequence[Difference]) -> str:
     chance = separation_chance(seeds, seeds)
     if seeds == 1:
         return ("<p>One seed per cell: a difference between cells may be the seed's alone. "
@@ -190,24 +191,24 @@ def _differences(result: Mapping[str, Any]) -> str:
              "the caption that no caption of some seed reached is judged on the other seeds only, "
              "and fewer seeds fall apart by chance more often.</p>")
     rows = "".join(
-        f"<tr><th>{escape(d['figure'])}</th><td>{escape(_order(d))}"
-        f"</td><td class=num>{d['higher_mean']:.3f} vs {d['lower_mean']:.3f}</td><td>"
+        f"<tr><th>{escape(d.figure)}</th><td>{escape(_order(d))}"
+        f"</td><td class=num>{d.higher_mean:.3f} vs {d.lower_mean:.3f}</td><td>"
         + _verdict(d) + "</td></tr>"
-        for d in result["differences"])
+        for d in differences)
     return intro + f"<table>{rows}</table>"
 
 
-def _order(d: Mapping[str, Any]) -> str:
-    if d["higher_mean"] == d["lower_mean"]:
-        return f"{d['higher']} level with {d['lower']}"
-    return f"{d['higher']} above {d['lower']}"
+def _order(d: Difference) -> str:
+    if d.higher_mean == d.lower_mean:
+        return f"{d.higher} level with {d.lower}"
+    return f"{d.higher} above {d.lower}"
 
 
-def _verdict(d: Mapping[str, Any]) -> str:
-    if d["real"]:
+def _verdict(d: Difference) -> str:
+    if d.real:
         return "<span class=real>real</span>"
-    if d["separated"]:
-        return f"every seed apart, but by chance 1 time in {1 / d['chance']:.0f}: not rare enough"
+    if d.separated:
+        return f"every seed apart, but by chance 1 time in {1 / d.chance:.0f}: not rare enough"
     return "seeds overlap"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,21 +17,22 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from captioner.compare.records import CellFigures, CellSummary
 from captioner.pages.plots import Plot
 
 COLOURS = {"rnn": "#c44e52", "lstm": "#4c72b0", "gru": "#55a868"}
-Cells = Mapping[str, Mapping[str, Any]]
+Cells = Mapping[str, CellFigures]
 
 
 def validation_plot(cells: Cells, monitor: str) -> Plot:
     keys = list(dict.fromkeys(["val/loss", monitor, "val/cider"]))
-    last = max((row["epoch"] for run in cells.values() for row in run["val"]), default=1)
+    last = max((row["epoch"] for run in cells.values() for row in run.mean.val), default=1)
     figure = Figure(figsize=(5 * len(keys), 3.4), layout="constrained")
     for axes, key in zip(figure.subplots(1, len(keys), squeeze=False)[0], keys):
         axes.set_xlim(0.5, last + 0.5)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs
         for cell, run in cells.items():
-            rows = [(row, sd) for row, sd in zip(run["val"], run["spread"]["val"]) if key in row]
+            rows = [(row, sd) for row, sd in zip(run.mean.val, run.spread.val) if key in row]
             if rows:
                 _line(axes, [row["epoch"] for row, _ in rows], [row[key] for row, _ in rows],
                       [sd[key] for _, sd in rows], cell)
@@ -47,8 +48,8 @@ def gradient_flow_plot(cells: Cells, flow: Mapping[str, Any]) -> Plot:
     panels = figure.subplots(1, 2, sharey=True)
     for axes, when, title in zip(panels, ("start", "end"), ("before training", "after training")):
         for cell, run in cells.items():
-            norms = run["grad_norm_per_step"][when]
-            _line(axes, range(1, len(norms) + 1), norms, run["spread"]["grad_norm_per_step"][when],
+            norms = run.mean.grad_norm_per_step[when]
+            _line(axes, range(1, len(norms) + 1), norms, run.spread.grad_norm_per_step[when],
                   cell, log=True)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         _finish(axes, "time step t (the last one predicts the last word)", title)
@@ -64,8 +65,8 @@ def image_gradient_plot(cells: Cells, flow: Mapping[str, Any]) -> Plot:
     figure = Figure(figsize=(10, 3.6), layout="constrained")
     axes = figure.subplots()
     for cell, run in cells.items():
-        norms = run["grad_to_initial_state"]
-        _line(axes, range(1, len(norms) + 1), norms, run["spread"]["grad_to_initial_state"], cell,
+        norms = run.mean.grad_to_initial_state
+        _line(axes, range(1, len(norms) + 1), norms, run.spread.grad_to_initial_state, cell,
               log=True)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("mean ‖d loss_t / d s_0‖")
@@ -82,13 +83,15 @@ def positions_plot(cells: Cells, positions: Mapping[str, Any]) -> Plot:
     images = positions["images_by_position"]
     figure = Figure(figsize=(10, 3.6), layout="constrained")
     panels = figure.subplots(1, 2, sharey=True)
-    keys = ("mention_precision_by_position", "mention_coverage_by_position")
+    getters: tuple[Callable[[CellSummary], Any], ...] = (
+        lambda s: s.mention_precision_by_position, lambda s: s.mention_coverage_by_position)
     titles = ("precision of the k-th object named", "images with >= k objects: >= k named")
     ticks = [f"{k}\n({n} img)" for k, n in enumerate(images, start=1)]
-    for axes, key, title in zip(panels, keys, titles):
+    for axes, get, title in zip(panels, getters, titles):
         for offset, (cell, run) in zip(np.linspace(-0.08, 0.08, len(cells)), cells.items()):
-            xs = np.arange(1, len(run[key]) + 1) + offset  # apart, so error bars do not hide
-            axes.errorbar(xs, _floats(run[key]), yerr=_floats(run["spread"][key]), marker="o",
+            values = get(run.mean)
+            xs = np.arange(1, len(values) + 1) + offset  # apart, so error bars do not hide
+            axes.errorbar(xs, _floats(values), yerr=_floats(get(run.spread)), marker="o",
                           markersize=4, capsize=3, color=COLOURS.get(cell), label=cell)
         axes.set_xticks(range(1, len(images) + 1), ticks)
         axes.set_ylim(-0.03, 1.03)
@@ -106,8 +109,8 @@ def training_norm_plot(cells: Cells, limit: float) -> Plot:
     figure = Figure(figsize=(10, 3.4), layout="constrained")
     axes = figure.subplots()
     for cell, run in cells.items():
-        norms = run["train_grad_norm"]
-        _line(axes, range(1, len(norms) + 1), norms, run["spread"]["train_grad_norm"], cell,
+        norms = run.mean.train_grad_norm
+        _line(axes, range(1, len(norms) + 1), norms, run.spread.train_grad_norm, cell,
               log=True, marker=len(norms) < 30)
     if limit > 0:
         axes.axhline(limit, color="#333", linestyle="--", label=f"clip at {limit:g}")

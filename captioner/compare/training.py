@@ -17,6 +17,7 @@ from torch import Tensor
 
 from captioner.compare.page import GateTrace
 from captioner.compare.positions import score_positions
+from captioner.compare.records import CellSummary
 from captioner.compare.shared import Shared
 from captioner.config import Config, monitor_mode, to_dict
 from captioner.data.coco import ImageRecord
@@ -107,14 +108,14 @@ def score_test_split(records: Sequence[ImageRecord], predictions: dict[int, str]
     return {k: scores.corpus[k] for k in TEST_METRICS}
 
 
-def position_figures(objects: ObjectIndex | None, predictions: dict[int, str]) -> dict[str, Any]:
-    """The per-position mention scores of the test captions (None without instances files)."""
+def position_figures(objects: ObjectIndex | None, predictions: dict[int, str]
+                     ) -> tuple[list[float | None] | None, list[float] | None, list[int] | None]:
+    """The per-position mention precision, coverage and counts of the test captions (None
+    without instances files)."""
     if objects is None:
-        return {"mention_precision_by_position": None, "mention_coverage_by_position": None,
-                "mentions_by_position": None}
+        return None, None, None
     scores = score_positions({i: tokenize(c) for i, c in predictions.items()}, objects)
-    return {"mention_precision_by_position": scores.precision,
-            "mention_coverage_by_position": scores.coverage, "mentions_by_position": scores.mentions}
+    return scores.precision, scores.coverage, scores.mentions
 
 
 def trace_gates(decoder: Decoder, config: Config, vocab: Vocabulary, record: ImageRecord,
@@ -138,7 +139,7 @@ def trace_gates(decoder: Decoder, config: Config, vocab: Vocabulary, record: Ima
 
 @dataclass
 class CellRun:
-    summary: dict[str, Any]  # what compare.json holds for the cell (for one seed)
+    summary: CellSummary  # what compare.json holds for the cell (for one seed)
     gates: GateTrace | None
 
 
@@ -194,29 +195,31 @@ def run_cell(config: Config, shared: Shared, encoder: VGGEncoder, folder: Path) 
     first = shared.test_records[0]
     gates = trace_gates(decoder, config, shared.vocab, first, shared.test_store[first.image_id])
     limit, norms = config.optim.grad_clip, recorder.grad_norms
-    summary = {
-        **counts,
-        "epoch_seconds": _mean(recorder.train_seconds),
-        "validation_seconds": _mean(recorder.val_seconds),
-        "epochs": len(recorder.train_seconds),
-        "val": recorder.val,
-        "best_epoch": recorder.best_epoch,
-        "test": test,
-        **position_figures(shared.objects, predictions),
-        "grad_norm_per_step": {"start": trained.grad_start, "end": trained.grad_end},
+    precision, coverage, mentions = position_figures(shared.objects, predictions)
+    summary = CellSummary(
+        **counts,  # params, recurrent_params, weight_sets
+        epoch_seconds=_mean(recorder.train_seconds),
+        validation_seconds=_mean(recorder.val_seconds),
+        epochs=len(recorder.train_seconds),
+        val=recorder.val,
+        best_epoch=recorder.best_epoch,
+        test=test,
+        mention_precision_by_position=precision, mention_coverage_by_position=coverage,
+        mentions_by_position=mentions,
+        grad_norm_per_step={"start": trained.grad_start, "end": trained.grad_end},
         # The first step's gradient over the last's: how much of it survives back through time.
-        "grad_first_over_last": {when: _ratio(norms_t) for when, norms_t in
-                                 (("start", trained.grad_start), ("end", trained.grad_end))},
-        "grad_to_initial_state": to_image,
+        grad_first_over_last={when: _ratio(norms_t) for when, norms_t in
+                              (("start", trained.grad_start), ("end", trained.grad_end))},
+        grad_to_initial_state=to_image,
         # Share of optimiser steps whose gradient norm exceeded optim.grad_clip (None: clipping off).
-        "clip_fraction": sum(n > limit for n in norms) / len(norms) if limit > 0 and norms else None,
-        "train_grad_norm": norms,
-        "gates": None if gates is None else {
+        clip_fraction=sum(n > limit for n in norms) / len(norms) if limit > 0 and norms else None,
+        train_grad_norm=norms,
+        gates=None if gates is None else {
             "image_id": gates.image_id, "words": gates.words,
             "mean": {name: values.mean(axis=0).tolist() for name, values in gates.values.items()},
         },
-    }
-    say(f"{config.decoder.cell} (seed {config.trainer.seed}): {summary['epoch_seconds']:.1f} s/epoch, "
+    )
+    say(f"{config.decoder.cell} (seed {config.trainer.seed}): {summary.epoch_seconds:.1f} s/epoch, "
         f"test BLEU-4 {test['bleu4']:.3f}, CIDEr-D {test['cider']:.3f}")
     return CellRun(summary, gates)
 

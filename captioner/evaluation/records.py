@@ -16,25 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from captioner.errors import CaptionerError
+from captioner.util.schema import check_version, read_json
 
 SCHEMA_VERSION = 1
-
-
-def check_version(data: Mapping[str, Any], where: str | Path, what: str,
-                  again: str = "evaluate again") -> None:
-    """Refuse `data` unless its schema_version is this captioner's (missing: version 1)."""
-    found = data.get("schema_version", 1)
-    if found != SCHEMA_VERSION:
-        raise CaptionerError(f"{where}: {what} of schema version {found!r}; this captioner reads "
-                             f"version {SCHEMA_VERSION}: {again} with this version")
-
-
-def read_json(where: str | Path, text: str) -> Any:
-    """`text` parsed; invalid JSON is a one-line error naming `where`."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CaptionerError(f"{where}: not valid JSON ({err.msg}, line {err.lineno})") from err
 
 
 @dataclass(frozen=True)
@@ -105,7 +89,7 @@ class ImageRecord:
         missing = [k for k in _IMAGE_FIELDS if not isinstance(data, dict) or k not in data]
         if missing:
             raise CaptionerError(f"{where}: not a per-image record (no {missing[0]!r})")
-        check_version(data, where, "a per-image record")
+        check_version(data, where, "a per-image record", SCHEMA_VERSION, again="evaluate again")
         if not isinstance(data["image_id"], int):
             raise CaptionerError(f"{where}: image_id {data['image_id']!r} is not a number")
         scores = data["scores"]
@@ -164,7 +148,7 @@ class EvaluationMetrics:
         if not isinstance(data, dict) or not all(isinstance(data.get(k), dict)
                                                  for k in ("metrics", "summary")):
             raise CaptionerError(f"{where}: not a captioner metrics.json (no 'metrics' or 'summary')")
-        check_version(data, where, "metrics.json")
+        check_version(data, where, "metrics.json", SCHEMA_VERSION, again="evaluate again")
         return cls(data["metrics"], data.get("intervals", {}), data.get("bootstrap", {}),
                    data.get("scale", ""), data.get("definitions", {}), data["summary"],
                    list(data.get("notes", [])), dict(data.get("run", {})))
@@ -299,7 +283,7 @@ class DiffResult:
         """The diff in `data` (a parsed diff.json); `where` names the file in errors."""
         if not isinstance(data, dict):
             raise CaptionerError(f"{where}: not a captioner diff.json")
-        check_version(data, where, "diff.json", again="run `captioner diff` again")
+        check_version(data, where, "diff.json", SCHEMA_VERSION, again="run `captioner diff` again")
         try:
             return cls(
                 DiffSide(**data["a"]), DiffSide(**data["b"]), data["images"], data["bootstrap"],

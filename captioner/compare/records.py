@@ -1,0 +1,124 @@
+"""compare.json as typed records: each cell's figures (mean over seeds, spread, every seed's run)
+and the comparison around them.
+
+training.py builds a CellSummary per run, cells.py the CompareResult, page.py, plots.py and the
+command line read them by attribute. `from_json` checks `schema_version`: a compare.json of
+another version is a one-line CaptionerError naming the file; one without a version (written
+before versions existed) is read as version 1, whose fields it has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from captioner.compare.seeds import Difference
+from captioner.errors import CaptionerError
+from captioner.util.schema import check_version, read_json
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    """What one cell's training run gives (a spread over seeds has the same shape, its numbers
+    standard deviations, None where fewer than two seeds gave one)."""
+
+    params: Any  # decoder parameters
+    recurrent_params: Any  # of the recurrent layer alone
+    weight_sets: Any  # (W_ih, W_hh, biases) sets: the gates plus the candidate state
+    epoch_seconds: Any  # training only, validation apart
+    validation_seconds: Any
+    epochs: Any
+    val: list[dict[str, Any]]  # per epoch: "epoch" and every val/ metric
+    best_epoch: Any  # by trainer.monitor, counted from 1; 0 without a validation
+    test: dict[str, Any]  # BLEU-1..4 and CIDEr-D of the test captions, best epoch's weights
+    mention_precision_by_position: list[Any] | None  # None without instances files
+    mention_coverage_by_position: list[Any] | None
+    mentions_by_position: list[Any] | None
+    grad_norm_per_step: dict[str, list[Any]]  # "start", "end": |d loss / d h_t| per step
+    grad_first_over_last: dict[str, Any]  # "start", "end": step 1's norm over the last's
+    grad_to_initial_state: list[Any]  # per word: the norm of its error at the initial state
+    clip_fraction: Any  # share of steps whose norm exceeded optim.grad_clip; None: off
+    train_grad_norm: list[Any]  # every optimiser step's norm, before clipping
+    gates: dict[str, Any] | None = None  # first seed only: image_id, words, mean per gate
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CellSummary:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    seed: int
+    summary: CellSummary
+
+
+@dataclass(frozen=True)
+class CellFigures:
+    """One cell in compare.json: its figures' means over seeds (the gates: the first seed's),
+    their spreads, the seeds, and every seed's run."""
+
+    mean: CellSummary
+    spread: CellSummary
+    seeds: list[int]
+    runs: list[SeedRun]
+
+    def to_json(self) -> dict[str, Any]:
+        spread = self.spread.to_json()
+        del spread["gates"]  # one caption's gates are not averaged
+        return {**self.mean.to_json(), "seeds": self.seeds, "spread": spread,
+                "runs": [{"seed": r.seed, **r.summary.to_json()} for r in self.runs]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CellFigures:
+        return cls(CellSummary.from_json(data), CellSummary.from_json(data["spread"]),
+                   list(data["seeds"]),
+                   [SeedRun(r["seed"], CellSummary.from_json(r)) for r in data["runs"]])
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """compare.json: every cell's figures, the settings they share, the encoder, how gradient
+    flow and objects by position were measured, the judged differences and the time taken."""
+
+    cells: dict[str, CellFigures]
+    settings: dict[str, Any]
+    encoder: dict[str, Any]
+    grad_flow: dict[str, Any]
+    positions: dict[str, Any] | None
+    differences: list[Difference]
+    seconds: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION,
+                "cells": {cell: f.to_json() for cell, f in self.cells.items()},
+                "settings": self.settings, "encoder": self.encoder, "grad_flow": self.grad_flow,
+                "positions": self.positions,
+                "differences": [asdict(d) | {"real": d.real} for d in self.differences],
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | Path) -> CompareResult:
+        """The comparison in `data` (a parsed compare.json); `where` names the file in errors."""
+        if not isinstance(data, dict):
+            raise CaptionerError(f"{where}: not a captioner compare.json")
+        check_version(data, where, "compare.json", SCHEMA_VERSION,
+                      again="run `captioner compare` again")
+        names = [f.name for f in fields(Difference)]
+        try:
+            return cls({cell: CellFigures.from_json(f) for cell, f in data["cells"].items()},
+                       data["settings"], data["encoder"], data["grad_flow"], data["positions"],
+                       [Difference(*(d[n] for n in names)) for d in data["differences"]],
+                       data["seconds"])
+        except (KeyError, TypeError, AttributeError) as err:
+            raise CaptionerError(f"{where}: not a captioner compare.json (missing or malformed: "
+                                 f"{err})") from err
+
+    @classmethod
+    def read(cls, path: Path) -> CompareResult:
+        return cls.from_json(read_json(path, path.read_text()), path)
