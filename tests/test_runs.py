@@ -102,3 +102,20 @@ def test_a_rank_other_than_0_gets_no_result(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("RANK", "0")
     result = train.train(config, evaluate_after=False)
     assert result is not None and result.best == best and result.run_dir == tmp_path / "runs" / "shapes"
+
+
+@pytest.mark.slow
+def test_train_then_self_critical_from_its_best_checkpoint(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """train() with scst.epochs > 0: the cross-entropy run, then a self-critical run in <name>-scst
+    that starts from the first run's best checkpoint (named by rank 0, on every rank)."""
+    from captioner.config import load_config
+    from captioner.training.train import train
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, [*TINY, "encoder.weights=none", "encoder.mode=frozen", "output_dir=runs",
+                                "scst.epochs=1"])
+    result = train(config, evaluate_after=False)
+    assert result is not None and result.before is not None
+    assert result.before.run_dir == Path("runs") / "shapes" and result.run_dir == Path("runs") / "shapes-scst"
+    assert result.best.is_file() and result.before.best == Path("runs/shapes/checkpoints/best.ckpt")
