@@ -9,6 +9,7 @@ import pytest
 
 from captioner.compare.records import CellFigures, CellSummary, CompareResult, SeedRun
 from captioner.compare.seeds import Difference
+from captioner.data.importing.report import ImportReport
 from captioner.errors import CaptionerError
 from captioner.evaluation.diff import load_evaluation
 from captioner.evaluation.records import (
@@ -26,6 +27,7 @@ from captioner.evaluation.records import (
     per_image_lines,
     read_per_image,
 )
+from captioner.model.explain_files import WordMaps
 
 RECORD = ImageRecord(
     7, "images/7.jpg", "a red circle", ["a red circle", "one red circle"],
@@ -155,3 +157,34 @@ def test_a_comparison_of_another_version_is_refused(tmp_path: Path) -> None:
                                              r"compare` again"):
         CompareResult.read(path)
 
+
+MAPS = WordMaps("x.png", "a red", ["a", "red"], [224, 224], [2, 2], [-0.5, -1.25],
+                [[56.0, 56.0], None], [[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]],
+                ["01-a.png", "02-red.png", "strip.png"])
+IMPORT = ImportReport(
+    source="caps.tsv", format="tsv", encoding="utf-8", out="out", images_listed=3,
+    images_found=3, images_missing=0, images_unreadable=0, images_verified=False, images_kept=3,
+    captions_read=4, captions_kept=3, captions_dropped={"empty": 1},
+    captions_per_image={"min": 1, "median": 1, "max": 2},
+    words_per_caption={"min": 2, "median": 3, "max": 4},
+    vocabulary={"min_count": 5, "size": 4, "words": 0, "distinct_words": 6, "token_coverage": 0.0},
+    splits={"train": 3}, split_origin="default",
+    problems=[{"file": "caps.tsv", "line": 2, "reason": "empty", "message": "no caption"}],
+    problems_total=1)
+
+
+@pytest.mark.parametrize(("record", "name", "again"), [
+    (MAPS, "maps.json", "explain again"), (IMPORT, "import_report.json", "import again")])
+def test_maps_and_import_report_round_trip_and_refuse_another_version(
+        record: WordMaps | ImportReport, name: str, again: str, tmp_path: Path) -> None:
+    path = tmp_path / name
+    path.write_text(json.dumps(record.to_json()))
+    assert json.loads(path.read_text())["schema_version"] == 1
+    assert type(record).read(path) == record
+    old = {k: v for k, v in record.to_json().items() if k != "schema_version"}
+    path.write_text(json.dumps(old))  # written before versions: read as version 1
+    assert type(record).read(path) == record
+    path.write_text(json.dumps({**record.to_json(), "schema_version": 7}))
+    with pytest.raises(CaptionerError, match=rf"{name}: {name} of schema version 7; this "
+                                             rf"captioner reads version 1: {again}"):
+        type(record).read(path)

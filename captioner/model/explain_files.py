@@ -2,7 +2,7 @@
 
     DIR/<name>/01-a.png, 02-red.png, ...   each word's map over the image as the model saw it
     DIR/<name>/strip.png                   the image, then every word's overlay, labelled
-    DIR/<name>/maps.json                   words, log-probs, grid maps, peaks (see map_record)
+    DIR/<name>/maps.json                   words, log-probs, grid maps, peaks (see WordMaps)
 
 Overlays show the resized, centre-cropped view the network was given, not the original file:
 the maps cover only that crop.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,14 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
+from captioner.errors import CaptionerError
 from captioner.model.explain import Explanation, upsample
 from captioner.util.atomic import TEMP_SUFFIX, atomic_path, write_json
 from captioner.util.paths import MARK, claim_out_dir, seal_out_dir
+from captioner.util.schema import check_version, read_json
 
 MAPS_FILE = "maps.json"
+MAPS_VERSION = 1
 _COMMAND = "explanation"
 HEAT_ALPHA = 0.6  # a map's peak hides 60% of the image beneath it; where it is 0, nothing
 _LABEL_PX = 20
@@ -68,22 +72,57 @@ def strip_labels(explanation: Explanation) -> list[str]:
                           for t, word in enumerate(explanation.words))]
 
 
-def map_record(name: str, explanation: Explanation) -> dict[str, Any]:
-    """The JSON for one caption: maps on the conv grid ([T][h][w], 4 decimals, row 0 at the
-    top), each word's log-probability given the words before it, and its peak (x, y) in view
-    pixels (null for an all-zero map)."""
-    height, width = explanation.view.shape[:2]
-    return {
-        "image": name,
-        "caption": " ".join(explanation.words),
-        "words": list(explanation.words),
-        "view_size": [width, height],
-        "grid": list(explanation.maps.shape[1:]),
-        "logprobs": [round(float(lp), 4) for lp in explanation.logprobs],
-        "peaks": [None if p is None else [round(p[0], 1), round(p[1], 1)]
-                  for p in explanation.peaks()],
-        "maps": np.round(explanation.maps.astype(np.float64), 4).tolist(),
-    }
+@dataclass(frozen=True)
+class WordMaps:
+    """maps.json: one caption's maps on the conv grid ([T][h][w], 4 decimals, row 0 at the top),
+    each word's log-probability given the words before it, its peak (x, y) in view pixels (None
+    for an all-zero map), and the files written beside it."""
+
+    image: str
+    caption: str
+    words: list[str]
+    view_size: list[int]  # [width, height] of the view the network was given
+    grid: list[int]  # [h, w]
+    logprobs: list[float]
+    peaks: list[list[float] | None]
+    maps: list[list[list[float]]]
+    files: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, name: str, explanation: Explanation) -> WordMaps:
+        height, width = explanation.view.shape[:2]
+        return cls(
+            name, " ".join(explanation.words), list(explanation.words), [width, height],
+            list(explanation.maps.shape[1:]),
+            [round(float(lp), 4) for lp in explanation.logprobs],
+            [None if p is None else [round(p[0], 1), round(p[1], 1)] for p in explanation.peaks()],
+            np.round(explanation.maps.astype(np.float64), 4).tolist())
+
+    def grid_json(self) -> dict[str, Any]:
+        """The maps alone: what the server's answer carries beside its own image and caption."""
+        return {"words": self.words, "view_size": self.view_size, "grid": self.grid,
+                "logprobs": self.logprobs, "peaks": self.peaks, "maps": self.maps}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": MAPS_VERSION, "image": self.image, "caption": self.caption,
+                **self.grid_json(), "files": self.files}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | Path) -> WordMaps:
+        """The maps in `data` (a parsed maps.json); `where` names the file in errors."""
+        if not isinstance(data, dict):
+            raise CaptionerError(f"{where}: not a captioner maps.json")
+        check_version(data, where, "maps.json", MAPS_VERSION, again="explain again")
+        try:
+            return cls(data["image"], data["caption"], data["words"], data["view_size"],
+                       data["grid"], data["logprobs"], data["peaks"], data["maps"],
+                       data.get("files", []))
+        except KeyError as err:
+            raise CaptionerError(f"{where}: not a captioner maps.json (no {err})") from err
+
+    @classmethod
+    def read(cls, path: Path) -> WordMaps:
+        return cls.from_json(read_json(path, path.read_text()), path)
 
 
 def write_explanation(folder: str | Path, name: str, explanation: Explanation,
@@ -99,8 +138,8 @@ def write_explanation(folder: str | Path, name: str, explanation: Explanation,
     for t, path in enumerate(files[:-1]):
         _save_png(overlay(explanation, t, size), path)
     _save_png(strip(explanation), folder / "strip.png")
-    record = map_record(name, explanation) | {"files": [p.name for p in files]}
-    write_json(folder / MAPS_FILE, record)
+    record = replace(WordMaps.of(name, explanation), files=[p.name for p in files])
+    write_json(folder / MAPS_FILE, record.to_json())
     written = (*(p.name for p in files), MAPS_FILE)
     # Only files the mark proves an earlier explanation wrote go (maps.json's list proves nothing).
     for stale in earlier - set(written):

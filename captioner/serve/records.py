@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 
 from captioner.model.explain import Explanation
-from captioner.model.explain_files import map_record
+from captioner.model.explain_files import WordMaps
 from captioner.serve.captioning import Captioned
 
 
@@ -31,8 +31,7 @@ def explanation_record(explanation: Explanation) -> dict[str, Any]:
     """The best caption's word maps as `captioner caption --explain` writes them to maps.json
     (words, logprobs, grid, maps [T][h][w] in [0, 1], peaks, view_size), and "view": the image
     as the network saw it, a PNG data URL, for drawing the maps over."""
-    record = map_record("", explanation)
-    del record["image"], record["caption"]  # the result record says both
+    record = WordMaps.of("", explanation).grid_json()  # the result record says image and caption
     png = BytesIO()
     Image.fromarray(explanation.view).save(png, format="PNG")
     record["view"] = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")

@@ -77,7 +77,7 @@ def import_dataset(
         if not imported:
             raise CaptionerError(_nothing_usable(src, problems, base))
         report = _report(src, out, imported, problems, status, verify_images, min_count, origin)
-        write_dataset(out, imported, report.to_dict(), copy=copy, previous=previous,
+        write_dataset(out, imported, report.to_json(), copy=copy, previous=previous,
                       source=str(src.path), fmt=src.format)
         stages.done(f"wrote {out}")
         _warn_unusable_splits(report.splits, origin, out)

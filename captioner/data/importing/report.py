@@ -1,5 +1,6 @@
 """The import report: counts of what was read, kept and left out (and why), caption statistics,
-vocabulary coverage and split sizes. Saved as DIR/import_report.json and printed as a summary."""
+vocabulary coverage and split sizes. Saved as DIR/import_report.json (with a schema_version: a
+file of another version is a one-line error naming it) and printed as a summary."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import shlex
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import PurePath
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path, PurePath
+from typing import Any
 
 from captioner.data.importing.write import ImportedImage, ordered_splits
 from captioner.data.vocab import SPECIALS, Vocabulary
+from captioner.errors import CaptionerError
+from captioner.util.schema import check_version, read_json
 
 TRAIN_SPLITS = ("train", "restval")  # what `captioner train` builds its vocabulary from by default
+REPORT_VERSION = 1
 
 
 @dataclass
@@ -39,8 +44,24 @@ class ImportReport:
     problems: list[dict] = field(default_factory=list)  # file, line or entry, reason, message
     problems_total: int = 0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": REPORT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | Path) -> ImportReport:
+        """The report in `data` (a parsed import_report.json); `where` names the file in errors."""
+        if not isinstance(data, dict):
+            raise CaptionerError(f"{where}: not a captioner import_report.json")
+        check_version(data, where, "import_report.json", REPORT_VERSION, again="import again")
+        missing = [f.name for f in fields(cls) if f.name not in data and f.name not in
+                   ("problems", "problems_total")]
+        if missing:
+            raise CaptionerError(f"{where}: not a captioner import_report.json (no {missing[0]!r})")
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    @classmethod
+    def read(cls, path: Path) -> ImportReport:
+        return cls.from_json(read_json(path, path.read_text()), path)
 
     def summary(self) -> str:
         """A few lines for the terminal; the last one is the command that trains on the import."""
