@@ -132,7 +132,7 @@ def test_too_little_disk_is_a_clear_error_before_any_work(tmp_path: Path, vgg11:
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     records = random_image_records(tmp_path, 4)
     monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(free=1000))
-    with pytest.raises(CaptionerError, match="GB are free; free some space or set CAPTIONER_CACHE"):
+    with pytest.raises(CaptionerError, match="kB are free; free some space or set CAPTIONER_CACHE"):
         extract_features(vgg11, PREPROCESS, records, tmp_path / "feat", key=KEY)
     assert not list((tmp_path / "feat").glob("shard_*"))
 
