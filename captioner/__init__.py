@@ -6,7 +6,9 @@ names, and no two modules import each other however indirectly (lazily or for ty
 included); tests/test_layout.py holds all three.
 
     errors, config,   the one-line errors users see; typed settings; atomic files, locks, run
-    util, version     folders, hardware; the package's version
+    util, version     folders, the launch facts (util/launch.py) and the device (util/hardware.py)
+                      worked out once, guards for torch APIs not every allowed release has
+                      (util/torch_api.py); the package's version
     data, pages       files on disk to the batches training reads: images, captions, vocabulary,
                       COCO/Karpathy/shapes readers and importers, the objects an instances file
                       annotates | the HTML kit every page is built from, with its plots
@@ -18,7 +20,9 @@ included); tests/test_layout.py holds all three.
     evaluation        how good a checkpoint's captions are: metrics and their intervals,
                       mentions/CHAIR, the report, the diff of two reports, the CIDEr-D reward
     training          fitting the weights: the LightningModule and its validation, the Trainer,
-                      checkpoints and logs, classifier pretraining, self-critical training, `train`
+                      every adapter to Lightning in one module (training/adapters.py, each saying
+                      why the stock piece does not serve), classifier pretraining and the shipped
+                      encoder's use, self-critical training, `train`, `resume`, `finetune`
     compare           RNN vs LSTM vs GRU on the same features, trained and scored side by side
     api, cli          the entry points: the Python API and the command line, which alone
                       imports serve and compare
