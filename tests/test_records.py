@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,15 @@ from captioner.errors import CaptionerError
 from captioner.evaluation.diff import load_evaluation
 from captioner.evaluation.records import (
     SCHEMA_VERSION,
+    CaptionLength,
+    CaptionSummary,
     DiffResult,
     DiffSide,
     EvaluationMetrics,
     ImageRecord,
     ImageScores,
     MovedImage,
+    ObjectSummary,
     PairedDelta,
     SideCaption,
     TagChange,
@@ -38,7 +42,12 @@ RECORD = ImageRecord(
 METRICS = EvaluationMetrics(
     metrics={"bleu4": 0.25, "cider": 0.75}, intervals={"bleu4": [0.2, 0.3], "cider": None},
     bootstrap={"resamples": 1000, "seed": 0}, scale="0 to 1", definitions={"cider": "CIDEr-D"},
-    summary={"images": 1, "objects": {"chair_i": 0.5}}, notes=["METEOR skipped"],
+    summary=CaptionSummary(
+        images=1, distinct_captions=1.0, novel_captions=None, vocabulary_used=3,
+        reference_vocabulary=4, caption_length=CaptionLength(3.0, 3, 3, 3),
+        reference_length_mean=3.5, tags={"hallucination": 1, "generic": 0},
+        objects=ObjectSummary("shapes", 1, 2, 0.5, 1.0, 0.5)),
+    notes=["METEOR skipped"],
     run={"split": "test"})
 
 
@@ -53,6 +62,13 @@ def test_metrics_round_trip() -> None:
     assert data["schema_version"] == SCHEMA_VERSION
     assert EvaluationMetrics.from_json(data, "metrics.json") == METRICS
     assert METRICS.chair
+    without = replace(METRICS, summary=replace(METRICS.summary, objects=None))
+    assert "objects" not in without.to_json()["summary"] and not without.chair
+    assert EvaluationMetrics.from_json(without.to_json(), "metrics.json") == without
+    del data["summary"]["caption_length"]
+    with pytest.raises(CaptionerError, match="metrics.json: not a captioner metrics.json \\(its "
+                                             "summary lacks or mistypes 'caption_length'\\)"):
+        EvaluationMetrics.from_json(data, "metrics.json")
 
 
 def _folder(tmp_path: Path, metrics: dict, records: list[dict]) -> Path:

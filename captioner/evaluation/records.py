@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,65 @@ def read_per_image(path: Path) -> list[ImageRecord]:
 
 
 @dataclass(frozen=True)
+class CaptionLength:
+    """Tokens per predicted caption."""
+
+    mean: float
+    median: float
+    min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class ObjectSummary:
+    """CHAIR (Rohrbach et al. 2018) over the images whose objects are annotated: the
+    hallucinated share of object mentions (chair_i) and of captions (chair_s), and the share of
+    annotated objects mentioned; None where there is nothing to divide by."""
+
+    kind: str  # the object vocabulary: "shapes" or "coco"
+    images_annotated: int
+    object_mentions: int
+    chair_i: float | None
+    chair_s: float | None
+    object_recall: float | None
+
+
+@dataclass(frozen=True)
+class CaptionSummary:
+    """metrics.json's "summary": the captions at a glance, failure tags counted, and with
+    instances files the objects (absent from the JSON without them)."""
+
+    images: int
+    distinct_captions: float  # share of images whose caption no other image got
+    novel_captions: float | None  # share not among the training captions; None: not given them
+    vocabulary_used: int
+    reference_vocabulary: int
+    caption_length: CaptionLength
+    reference_length_mean: float
+    tags: dict[str, int]  # failure tag -> images carrying it
+    objects: ObjectSummary | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"images": self.images, "distinct_captions": self.distinct_captions,
+                "novel_captions": self.novel_captions, "vocabulary_used": self.vocabulary_used,
+                "reference_vocabulary": self.reference_vocabulary,
+                "caption_length": asdict(self.caption_length),
+                "reference_length_mean": self.reference_length_mean, "tags": self.tags}
+        if self.objects is not None:
+            data["objects"] = asdict(self.objects)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CaptionSummary:
+        """KeyError or TypeError where a field is missing or malformed."""
+        objects = data.get("objects")
+        return cls(data["images"], data["distinct_captions"], data["novel_captions"],
+                   data["vocabulary_used"], data["reference_vocabulary"],
+                   CaptionLength(**data["caption_length"]), data["reference_length_mean"],
+                   dict(data["tags"]), None if objects is None else ObjectSummary(**objects))
+
+
+@dataclass(frozen=True)
 class EvaluationMetrics:
     """metrics.json: corpus metrics with their bootstrap intervals, how the intervals were drawn,
     the scale and definitions of the metrics, the caption summary, notes and the run's settings."""
@@ -127,19 +186,19 @@ class EvaluationMetrics:
     bootstrap: dict[str, Any]
     scale: str
     definitions: dict[str, str]
-    summary: dict[str, Any]
+    summary: CaptionSummary
     notes: list[str]
     run: dict[str, Any]
 
     @property
     def chair(self) -> bool:
-        """Whether objects were analysed (the summary then has CHAIR under "objects")."""
-        return "objects" in self.summary
+        """Whether objects were analysed (the summary then has CHAIR)."""
+        return self.summary.objects is not None
 
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "metrics": self.metrics,
                 "intervals": self.intervals, "bootstrap": self.bootstrap, "scale": self.scale,
-                "definitions": self.definitions, "summary": self.summary, "notes": self.notes,
+                "definitions": self.definitions, "summary": self.summary.to_json(), "notes": self.notes,
                 "run": self.run}
 
     @classmethod
@@ -149,8 +208,13 @@ class EvaluationMetrics:
                                                  for k in ("metrics", "summary")):
             raise CaptionerError(f"{where}: not a captioner metrics.json (no 'metrics' or 'summary')")
         check_version(data, where, "metrics.json", SCHEMA_VERSION, again="evaluate again")
+        try:
+            summary = CaptionSummary.from_json(data["summary"])
+        except (KeyError, TypeError) as err:
+            raise CaptionerError(f"{where}: not a captioner metrics.json (its summary lacks or "
+                                 f"mistypes {err})") from err
         return cls(data["metrics"], data.get("intervals", {}), data.get("bootstrap", {}),
-                   data.get("scale", ""), data.get("definitions", {}), data["summary"],
+                   data.get("scale", ""), data.get("definitions", {}), summary,
                    list(data.get("notes", [])), dict(data.get("run", {})))
 
     @classmethod

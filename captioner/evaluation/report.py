@@ -26,9 +26,12 @@ from captioner.evaluation.bootstrap import RESAMPLES, report_entries
 from captioner.evaluation.mentions import ObjectIndex
 from captioner.evaluation.metrics import METRIC_DEFINITIONS, SCALE, Scores, score_captions
 from captioner.evaluation.records import (
+    CaptionLength,
+    CaptionSummary,
     EvaluationMetrics,
     ImageRecord,
     ImageScores,
+    ObjectSummary,
     WordMap,
     per_image_lines,
 )
@@ -261,49 +264,43 @@ def _summary(
     results: Sequence[ImageResult], analyses: list[_Analysis],
     tokens: Mapping[str, list[str]], train_captions: set[str] | frozenset[str],
     objects: ObjectIndex | None,
-) -> dict[str, Any]:
+) -> CaptionSummary:
     n = len(results)
     keys = [_caption_key(r.prediction) for r in results]
     predicted = [tokens[r.prediction] for r in results]
     referenced = [tokens[c] for r in results for c in r.references]
     lengths = [len(words) for words in predicted]
     train_keys = {_caption_key(c) for c in train_captions}
-    summary: dict[str, Any] = {
-        "images": n,
-        "distinct_captions": len(set(keys)) / n,
-        "novel_captions": sum(k not in train_keys for k in keys) / n if train_keys else None,
-        "vocabulary_used": len({w for words in predicted for w in words}),
-        "reference_vocabulary": len({w for words in referenced for w in words}),
-        "caption_length": {
-            "mean": statistics.fmean(lengths),
-            "median": statistics.median(lengths),
-            "min": min(lengths),
-            "max": max(lengths),
-        },
-        "reference_length_mean": statistics.fmean(len(words) for words in referenced),
-        "tags": {tag: sum(tag in a.tags for a in analyses) for tag in TAGS},
-    }
-    if objects is not None:
-        summary["objects"] = _chair(analyses, objects.kind)
-    return summary
+    return CaptionSummary(
+        images=n,
+        distinct_captions=len(set(keys)) / n,
+        novel_captions=sum(k not in train_keys for k in keys) / n if train_keys else None,
+        vocabulary_used=len({w for words in predicted for w in words}),
+        reference_vocabulary=len({w for words in referenced for w in words}),
+        caption_length=CaptionLength(statistics.fmean(lengths), statistics.median(lengths),
+                                     min(lengths), max(lengths)),
+        reference_length_mean=statistics.fmean(len(words) for words in referenced),
+        tags={tag: sum(tag in a.tags for a in analyses) for tag in TAGS},
+        objects=None if objects is None else _chair(analyses, objects.kind),
+    )
 
 
-def _chair(analyses: list[_Analysis], kind: str) -> dict[str, Any]:
+def _chair(analyses: list[_Analysis], kind: str) -> ObjectSummary:
     """CHAIR (Rohrbach et al. 2018): hallucinated share of object mentions and of captions."""
     annotated = [a for a in analyses if a.objects_annotated]
     mentions = sum(len(a.mentioned) for a in annotated)
     hallucinated = sum(len(a.hallucinated) for a in annotated)
     found = mentions - hallucinated
     present = found + sum(len(a.missed) for a in annotated)
-    return {
-        "kind": kind,
-        "images_annotated": len(annotated),
-        "object_mentions": mentions,
-        "chair_i": hallucinated / mentions if mentions else None,
-        "chair_s": (sum(bool(a.hallucinated) for a in annotated) / len(annotated)
-                    if annotated else None),
-        "object_recall": found / present if present else None,
-    }
+    return ObjectSummary(
+        kind=kind,
+        images_annotated=len(annotated),
+        object_mentions=mentions,
+        chair_i=hallucinated / mentions if mentions else None,
+        chair_s=(sum(bool(a.hallucinated) for a in annotated) / len(annotated)
+                 if annotated else None),
+        object_recall=found / present if present else None,
+    )
 
 
 def _learning_curves(out_dir: Path, metrics_csv: Path | None, notes: list[str]) -> list[Plot]:

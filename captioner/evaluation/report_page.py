@@ -15,7 +15,7 @@ from html import escape
 from pathlib import PurePath
 from typing import Any
 
-from captioner.evaluation.records import EvaluationMetrics, ImageRecord, WordMap
+from captioner.evaluation.records import CaptionSummary, EvaluationMetrics, ImageRecord, WordMap
 from captioner.pages.html import (
     HEADLINE,
     STYLE,
@@ -73,9 +73,9 @@ def render_page(
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>\n"
         f'<meta http-equiv="Content-Security-Policy" content="{policy}">\n'
         '<meta name=viewport content="width=device-width, initial-scale=1">\n'
-        f"<title>Caption evaluation ({summary['images']} images)</title>\n"
+        f"<title>Caption evaluation ({summary.images} images)</title>\n"
         f"<style>{STYLE}</style></head>\n<body>\n"
-        f"<h1>Caption evaluation</h1>\n<p class=muted>{summary['images']} images"
+        f"<h1>Caption evaluation</h1>\n<p class=muted>{summary.images} images"
         f"{_run_line(metrics.run)}</p>\n<nav>{nav}</nav>\n"
         + "\n".join(sections)
         + f"\n<script>{_SCRIPT}</script>\n</body></html>\n"
@@ -103,7 +103,7 @@ def _headline(metrics: EvaluationMetrics) -> str:
         "<table class=headline><tr><th>metric</th><th>score</th><th>×100 (as in papers)</th>"
         f"{interval_head}</tr>{''.join(rows)}</table>\n<p class=muted>Scale: {escape(metrics.scale)}. "
         "Hover a metric's name for its exact definition.</p>"
-        + (_interval_meaning(metrics.bootstrap, metrics.summary["images"]) if intervals else "")
+        + (_interval_meaning(metrics.bootstrap, metrics.summary.images) if intervals else "")
         + (f"<ul class=notes>{notes}</ul>" if notes else "")
     )
 
@@ -120,36 +120,36 @@ def _interval_meaning(bootstrap: Mapping[str, Any], images: int) -> str:
     )
 
 
-def _summary_table(summary: Mapping[str, Any], tags: Mapping[str, str],
+def _summary_table(summary: CaptionSummary, tags: Mapping[str, str],
                    intervals: Mapping[str, Sequence[float] | None]) -> str:
-    n = summary["images"]
-    length = summary["caption_length"]
-    novel = summary["novel_captions"]
+    n = summary.images
+    length = summary.caption_length
+    novel = summary.novel_captions
     rows = [
         ("images", str(n), "evaluated images, one caption each"),
-        ("distinct captions", _percent(summary["distinct_captions"]),
+        ("distinct captions", _percent(summary.distinct_captions),
          "different captions per image; low means the model repeats itself across images"),
         ("novel captions", "not computed" if novel is None else _percent(novel),
          "captions that appear nowhere in the training captions"),
-        ("vocabulary used", f"{summary['vocabulary_used']} words",
+        ("vocabulary used", f"{summary.vocabulary_used} words",
          f"distinct words in the predictions; the references use "
-         f"{summary['reference_vocabulary']}"),
-        ("caption length", f"{length['mean']:.1f} tokens",
-         f"median {length['median']:g}, min {length['min']}, max {length['max']}; references "
-         f"average {summary['reference_length_mean']:.1f}"),
+         f"{summary.reference_vocabulary}"),
+        ("caption length", f"{length.mean:.1f} tokens",
+         f"median {length.median:g}, min {length.min}, max {length.max}; references "
+         f"average {summary.reference_length_mean:.1f}"),
     ]
-    objects = summary.get("objects")
-    if objects:
+    objects = summary.objects
+    if objects is not None:
         rows += [
-            ("CHAIR_i", _percent(objects["chair_i"]) + _percent_interval(intervals, "chair_i"),
-             f"hallucinated share of the {objects['object_mentions']} object mentions "
-             f"({objects['kind']} objects, {objects['images_annotated']} annotated images)"),
-            ("CHAIR_s", _percent(objects["chair_s"]) + _percent_interval(intervals, "chair_s"),
+            ("CHAIR_i", _percent(objects.chair_i) + _percent_interval(intervals, "chair_i"),
+             f"hallucinated share of the {objects.object_mentions} object mentions "
+             f"({objects.kind} objects, {objects.images_annotated} annotated images)"),
+            ("CHAIR_s", _percent(objects.chair_s) + _percent_interval(intervals, "chair_s"),
              "captions that mention at least one object not in their image"),
-            ("object recall", _percent(objects["object_recall"]),
+            ("object recall", _percent(objects.object_recall),
              "annotated objects that the caption mentions"),
         ]
-    rows += [(f"tag: {tag}", f"{summary['tags'][tag]} ({_percent(summary['tags'][tag] / n)})",
+    rows += [(f"tag: {tag}", f"{summary.tags[tag]} ({_percent(summary.tags[tag] / n)})",
               meaning) for tag, meaning in tags.items()]
     body = "".join(f"<tr><th>{escape(name)}</th><td class=num>{escape(value)}</td>"
                    f"<td class=muted>{escape(why)}</td></tr>" for name, value, why in rows)
