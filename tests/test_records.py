@@ -25,6 +25,7 @@ from captioner.evaluation.records import (
     MovedImage,
     ObjectSummary,
     PairedDelta,
+    Resampling,
     SideCaption,
     TagChange,
     WordMap,
@@ -41,7 +42,8 @@ RECORD = ImageRecord(
     maps=[WordMap("circle", "maps/7-2.png", empty=True)])
 METRICS = EvaluationMetrics(
     metrics={"bleu4": 0.25, "cider": 0.75}, intervals={"bleu4": [0.2, 0.3], "cider": None},
-    bootstrap={"resamples": 1000, "seed": 0}, scale="0 to 1", definitions={"cider": "CIDEr-D"},
+    bootstrap=Resampling(1000, "percentile", 0, 0.95, not_resampled={"meteor": "why"}),
+    scale="0 to 1", definitions={"cider": "CIDEr-D"},
     summary=CaptionSummary(
         images=1, distinct_captions=1.0, novel_captions=None, vocabulary_used=3,
         reference_vocabulary=4, caption_length=CaptionLength(3.0, 3, 3, 3),
@@ -65,6 +67,9 @@ def test_metrics_round_trip() -> None:
     without = replace(METRICS, summary=replace(METRICS.summary, objects=None))
     assert "objects" not in without.to_json()["summary"] and not without.chair
     assert EvaluationMetrics.from_json(without.to_json(), "metrics.json") == without
+    off = replace(METRICS, bootstrap=Resampling(0, "switched off"))
+    assert off.to_json()["bootstrap"] == {"resamples": 0, "method": "switched off"}
+    assert EvaluationMetrics.from_json(off.to_json(), "metrics.json") == off
     del data["summary"]["caption_length"]
     with pytest.raises(CaptionerError, match="metrics.json: not a captioner metrics.json \\(its "
                                              "summary lacks or mistypes 'caption_length'\\)"):
@@ -107,7 +112,8 @@ def test_per_image_lines_read_back(tmp_path: Path) -> None:
 
 
 DIFF = DiffResult(
-    DiffSide("/a", {"split": "test"}), DiffSide("/b", {}), 7, {"resamples": 1000, "paired": True},
+    DiffSide("/a", {"split": "test"}), DiffSide("/b", {}), 7,
+    Resampling(1000, "paired", 0, 0.95, paired=True, ties="one half"),
     {"cider": PairedDelta(0.5, 0.75, 0.25, [0.125, 0.375], 0.99),
      "meteor": PairedDelta(0.2, 0.25, 0.05, None, None)},
     [MovedImage(7, "7.jpg", ["a red circle"], 0.5, SideCaption.of(RECORD),

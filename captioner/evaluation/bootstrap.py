@@ -19,14 +19,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from nltk.translate.bleu_score import closest_ref_length, modified_precision
 from pycocoevalcap.rouge.rouge import Rouge
 
 from captioner.data.tokenize import tokenize
-from captioner.evaluation.records import ImageRecord, PairedDelta
+from captioner.evaluation.records import ImageRecord, PairedDelta, Resampling
 
 LEVEL = 0.95
 RESAMPLES = 1000
@@ -210,18 +209,15 @@ def _number(value: float) -> float | None:
 def report_entries(
     records: Sequence[ImageRecord], metric_names: Sequence[str], *, chair: bool,
     resamples: int = RESAMPLES, seed: int = 0, tokens: Mapping[str, list[str]] | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, list[float] | None], Resampling]:
     """metrics.json's "intervals" (a key per metric in `metric_names`, then CHAIR's; null for
     METEOR) and "bootstrap" (how they were drawn); no intervals when `resamples` is 0."""
     if resamples == 0:
-        return {"intervals": {}, "bootstrap": {"resamples": 0, "method": "switched off"}}
+        return {}, Resampling(0, "switched off")
     found = intervals(image_statistics(records, chair=chair, tokens=tokens), resamples, seed)
     names = [*metric_names, *(("chair_i", "chair_s") if chair else ())]
     method = METHOD.format(resamples=resamples, images=len(records), seed=seed,
                            percent=100 * LEVEL)
-    return {
-        "intervals": {name: found.get(name) for name in names},
-        "bootstrap": {"resamples": resamples, "seed": seed, "level": LEVEL, "method": method,
-                      "not_resampled": {k: v for k, v in NOT_RESAMPLED.items()
-                                        if k in metric_names}},
-    }
+    return ({name: found.get(name) for name in names},
+            Resampling(resamples, method, seed, LEVEL,
+                       not_resampled={k: v for k, v in NOT_RESAMPLED.items() if k in metric_names}))

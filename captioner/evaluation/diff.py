@@ -31,6 +31,7 @@ from captioner.evaluation.records import (
     ImageRecord,
     MovedImage,
     PairedDelta,
+    Resampling,
     SideCaption,
     TagChange,
     read_per_image,
@@ -110,10 +111,10 @@ def diff(a: Evaluation, b: Evaluation, *, resamples: int = RESAMPLES, seed: int 
     b_better, b_worse = _moved(a, b, show)
     return DiffResult(
         _side(a), _side(b), images,
-        {"resamples": resamples, "seed": seed, "level": LEVEL, "paired": True,
-         "ties": "a resample where A and B score the same counts one half to b_wins",
-         "method": METHOD.format(resamples=resamples, images=images, seed=seed,
-                                 percent=100 * LEVEL) + "; A and B are scored on the same resamples"},
+        Resampling(resamples, METHOD.format(resamples=resamples, images=images, seed=seed,
+                                            percent=100 * LEVEL)
+                   + "; A and B are scored on the same resamples", seed, LEVEL, paired=True,
+                   ties="a resample where A and B score the same counts one half to b_wins"),
         metrics, b_better, b_worse, _tag_changes(a, b), notes)
 
 

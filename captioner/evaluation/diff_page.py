@@ -81,8 +81,8 @@ def _metrics(result: DiffResult) -> str:
     return (
         "<table class=headline><tr><th>metric</th><th>A</th><th>B</th><th>B − A</th>"
         f"<th>95% interval of B − A</th><th>B better in</th></tr>{''.join(rows)}</table>\n"
-        f"<p class=muted>Each of {b['resamples']} resamples draws {result.images} images with "
-        f"replacement (seed {b['seed']}) and scores A and B on that same draw. The interval holds "
+        f"<p class=muted>Each of {b.resamples} resamples draws {result.images} images with "
+        f"replacement (seed {b.seed}) and scores A and B on that same draw. The interval holds "
         "the middle 95% of B − A; when it contains 0, these images do not tell the two runs apart "
         "on that metric. “B better in” is the share of resamples where B scores better (lower, "
         "for CHAIR); a tie counts one half. CIDEr-D keeps each image's full-set score.</p>"

@@ -118,6 +118,29 @@ def read_per_image(path: Path) -> list[ImageRecord]:
 
 
 @dataclass(frozen=True)
+class Resampling:
+    """How the bootstrap intervals were drawn (metrics.json's and diff.json's "bootstrap"); the
+    fields a file does not have (no seed when switched off, `paired` and `ties` in a diff
+    only) are None and left out of the JSON."""
+
+    resamples: int  # 0: switched off
+    method: str
+    seed: int | None = None
+    level: float | None = None
+    paired: bool | None = None  # A and B scored on the same resamples
+    ties: str | None = None  # how a resample where A and B score the same counts
+    not_resampled: dict[str, str] | None = None  # metric -> why it has no interval
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Resampling:
+        """KeyError or TypeError where a field is missing or unknown."""
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class CaptionLength:
     """Tokens per predicted caption."""
 
@@ -176,6 +199,9 @@ class CaptionSummary:
                    dict(data["tags"]), None if objects is None else ObjectSummary(**objects))
 
 
+_NOT_DRAWN = {"resamples": 0, "method": "not drawn (a report from before bootstrap intervals)"}
+
+
 @dataclass(frozen=True)
 class EvaluationMetrics:
     """metrics.json: corpus metrics with their bootstrap intervals, how the intervals were drawn,
@@ -183,7 +209,7 @@ class EvaluationMetrics:
 
     metrics: dict[str, float]
     intervals: dict[str, list[float] | None]
-    bootstrap: dict[str, Any]
+    bootstrap: Resampling
     scale: str
     definitions: dict[str, str]
     summary: CaptionSummary
@@ -197,7 +223,8 @@ class EvaluationMetrics:
 
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "metrics": self.metrics,
-                "intervals": self.intervals, "bootstrap": self.bootstrap, "scale": self.scale,
+                "intervals": self.intervals, "bootstrap": self.bootstrap.to_json(),
+                "scale": self.scale,
                 "definitions": self.definitions, "summary": self.summary.to_json(), "notes": self.notes,
                 "run": self.run}
 
@@ -213,7 +240,11 @@ class EvaluationMetrics:
         except (KeyError, TypeError) as err:
             raise CaptionerError(f"{where}: not a captioner metrics.json (its summary lacks or "
                                  f"mistypes {err})") from err
-        return cls(data["metrics"], data.get("intervals", {}), data.get("bootstrap", {}),
+        try:  # a report from before the intervals has no "bootstrap"
+            resampling = Resampling.from_json(data.get("bootstrap", _NOT_DRAWN))
+        except TypeError as err:
+            raise CaptionerError(f"{where}: not a captioner metrics.json (bootstrap: {err})") from err
+        return cls(data["metrics"], data.get("intervals", {}), resampling,
                    data.get("scale", ""), data.get("definitions", {}), summary,
                    list(data.get("notes", [])), dict(data.get("run", {})))
 
@@ -327,7 +358,7 @@ class DiffResult:
     a: DiffSide
     b: DiffSide
     images: int
-    bootstrap: dict[str, Any]
+    bootstrap: Resampling
     metrics: dict[str, PairedDelta]
     b_better: list[MovedImage]
     b_worse: list[MovedImage]
@@ -336,7 +367,7 @@ class DiffResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "a": self.a.to_json(), "b": self.b.to_json(),
-                "images": self.images, "bootstrap": self.bootstrap,
+                "images": self.images, "bootstrap": self.bootstrap.to_json(),
                 "metrics": {name: m.to_json() for name, m in self.metrics.items()},
                 "moved": {"b_better": [m.to_json() for m in self.b_better],
                           "b_worse": [m.to_json() for m in self.b_worse]},
@@ -350,7 +381,8 @@ class DiffResult:
         check_version(data, where, "diff.json", SCHEMA_VERSION, again="run `captioner diff` again")
         try:
             return cls(
-                DiffSide(**data["a"]), DiffSide(**data["b"]), data["images"], data["bootstrap"],
+                DiffSide(**data["a"]), DiffSide(**data["b"]), data["images"],
+                Resampling.from_json(data["bootstrap"]),
                 {k: PairedDelta.from_json(m) for k, m in data["metrics"].items()},
                 [MovedImage.from_json(m) for m in data["moved"]["b_better"]],
                 [MovedImage.from_json(m) for m in data["moved"]["b_worse"]],

@@ -148,10 +148,10 @@ def write_report(
         records = _attach_maps(records, gallery_maps(out_dir, [r.to_json() for r in worst_records],
                                                      [r.to_json() for r in best_records]))
         worst_records, best_records = _galleries(records, worst, best)
-    entries = report_entries(records, list(scores.corpus), chair=objects is not None,
-                             resamples=bootstrap, seed=seed, tokens=tokens)
+    intervals, resampling = report_entries(records, list(scores.corpus), chair=objects is not None,
+                                           resamples=bootstrap, seed=seed, tokens=tokens)
     metrics = EvaluationMetrics(
-        metrics=scores.corpus, intervals=entries["intervals"], bootstrap=entries["bootstrap"],
+        metrics=scores.corpus, intervals=intervals, bootstrap=resampling,
         scale=SCALE,
         definitions={k: METRIC_DEFINITIONS[k] for k in [*scores.corpus, "bleu4_smoothed"]},
         summary=summary, notes=notes,

@@ -15,7 +15,13 @@ from html import escape
 from pathlib import PurePath
 from typing import Any
 
-from captioner.evaluation.records import CaptionSummary, EvaluationMetrics, ImageRecord, WordMap
+from captioner.evaluation.records import (
+    CaptionSummary,
+    EvaluationMetrics,
+    ImageRecord,
+    Resampling,
+    WordMap,
+)
 from captioner.pages.html import (
     HEADLINE,
     STYLE,
@@ -108,12 +114,12 @@ def _headline(metrics: EvaluationMetrics) -> str:
     )
 
 
-def _interval_meaning(bootstrap: Mapping[str, Any], images: int) -> str:
-    excluded = "".join(f" {escape(why)}." for why in bootstrap.get("not_resampled", {}).values())
+def _interval_meaning(bootstrap: Resampling, images: int) -> str:
+    excluded = "".join(f" {escape(why)}." for why in (bootstrap.not_resampled or {}).values())
     return (
         f"<p class=muted>The 95% interval is the middle 95% of the score over "
-        f"{bootstrap['resamples']} resamples of these {images} images, drawn with replacement "
-        f"(seed {bootstrap['seed']}): how much the score depends on which images were evaluated. "
+        f"{bootstrap.resamples} resamples of these {images} images, drawn with replacement "
+        f"(seed {bootstrap.seed}): how much the score depends on which images were evaluated. "
         "Two runs' intervals may overlap while a comparison on the same images still shows a "
         "clear difference: <code>captioner diff</code> resamples both runs on the same images "
         f"and gives the interval of their difference.{excluded}</p>"
