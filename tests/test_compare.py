@@ -268,7 +268,7 @@ def test_the_table_says_when_a_mean_is_over_fewer_seeds_than_ran() -> None:
     spread = replace(run([0.1, None]), test=dict.fromkeys(("bleu1", "bleu2", "bleu3", "bleu4", "cider"), 0.0))
     cell = CellFigures(run([0.3, 0.4]), spread, [0, 1, 2],
                        [SeedRun(seed, s) for seed, s in enumerate(seeds)])
-    page = _table({"rnn": cell}, {"grad_clip": 5.0, "monitor": "val/loss"})
+    page = _table({"rnn": cell}, monitor="val/loss", grad_clip=5.0)
     first, second = (page.split(f"{place} object named: precision</th>")[1].split("</tr>")[0]
                      for place in ("1st", "2nd"))
     assert "0.300 ± 0.100<" in first and "seeds" not in first

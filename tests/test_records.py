@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from captioner.compare.records import CellFigures, CellSummary, CompareResult, SeedRun
+from captioner.compare.records import (
+    CellFigures,
+    CellSummary,
+    CompareResult,
+    CompareSettings,
+    EncoderUsed,
+    GradFlow,
+    PositionsScored,
+    SeedRun,
+    Timing,
+)
 from captioner.compare.seeds import Difference
 from captioner.data.importing.report import ImportReport
 from captioner.errors import CaptionerError
@@ -155,10 +165,16 @@ COMPARE = CompareResult(
     cells={"lstm": CellFigures(_cell_summary(0.75, {"image_id": 1, "words": ["a"], "mean": {}}),
                                _cell_summary(0.125), [0, 1],
                                [SeedRun(0, _cell_summary(0.625)), SeedRun(1, _cell_summary(0.875))])},
-    settings={"seeds": [0, 1], "monitor": "val/cider"}, encoder={"origin": "config"},
-    grad_flow={"captions": 4, "steps": 2}, positions=None,
+    settings=CompareSettings(
+        cells=["lstm"], dataset="shapes", max_epochs=1, seed=0, seeds=[0, 1], max_objects=3,
+        train_images=8, train_captions=40, val_images=4, test_images=4, batch_size=4,
+        embed_dim=8, hidden_dim=8, num_layers=1, dropout=0.0, lr=0.001, grad_clip=5.0,
+        monitor="val/cider", beam_size=2, precision="fp32", limit_train_batches=1.0),
+    encoder=EncoderUsed("config", None, "vgg11_bn", 64, True, 1000),
+    grad_flow=GradFlow("last word", "word t", "val", 4, 2),
+    positions=PositionsScored("test", "shapes", [4, 2]),
     differences=[Difference("test CIDEr-D", "lstm", "rnn", 0.75, 0.5, True, 1 / 3)],
-    seconds={"features": 1.0, "total": 9.0})
+    seconds=Timing(1.0, 9.0))
 
 
 def test_a_comparison_round_trips(tmp_path: Path) -> None:

@@ -79,5 +79,5 @@ def _print_summary(result: CompareResult) -> None:
             print(f"{cell}: precision of the 1st, 2nd, ... object named: "
                   + ", ".join(num(value, spread) for value, spread in by_position))
     real = [d for d in result.differences if d.real]
-    print(f"real differences ({len(result.settings['seeds'])} seeds): "
+    print(f"real differences ({len(result.settings.seeds)} seeds): "
           + ("; ".join(f"{d.figure}: {d.higher} > {d.lower}" for d in real) or "none"))

@@ -22,7 +22,17 @@ from typing import Any
 from captioner.compare.encoders import cell_config, config_encoder, encoder_checkpoint, source_encoder
 from captioner.compare.page import GateTrace, render_compare_page
 from captioner.compare.positions import ordinal, score_positions
-from captioner.compare.records import CellFigures, CellSummary, CompareResult, SeedRun
+from captioner.compare.records import (
+    CellFigures,
+    CellSummary,
+    CompareResult,
+    CompareSettings,
+    EncoderUsed,
+    GradFlow,
+    PositionsScored,
+    SeedRun,
+    Timing,
+)
 from captioner.compare.seeds import differences, mean_and_spread
 from captioner.compare.shared import Shared, share
 from captioner.compare.training import TEST_METRICS, run_cell
@@ -124,14 +134,14 @@ def compare(config: Config, cells: Sequence[str], out_dir: Path, *,
     result = CompareResult(
         cells=summaries,
         settings=_settings(base, cells, shared, seed_list),
-        encoder={"origin": source.origin, "checkpoint": None if checkpoint is None else str(checkpoint),
-                 "arch": source.arch, "image_size": source.image_size, "frozen": True,
-                 "params": sum(p.numel() for p in source.encoder.parameters())},
-        grad_flow={"loss": GRAD_LOSS, "initial_state_loss": INITIAL_STATE_LOSS, "split": "val",
-                   "captions": len(shared.grad_ids), "steps": shared.grad_ids.shape[1] - 1},
+        encoder=EncoderUsed(source.origin, None if checkpoint is None else str(checkpoint),
+                            source.arch, source.image_size, frozen=True,
+                            params=sum(p.numel() for p in source.encoder.parameters())),
+        grad_flow=GradFlow(GRAD_LOSS, INITIAL_STATE_LOSS, "val", len(shared.grad_ids),
+                           shared.grad_ids.shape[1] - 1),
         positions=_positions(shared),
         differences=differences(judged_figures(summaries)),
-        seconds={"features": feature_seconds, "total": time.perf_counter() - started},
+        seconds=Timing(feature_seconds, time.perf_counter() - started),
     )
     write_json(out_dir / "compare.json", result.to_json())
     write_text(out_dir / "index.html", render_compare_page(result, gates))
@@ -139,26 +149,26 @@ def compare(config: Config, cells: Sequence[str], out_dir: Path, *,
     return result
 
 
-def _positions(shared: Shared) -> dict[str, Any] | None:
+def _positions(shared: Shared) -> PositionsScored | None:
     """What the per-position figures were scored on; None without instances files."""
     if shared.objects is None:
         return None
     # Captions that name nothing: the count of images holding each number of objects.
     images = score_positions({r.image_id: [] for r in shared.test_records}, shared.objects).images
-    return {"split": "test", "objects": shared.objects.kind, "images_by_position": images}
+    return PositionsScored("test", shared.objects.kind, images)
 
 
-def _settings(config: Config, cells: list[str], shared: Shared, seeds: list[int]) -> dict[str, Any]:
+def _settings(config: Config, cells: list[str], shared: Shared, seeds: list[int]) -> CompareSettings:
     d, o, t = config.decoder, config.optim, config.trainer
     shapes = config.data.dataset == "shapes" and not config.data.root
-    return {
-        "cells": cells, "dataset": config.data.dataset, "max_epochs": t.max_epochs, "seed": t.seed,
-        "seeds": seeds, "max_objects": config.data.shapes.max_objects if shapes else None,
-        "train_images": len(shared.train_set.records), "train_captions": len(shared.train_set),
-        "val_images": len(shared.val_set.records),
-        "test_images": len(shared.test_records), "batch_size": config.data.batch_size,
-        "embed_dim": d.embed_dim, "hidden_dim": d.hidden_dim, "num_layers": d.num_layers,
-        "dropout": d.dropout, "lr": o.lr, "grad_clip": o.grad_clip, "monitor": t.monitor,
-        "beam_size": config.eval.beam_size, "precision": resolve_precision(config),
-        "limit_train_batches": t.limit_train_batches,
-    }
+    return CompareSettings(
+        cells=cells, dataset=config.data.dataset, max_epochs=t.max_epochs, seed=t.seed,
+        seeds=seeds, max_objects=config.data.shapes.max_objects if shapes else None,
+        train_images=len(shared.train_set.records), train_captions=len(shared.train_set),
+        val_images=len(shared.val_set.records),
+        test_images=len(shared.test_records), batch_size=config.data.batch_size,
+        embed_dim=d.embed_dim, hidden_dim=d.hidden_dim, num_layers=d.num_layers,
+        dropout=d.dropout, lr=o.lr, grad_clip=o.grad_clip, monitor=t.monitor,
+        beam_size=config.eval.beam_size, precision=resolve_precision(config),
+        limit_train_batches=t.limit_train_batches,
+    )

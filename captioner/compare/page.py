@@ -56,12 +56,13 @@ def render_compare_page(result: CompareResult, gates: Sequence[GateTrace]) -> st
     """The whole page from what compare.json holds plus the gate values of the gated cells."""
     cells, settings = result.cells, result.settings
     names = ", ".join(cells)
-    logs = "&lt;cell&gt;/logs" if len(settings["seeds"]) == 1 else "&lt;cell&gt;/seed-&lt;seed&gt;/logs"
+    logs = "&lt;cell&gt;/logs" if len(settings.seeds) == 1 else "&lt;cell&gt;/seed-&lt;seed&gt;/logs"
     sections = [
         section("setup", "Setup", _setup(result)),
-        section("cells", "Cells side by side", _table(cells, settings)),
+        section("cells", "Cells side by side",
+                _table(cells, monitor=settings.monitor, grad_clip=settings.grad_clip)),
         section("seeds", "Which differences are real",
-                _differences(len(settings["seeds"]), result.differences)),
+                _differences(len(settings.seeds), result.differences)),
         section("plots", "Training, gradient flow and memory",
                 "".join(figure(p) for p in _plots(result))),
         section("gates", "Gates along one caption", _gates(gates, set(cells))),
@@ -82,40 +83,40 @@ def render_compare_page(result: CompareResult, gates: Sequence[GateTrace]) -> st
 
 def _plots(result: CompareResult) -> list[Plot]:
     cells, settings, flow = result.cells, result.settings, result.grad_flow
-    plots = [validation_plot(cells, settings["monitor"]), gradient_flow_plot(cells, flow),
+    plots = [validation_plot(cells, settings.monitor), gradient_flow_plot(cells, flow),
              image_gradient_plot(cells, flow)]
     if result.positions is not None:
         plots.append(positions_plot(cells, result.positions))
-    return [*plots, training_norm_plot(cells, settings["grad_clip"])]
+    return [*plots, training_norm_plot(cells, settings.grad_clip)]
 
 
 # -- text ---------------------------------------------------------------------------------------
 def _setup(result: CompareResult) -> str:
     s, encoder = result.settings, result.encoder
-    seeds = s["seeds"]
+    seeds = s.seeds
     seeding = (f"seed {seeds[0]}" if len(seeds) == 1 else
                f"seeds {', '.join(map(str, seeds))} (each cell trained once per seed on the same "
                "data and features; every figure is the mean over seeds ± the standard deviation, "
                "the gates are the first seed's)")
-    crowd = ("" if s.get("max_objects") in (None, 3) else
-             f" Scenes of up to {s['max_objects']} objects (data.shapes.max_objects).")
+    crowd = ("" if s.max_objects in (None, 3) else
+             f" Scenes of up to {s.max_objects} objects (data.shapes.max_objects).")
     positions = result.positions
     objects = ("No instances files: the objects by position are not scored." if positions is None
-               else f"Objects by position: {escape(positions['objects'])} objects of the "
-                    f"{escape(positions['split'])} images, from the instances files.")
+               else f"Objects by position: {escape(positions.objects)} objects of the "
+                    f"{escape(positions.split)} images, from the instances files.")
     items = [
-        f"Encoder (frozen, shared by every cell): {escape(encoder['origin'])}; its fc7 features "
-        f"were computed once ({result.seconds['features']:.0f} s, extraction or cache).",
-        f"Data: {escape(str(s['dataset']))}, {s['train_images']} training images "
-        f"({s['train_captions']} captions), {s['val_images']} validation and {s['test_images']} "
+        f"Encoder (frozen, shared by every cell): {escape(encoder.origin)}; its fc7 features "
+        f"were computed once ({result.seconds.features:.0f} s, extraction or cache).",
+        f"Data: {escape(str(s.dataset))}, {s.train_images} training images "
+        f"({s.train_captions} captions), {s.val_images} validation and {s.test_images} "
         f"test images.{crowd} {objects}",
-        f"Same for every cell: {seeding}, {s['max_epochs']} epoch(s) of batch "
-        f"{s['batch_size']} (limit_train_batches {s['limit_train_batches']:g}), embedding "
-        f"{s['embed_dim']}, hidden {s['hidden_dim']} x {s['num_layers']} layer(s), dropout "
-        f"{s['dropout']:g}, Adam lr {s['lr']:g}, gradient norm clipped at {s['grad_clip']:g}, "
-        f"{escape(s['precision'])}.",
-        f"Best epoch by {escape(s['monitor'])}; test captions by beam search (beam "
-        f"{s['beam_size']}) with the best epoch's weights.",
+        f"Same for every cell: {seeding}, {s.max_epochs} epoch(s) of batch "
+        f"{s.batch_size} (limit_train_batches {s.limit_train_batches:g}), embedding "
+        f"{s.embed_dim}, hidden {s.hidden_dim} x {s.num_layers} layer(s), dropout "
+        f"{s.dropout:g}, Adam lr {s.lr:g}, gradient norm clipped at {s.grad_clip:g}, "
+        f"{escape(s.precision)}.",
+        f"Best epoch by {escape(s.monitor)}; test captions by beam search (beam "
+        f"{s.beam_size}) with the best epoch's weights.",
     ]
     return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
 
@@ -123,7 +124,7 @@ def _setup(result: CompareResult) -> str:
 Getter = Callable[[CellSummary], Any]
 
 
-def _table(cells: Mapping[str, CellFigures], settings: Mapping[str, Any]) -> str:
+def _table(cells: Mapping[str, CellFigures], *, monitor: str, grad_clip: float) -> str:
     """One row per figure: each cell's mean, ± its spread over seeds where there is one."""
     def cell_text(run: CellFigures, get: Getter, fmt: str) -> str:
         value = get(run.mean)
@@ -141,15 +142,14 @@ def _table(cells: Mapping[str, CellFigures], settings: Mapping[str, Any]) -> str
         f"<tr><th>{escape(name)}</th>"
         + "".join(f"<td class=num>{escape(cell_text(run, get, fmt))}</td>" for run in cells.values())
         + f"<td class=muted>{escape(why)}</td></tr>"
-        for name, why, get, fmt in _rows(cells, settings)
+        for name, why, get, fmt in _rows(cells, monitor, grad_clip)
         if any(get(run.mean) is not None for run in cells.values()))
     return f"<table class=cells><tr><th></th>{head}<th></th></tr>{body}</table>"
 
 
-def _rows(cells: Mapping[str, CellFigures],
-          settings: Mapping[str, Any]) -> list[tuple[str, str, Getter, str]]:
+def _rows(cells: Mapping[str, CellFigures], monitor: str,
+          limit: float) -> list[tuple[str, str, Getter, str]]:
     """(name, what it means, how to read it from a cell's figures, number format)."""
-    limit = settings["grad_clip"]
     positions = max(len(run.mean.mention_precision_by_position or []) for run in cells.values())
     return [
         ("weight sets", "(W_ih, W_hh, biases) sets: the gates plus the candidate state",
@@ -158,7 +158,7 @@ def _rows(cells: Mapping[str, CellFigures],
          "recurrent layer, output layer", lambda r: r.params, ",d"),
         ("recurrent parameters", "the recurrent layer alone", lambda r: r.recurrent_params, ",d"),
         ("seconds per epoch", "training only; validation apart", lambda r: r.epoch_seconds, ".1f"),
-        ("best epoch", f"by {settings['monitor']}, counted from 1", lambda r: r.best_epoch, ".3g"),
+        ("best epoch", f"by {monitor}, counted from 1", lambda r: r.best_epoch, ".3g"),
         *((f"test {HEADLINE[k]}", "beam search, best epoch's weights",
            (lambda r, k=k: r.test[k]), ".3f") for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider")),
         *((f"{ordinal(k + 1)} object named: precision", "share of the captions' k-th named objects "

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from captioner.compare.records import CellFigures, CellSummary
+from captioner.compare.records import CellFigures, CellSummary, GradFlow, PositionsScored
 from captioner.pages.plots import Plot
 
 COLOURS = {"rnn": "#c44e52", "lstm": "#4c72b0", "gru": "#55a868"}
@@ -43,7 +43,7 @@ def validation_plot(cells: Cells, monitor: str) -> Plot:
                 "epoch there is one point per cell.")
 
 
-def gradient_flow_plot(cells: Cells, flow: Mapping[str, Any]) -> Plot:
+def gradient_flow_plot(cells: Cells, flow: GradFlow) -> Plot:
     figure = Figure(figsize=(10, 3.6), layout="constrained")
     panels = figure.subplots(1, 2, sharey=True)
     for axes, when, title in zip(panels, ("start", "end"), ("before training", "after training")):
@@ -55,13 +55,13 @@ def gradient_flow_plot(cells: Cells, flow: Mapping[str, Any]) -> Plot:
         _finish(axes, "time step t (the last one predicts the last word)", title)
     panels[0].set_ylabel("mean ‖d loss / d h_t‖")
     return Plot(png(figure), "Gradient flow back through time",
-                f"The loss is the last word's ({flow['captions']} long validation captions, "
-                f"{flow['steps']} steps), so every earlier point is gradient carried back through "
+                f"The loss is the last word's ({flow.captions} long validation captions, "
+                f"{flow.steps} steps), so every earlier point is gradient carried back through "
                 "time: a line falling steeply to the left is a vanishing gradient, the early "
                 "words barely trained by it; the flatter the line, the longer the memory.")
 
 
-def image_gradient_plot(cells: Cells, flow: Mapping[str, Any]) -> Plot:
+def image_gradient_plot(cells: Cells, flow: GradFlow) -> Plot:
     figure = Figure(figsize=(10, 3.6), layout="constrained")
     axes = figure.subplots()
     for cell, run in cells.items():
@@ -73,14 +73,14 @@ def image_gradient_plot(cells: Cells, flow: Mapping[str, Any]) -> Plot:
     _finish(axes, "time step t (word t of the caption)", "")
     return Plot(png(figure), "How much of each word's error reaches the image",
                 f"The norm of d(loss of word t)/d(initial state), with the best epoch's weights on "
-                f"the same {flow['captions']} validation captions: the image enters only the "
+                f"the same {flow.captions} validation captions: the image enters only the "
                 "initial state, so a line that falls to the right means later words are learnt "
                 "and predicted with less and less of the image behind them; the LSTM's additive "
                 "cell state is the path that should keep it flat.")
 
 
-def positions_plot(cells: Cells, positions: Mapping[str, Any]) -> Plot:
-    images = positions["images_by_position"]
+def positions_plot(cells: Cells, positions: PositionsScored) -> Plot:
+    images = positions.images_by_position
     figure = Figure(figsize=(10, 3.6), layout="constrained")
     panels = figure.subplots(1, 2, sharey=True)
     getters: tuple[Callable[[CellSummary], Any], ...] = (

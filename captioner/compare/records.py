@@ -82,25 +82,91 @@ class CellFigures:
 
 
 @dataclass(frozen=True)
+class CompareSettings:
+    """What every cell shares: data, seeds, the decoder's size and the optimisation."""
+
+    cells: list[str]
+    dataset: str
+    max_epochs: int
+    seed: int
+    seeds: list[int]
+    max_objects: int | None  # the shapes generator's, None for other data
+    train_images: int
+    train_captions: int
+    val_images: int
+    test_images: int
+    batch_size: int
+    embed_dim: int
+    hidden_dim: int
+    num_layers: int
+    dropout: float
+    lr: float
+    grad_clip: float
+    monitor: str
+    beam_size: int
+    precision: str
+    limit_train_batches: float
+
+
+@dataclass(frozen=True)
+class EncoderUsed:
+    """The frozen encoder whose fc7 features every cell reads."""
+
+    origin: str  # in words: a checkpoint, a pretrained file, the config's weights
+    checkpoint: str | None
+    arch: str
+    image_size: int
+    frozen: bool
+    params: int
+
+
+@dataclass(frozen=True)
+class GradFlow:
+    """How the gradient flow figures were measured: which loss, on how many captions."""
+
+    loss: str
+    initial_state_loss: str
+    split: str
+    captions: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class PositionsScored:
+    """What the objects-by-position figures were scored on."""
+
+    split: str
+    objects: str  # the object vocabulary: "shapes" or "coco"
+    images_by_position: list[int]  # images holding at least k objects, k = 1, 2, ...
+
+
+@dataclass(frozen=True)
+class Timing:
+    features: float  # seconds extracting the features, or reading the cache
+    total: float
+
+
+@dataclass(frozen=True)
 class CompareResult:
     """compare.json: every cell's figures, the settings they share, the encoder, how gradient
     flow and objects by position were measured, the judged differences and the time taken."""
 
     cells: dict[str, CellFigures]
-    settings: dict[str, Any]
-    encoder: dict[str, Any]
-    grad_flow: dict[str, Any]
-    positions: dict[str, Any] | None
+    settings: CompareSettings
+    encoder: EncoderUsed
+    grad_flow: GradFlow
+    positions: PositionsScored | None
     differences: list[Difference]
-    seconds: dict[str, float]
+    seconds: Timing
 
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION,
                 "cells": {cell: f.to_json() for cell, f in self.cells.items()},
-                "settings": self.settings, "encoder": self.encoder, "grad_flow": self.grad_flow,
-                "positions": self.positions,
+                "settings": asdict(self.settings), "encoder": asdict(self.encoder),
+                "grad_flow": asdict(self.grad_flow),
+                "positions": None if self.positions is None else asdict(self.positions),
                 "differences": [asdict(d) | {"real": d.real} for d in self.differences],
-                "seconds": self.seconds}
+                "seconds": asdict(self.seconds)}
 
     @classmethod
     def from_json(cls, data: Any, where: str | Path) -> CompareResult:
@@ -111,10 +177,13 @@ class CompareResult:
                       again="run `captioner compare` again")
         names = [f.name for f in fields(Difference)]
         try:
+            positions = data["positions"]
             return cls({cell: CellFigures.from_json(f) for cell, f in data["cells"].items()},
-                       data["settings"], data["encoder"], data["grad_flow"], data["positions"],
+                       CompareSettings(**data["settings"]), EncoderUsed(**data["encoder"]),
+                       GradFlow(**data["grad_flow"]),
+                       None if positions is None else PositionsScored(**positions),
                        [Difference(*(d[n] for n in names)) for d in data["differences"]],
-                       data["seconds"])
+                       Timing(**data["seconds"]))
         except (KeyError, TypeError, AttributeError) as err:
             raise CaptionerError(f"{where}: not a captioner compare.json (missing or malformed: "
                                  f"{err})") from err
