@@ -143,11 +143,15 @@ def test_a_file_without_boxes_is_refused(tmp_path: Path) -> None:
 
 def test_the_gallery_explains_wrong_words_and_one_right_word() -> None:
     from captioner.evaluation.gallery_maps import right_word, wrong_words
+    from captioner.evaluation.records import ImageRecord, ImageScores
 
-    record = {"prediction": "a purple triangle and a red circle",
-              "references": ["a red circle and a blue square", "there is a red circle"],
-              "hallucinated": ["purple triangle"]}
-    assert wrong_words(record) == [1, 2]  # "purple", "triangle": hallucinated, in no reference
-    assert right_word(record) == [5]  # "red": the first content word the references share
-    assert right_word({"prediction": "a cat", "references": ["a dog"]}) == []
-    assert wrong_words({"prediction": "", "references": ["a dog"]}) == []
+    def record(prediction: str, references: list[str], hallucinated: list[str]) -> ImageRecord:
+        return ImageRecord(1, "1.jpg", prediction, references, ImageScores(0.0),
+                           hallucinated=hallucinated)
+
+    purple = record("a purple triangle and a red circle",
+                    ["a red circle and a blue square", "there is a red circle"], ["purple triangle"])
+    assert wrong_words(purple) == [1, 2]  # "purple", "triangle": hallucinated, in no reference
+    assert right_word(purple) == [5]  # "red": the first content word the references share
+    assert right_word(record("a cat", ["a dog"], [])) == []
+    assert wrong_words(record("", ["a dog"], [])) == []

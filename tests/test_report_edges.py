@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from report_data import FakeSet, make_fake_set
 
+from captioner.evaluation.records import WordMap
 from captioner.evaluation.report import write_report
 from captioner.model.explain import Explanation
 from captioner.pages.plots import read_training_log
@@ -39,7 +40,7 @@ def test_an_empty_word_map_is_marked_none_on_the_page(fake: FakeSet, tmp_path: P
     def maps(out_dir: Path, worst: list, best: list) -> dict:
         (out_dir / "maps").mkdir(exist_ok=True)
         (out_dir / "maps" / "m.png").write_bytes(b"")
-        return {image_id: [{"word": "circle", "file": "maps/m.png", "empty": True}]}
+        return {image_id: [WordMap("circle", "maps/m.png", empty=True)]}
 
     write_report(tmp_path / "out", fake.results[:2], meteor=False, gallery_maps=maps)
     assert "<figcaption>circle (none)</figcaption>" in (tmp_path / "out" / "index.html").read_text()

@@ -68,10 +68,10 @@ TAGS = {
 }
 
 
-# Called with the report folder and the worst and best records (as per_image.jsonl rows); returns
-# each gallery image's word maps, [{"word": ..., "file": path relative to the folder}], by image id.
-Records = Sequence[dict[str, Any]]
-GalleryMaker = Callable[[Path, Records, Records], dict[int, list[dict[str, str]]]]
+# Called with the report folder and the worst and best records; returns each gallery image's
+# word maps (files relative to the folder) by image id.
+GalleryMaker = Callable[[Path, Sequence[ImageRecord], Sequence[ImageRecord]],
+                        Mapping[int, Sequence[WordMap]]]
 
 
 @dataclass
@@ -145,8 +145,7 @@ def write_report(
     worst_records, best_records = _galleries(records, worst, best)
     thumbnails = _write_thumbnails(out_dir, results, [*worst_records, *best_records], notes)
     if gallery_maps is not None:
-        records = _attach_maps(records, gallery_maps(out_dir, [r.to_json() for r in worst_records],
-                                                     [r.to_json() for r in best_records]))
+        records = _attach_maps(records, gallery_maps(out_dir, worst_records, best_records))
         worst_records, best_records = _galleries(records, worst, best)
     intervals, resampling = report_entries(records, list(scores.corpus), chair=objects is not None,
                                            resamples=bootstrap, seed=seed, tokens=tokens)
@@ -173,9 +172,9 @@ def _galleries(records: list[ImageRecord], worst: int,
 
 
 def _attach_maps(records: list[ImageRecord],
-                 maps: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[ImageRecord]:
+                 maps: Mapping[int, Sequence[WordMap]]) -> list[ImageRecord]:
     """The records, the gallery's with where the model looked, by image id."""
-    return [replace(r, maps=[WordMap.from_json(m) for m in maps[r.image_id]])
+    return [replace(r, maps=list(maps[r.image_id]))
             if r.image_id in maps else r for r in records]
 
 
