@@ -8,7 +8,8 @@ included); tests/test_layout.py holds all three.
     errors, config,   the one-line errors users see; typed settings; atomic files, locks, run
     util, version     folders, the launch facts (util/launch.py) and the device (util/hardware.py)
                       worked out once, guards for torch APIs not every allowed release has
-                      (util/torch_api.py); the package's version
+                      (util/torch_api.py), the schema version every result file carries
+                      (util/schema.py); the package's version
     data, pages       files on disk to the batches training reads: images, captions, vocabulary,
                       COCO/Karpathy/shapes readers and importers, the objects an instances file
                       annotates | the HTML kit every page is built from, with its plots
