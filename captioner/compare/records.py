@@ -18,6 +18,9 @@ from captioner.errors import CaptionerError
 from captioner.util.schema import check_version, read_json
 
 SCHEMA_VERSION = 1
+# A figure of one run, or its mean or standard deviation over seeds (an int count stays an int
+# when every seed agrees); None where undefined or, for a spread, fewer than two seeds gave one.
+Number = float | None
 
 
 @dataclass(frozen=True)
@@ -25,23 +28,23 @@ class CellSummary:
     """What one cell's training run gives (a spread over seeds has the same shape, its numbers
     standard deviations, None where fewer than two seeds gave one)."""
 
-    params: Any  # decoder parameters
-    recurrent_params: Any  # of the recurrent layer alone
-    weight_sets: Any  # (W_ih, W_hh, biases) sets: the gates plus the candidate state
-    epoch_seconds: Any  # training only, validation apart
-    validation_seconds: Any
-    epochs: Any
+    params: Number  # decoder parameters
+    recurrent_params: Number  # of the recurrent layer alone
+    weight_sets: Number  # (W_ih, W_hh, biases) sets: the gates plus the candidate state
+    epoch_seconds: Number  # training only, validation apart
+    validation_seconds: Number
+    epochs: Number
     val: list[dict[str, Any]]  # per epoch: "epoch" and every val/ metric
-    best_epoch: Any  # by trainer.monitor, counted from 1; 0 without a validation
-    test: dict[str, Any]  # BLEU-1..4 and CIDEr-D of the test captions, best epoch's weights
-    mention_precision_by_position: list[Any] | None  # None without instances files
-    mention_coverage_by_position: list[Any] | None
-    mentions_by_position: list[Any] | None
-    grad_norm_per_step: dict[str, list[Any]]  # "start", "end": |d loss / d h_t| per step
-    grad_first_over_last: dict[str, Any]  # "start", "end": step 1's norm over the last's
-    grad_to_initial_state: list[Any]  # per word: the norm of its error at the initial state
-    clip_fraction: Any  # share of steps whose norm exceeded optim.grad_clip; None: off
-    train_grad_norm: list[Any]  # every optimiser step's norm, before clipping
+    best_epoch: Number  # by trainer.monitor, counted from 1; 0 without a validation
+    test: dict[str, Number]  # BLEU-1..4 and CIDEr-D of the test captions, best epoch's weights
+    mention_precision_by_position: list[Number] | None  # None without instances files
+    mention_coverage_by_position: list[Number] | None
+    mentions_by_position: list[Number] | None
+    grad_norm_per_step: dict[str, list[Number]]  # "start", "end": |d loss / d h_t| per step
+    grad_first_over_last: dict[str, Number]  # "start", "end": step 1's norm over the last's
+    grad_to_initial_state: list[Number]  # per word: the norm of its error at the initial state
+    clip_fraction: Number  # share of steps whose norm exceeded optim.grad_clip; None: off
+    train_grad_norm: list[Number]  # every optimiser step's norm, before clipping
     gates: dict[str, Any] | None = None  # first seed only: image_id, words, mean per gate
 
     def to_json(self) -> dict[str, Any]:
