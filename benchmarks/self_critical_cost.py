@@ -47,12 +47,13 @@ def module_at(commit: str) -> ModuleType:
     """captioner/training/self_critical.py as it was at `commit`, imported under another name."""
     source = subprocess.run(["git", "show", f"{commit}:captioner/training/self_critical.py"],
                             check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / f"self_critical_{commit}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as folder:  # nothing left behind in /tmp
+        path = Path(folder) / f"self_critical_{commit}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
     return module
 
 
