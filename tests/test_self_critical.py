@@ -133,6 +133,7 @@ def _self_critical_steps(baseline: str, sign: float, steps: int = 30,
     return before, _greedy_cider(module, features, ids)
 
 
+@pytest.mark.slow  # 30 self-critical steps twice per case: seconds each, beyond the fast loop's budget
 @pytest.mark.parametrize(("baseline", "cell"), [("greedy", "lstm"), ("mean", "lstm"), ("greedy", "gru"),
                                               ("greedy", "rnn")])
 def test_self_critical_steps_raise_the_models_own_cider_and_a_sign_error_does_not(baseline: str,
