@@ -107,6 +107,7 @@ def test_every_value_parses_or_is_a_usage_error(argv: list[str], option: str | N
             pytest.fail(f"{' '.join(given)} was accepted")
 
 
+@pytest.mark.slow  # seconds: beyond the fast loop's budget
 def test_every_setting_loads_or_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)

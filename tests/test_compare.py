@@ -116,6 +116,7 @@ def test_gate_values_lie_in_the_unit_interval(cell: str) -> None:
         assert values.min() >= 0 and values.max() <= 1
 
 
+@pytest.mark.slow  # seconds: beyond the fast loop's budget
 def test_encoder_defaults_to_the_configs_without_a_run(tmp_path: Path, monkeypatch) -> None:
     from captioner.compare.encoders import config_encoder, encoder_checkpoint
 
