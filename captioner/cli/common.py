@@ -180,6 +180,15 @@ SCORES = (("bleu1", "BLEU-1"), ("bleu2", "BLEU-2"), ("bleu3", "BLEU-3"), ("bleu4
           ("cider", "CIDEr-D"), ("rouge_l", "ROUGE-L"), ("meteor", "METEOR"))
 
 
+def print_run(result: Any) -> None:
+    """What a finished training run prints on stdout: its folder, best checkpoint and scores."""
+    print(f"run folder:      {result.run_dir.resolve()}")
+    print(f"best checkpoint: {result.best.resolve()}")
+    if result.metrics:
+        print(metrics_line(result.metrics, result.metrics["run"]["split"]))
+        print(f"report:          {(result.report / 'index.html').resolve()}")
+
+
 def metrics_line(metrics: dict[str, Any], split: str) -> str:
     """"test metrics: BLEU-1 0.942 ..." with each metric's scale said once."""
     scores = metrics["metrics"]

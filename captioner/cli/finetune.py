@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioner.cli.common import command, config_arguments, metrics_line
+from captioner.cli.common import command, config_arguments, print_run
 from captioner.errors import CaptionerError
 
 
@@ -34,9 +34,5 @@ def run(args: argparse.Namespace) -> int:
     result = finetune(args.checkpoint, args.overrides, evaluate_after=not args.no_eval)
     if result is None:  # a DDP rank other than 0: rank 0 reports
         return 0
-    print(f"run folder:      {result.run_dir.resolve()}")
-    print(f"best checkpoint: {result.best.resolve()}")
-    if result.metrics:
-        print(metrics_line(result.metrics, result.metrics["run"]["split"]))
-        print(f"report:          {(result.report / 'index.html').resolve()}")
+    print_run(result)
     return 0

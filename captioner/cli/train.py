@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioner.cli.common import command, config_arguments, metrics_line
+from captioner.cli.common import command, config_arguments, metrics_line, print_run
 from captioner.errors import CaptionerError
 
 
@@ -46,9 +46,5 @@ def run(args: argparse.Namespace) -> int:
         if result.before.metrics:
             before = result.before.metrics
             print("cross-entropy " + metrics_line(before, before["run"]["split"]))
-    print(f"run folder:      {result.run_dir.resolve()}")
-    print(f"best checkpoint: {result.best.resolve()}")
-    if result.metrics:
-        print(metrics_line(result.metrics, result.metrics["run"]["split"]))
-        print(f"report:          {(result.report / 'index.html').resolve()}")
+    print_run(result)
     return 0

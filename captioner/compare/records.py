@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from captioner.compare.seeds import Difference
-from captioner.errors import CaptionerError
-from captioner.util.schema import check_version, read_json
+from captioner.util.schema import check_record, fields_of, read_json
 
 SCHEMA_VERSION = 1
 # A figure of one run, or its mean or standard deviation over seeds (an int count stays an int
@@ -174,12 +173,9 @@ class CompareResult:
     @classmethod
     def from_json(cls, data: Any, where: str | Path) -> CompareResult:
         """The comparison in `data` (a parsed compare.json); `where` names the file in errors."""
-        if not isinstance(data, dict):
-            raise CaptionerError(f"{where}: not a captioner compare.json")
-        check_version(data, where, "compare.json", SCHEMA_VERSION,
-                      again="run `captioner compare` again")
+        check_record(data, where, "compare.json", SCHEMA_VERSION, again="run `captioner compare` again")
         names = [f.name for f in fields(Difference)]
-        try:
+        with fields_of(where, "compare.json"):
             positions = data["positions"]
             return cls({cell: CellFigures.from_json(f) for cell, f in data["cells"].items()},
                        CompareSettings(**data["settings"]), EncoderUsed(**data["encoder"]),
@@ -187,9 +183,6 @@ class CompareResult:
                        None if positions is None else PositionsScored(**positions),
                        [Difference(*(d[n] for n in names)) for d in data["differences"]],
                        Timing(**data["seconds"]))
-        except (KeyError, TypeError, AttributeError) as err:
-            raise CaptionerError(f"{where}: not a captioner compare.json (missing or malformed: "
-                                 f"{err})") from err
 
     @classmethod
     def read(cls, path: Path) -> CompareResult:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from captioner.errors import CaptionerError
-from captioner.util.schema import check_version, read_json
+from captioner.util.schema import check_record, check_version, fields_of, read_json
 
 SCHEMA_VERSION = 1
 
@@ -376,10 +376,8 @@ class DiffResult:
     @classmethod
     def from_json(cls, data: Any, where: str | Path) -> DiffResult:
         """The diff in `data` (a parsed diff.json); `where` names the file in errors."""
-        if not isinstance(data, dict):
-            raise CaptionerError(f"{where}: not a captioner diff.json")
-        check_version(data, where, "diff.json", SCHEMA_VERSION, again="run `captioner diff` again")
-        try:
+        check_record(data, where, "diff.json", SCHEMA_VERSION, again="run `captioner diff` again")
+        with fields_of(where, "diff.json"):
             return cls(
                 DiffSide(**data["a"]), DiffSide(**data["b"]), data["images"],
                 Resampling.from_json(data["bootstrap"]),
@@ -387,9 +385,6 @@ class DiffResult:
                 [MovedImage.from_json(m) for m in data["moved"]["b_better"]],
                 [MovedImage.from_json(m) for m in data["moved"]["b_worse"]],
                 {k: TagChange.from_json(c) for k, c in data["tags"].items()}, data["notes"])
-        except (KeyError, TypeError, AttributeError) as err:
-            raise CaptionerError(f"{where}: not a captioner diff.json (missing or malformed: "
-                                 f"{err})") from err
 
     @classmethod
     def read(cls, path: Path) -> DiffResult:

@@ -24,7 +24,7 @@ from captioner.errors import CaptionerError
 from captioner.model.explain import Explanation, upsample
 from captioner.util.atomic import TEMP_SUFFIX, atomic_path, write_json
 from captioner.util.paths import MARK, claim_out_dir, seal_out_dir
-from captioner.util.schema import check_version, read_json
+from captioner.util.schema import check_record, read_json
 
 MAPS_FILE = "maps.json"
 MAPS_VERSION = 1
@@ -110,9 +110,7 @@ class WordMaps:
     @classmethod
     def from_json(cls, data: Any, where: str | Path) -> WordMaps:
         """The maps in `data` (a parsed maps.json); `where` names the file in errors."""
-        if not isinstance(data, dict):
-            raise CaptionerError(f"{where}: not a captioner maps.json")
-        check_version(data, where, "maps.json", MAPS_VERSION, again="explain again")
+        check_record(data, where, "maps.json", MAPS_VERSION, again="explain again")
         try:
             return cls(data["image"], data["caption"], data["words"], data["view_size"],
                        data["grid"], data["logprobs"], data["peaks"], data["maps"],

@@ -5,7 +5,8 @@ before versions existed and is read as version 1 (the records check that its fie
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,22 @@ def check_version(data: Mapping[str, Any], where: str | Path, what: str, version
     if found != version:
         raise CaptionerError(f"{where}: {what} of schema version {found!r}; this captioner reads "
                              f"version {version}: {again} with this version")
+
+
+def check_record(data: Any, where: str | Path, what: str, version: int, again: str) -> None:
+    """Refuse `data` unless it is a JSON object (what `what`, a file name, holds) of `version`."""
+    if not isinstance(data, dict):
+        raise CaptionerError(f"{where}: not a captioner {what}")
+    check_version(data, where, what, version, again)
+
+
+@contextmanager
+def fields_of(where: str | Path, what: str) -> Iterator[None]:
+    """Building a record from parsed JSON: a missing or malformed field is one line naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError) as err:
+        raise CaptionerError(f"{where}: not a captioner {what} (missing or malformed: {err})") from err
 
 
 def read_json(where: str | Path, text: str) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 from captioner.data.importing.write import ImportedImage, ordered_splits
 from captioner.data.vocab import SPECIALS, Vocabulary
 from captioner.errors import CaptionerError
-from captioner.util.schema import check_version, read_json
+from captioner.util.schema import check_record, read_json
 
 TRAIN_SPLITS = ("train", "restval")  # what `captioner train` builds its vocabulary from by default
 REPORT_VERSION = 1
@@ -50,9 +50,7 @@ class ImportReport:
     @classmethod
     def from_json(cls, data: Any, where: str | Path) -> ImportReport:
         """The report in `data` (a parsed import_report.json); `where` names the file in errors."""
-        if not isinstance(data, dict):
-            raise CaptionerError(f"{where}: not a captioner import_report.json")
-        check_version(data, where, "import_report.json", REPORT_VERSION, again="import again")
+        check_record(data, where, "import_report.json", REPORT_VERSION, again="import again")
         missing = [f.name for f in fields(cls) if f.name not in data and f.name not in
                    ("problems", "problems_total")]
         if missing:
