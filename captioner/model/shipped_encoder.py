@@ -1,7 +1,7 @@
 """The pretrained shapes encoder that ships with the package, as torchvision ships ImageNet weights.
 
-`captioner train` on the built-in shapes set starts by pretraining a VGG classifier; that is most
-of the default run's time on a CPU without fast bf16. The package carries the result of exactly
+`captioner train` on the built-in shapes set starts by pretraining a VGG classifier, five passes
+of a VGG over its training images, on every user's CPU. The package carries the result of exactly
 that pretraining (`data_scripts/ship_shapes_encoder.py` runs it and packs it), keyed by every
 setting it depends on, and the cache takes it in place of pretraining when the keys are equal.
 
