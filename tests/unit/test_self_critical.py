@@ -1,0 +1,218 @@
+"""Self-critical training: the reward is coco-caption's CIDEr-D, the loss has the derivation's sign
+and scale, the model's own CIDEr-D rises under it (and falls with the sign flipped), and a
+self-critical run resumes to exactly the weights of an uninterrupted one."""
+
+from __future__ import annotations
+
+import functools
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.cli import TINY
+from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+from pycocoevalcap.cider.cider import Cider
+
+from captioner.config import load_config, to_dict
+from captioner.data.vocab import SPECIALS
+from captioner.evaluation.cider_reward import CaptionRewards
+from captioner.model.checkpoint import load_checkpoint
+from captioner.model.search import greedy
+from captioner.training.adapters import read_rows
+from captioner.training.self_critical import (
+    PHASE,
+    SELF_CRITICAL,
+    Rollout,
+    SelfCriticalModule,
+    policy_gradient_loss,
+    rollout,
+    teacher_forcing,
+)
+
+WORDS = "a red blue green circle square triangle on the left of big small two".split()
+
+
+def _corpus(seed: int = 0) -> dict[int, list[list[str]]]:
+    rng = random.Random(seed)
+    return {7 * i + 3: [[rng.choice(WORDS) for _ in range(rng.randint(1, 9))]
+                        for _ in range(rng.randint(1, 5))] for i in range(40)}
+
+
+def _encoded(captions: list[list[str]], vocab: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    index = {w: i for i, w in enumerate(vocab)}
+    tokens = torch.zeros(len(captions), 12, dtype=torch.long)
+    for row, words in enumerate(captions):
+        tokens[row, : len(words)] = torch.tensor([index.get(w, 3) for w in words], dtype=torch.long)
+    return tokens, torch.tensor([len(c) for c in captions])
+
+
+def test_rewards_equal_pycocoevalcap_cider_d_and_nltk_bleu4() -> None:
+    references = _corpus()
+    vocab = [*SPECIALS, *WORDS[:-1], "zebra"]  # "two" becomes <unk>; "zebra" is in no reference
+    rng = random.Random(1)
+    ids = list(references)
+    captions = [list(references[i][0]) for i in ids[:10]]  # equal to one of the references
+    captions += [[rng.choice(vocab[3:]) for _ in range(rng.randint(0, 11))] for _ in ids[10:]]
+    captions = [[w if w in vocab else "<unk>" for w in c] for c in captions]
+    rewards = CaptionRewards(references, vocab)(torch.tensor(ids), *_encoded(captions, vocab))
+
+    # pycocoevalcap scores the same captions of every training image: the same document frequencies.
+    _, expected = Cider().compute_score({i: [" ".join(r) for r in references[i]] for i in ids},
+                                        {i: [" ".join(c)] for i, c in zip(ids, captions)})
+    assert torch.allclose(rewards.cider, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-6)
+    assert float(rewards.cider[:10].min()) > 0.5
+    smooth = SmoothingFunction().method1
+    bleu = [sentence_bleu(references[i], c, smoothing_function=smooth) for i, c in zip(ids, captions)]
+    assert torch.allclose(rewards.bleu4, torch.tensor(bleu, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+def test_policy_gradient_loss_has_the_derivations_sign_and_scale() -> None:
+    # Two sampled captions over a vocabulary of 3 (pad = 0): [2, 1] and [1, <pad>].
+    logits = torch.tensor([[[0.0, 1.0, 2.0], [0.5, 0.0, -1.0]],
+                           [[1.0, 0.0, 0.0], [3.0, 3.0, 3.0]]], requires_grad=True)
+    targets = torch.tensor([[2, 1], [1, 0]])
+    advantage = torch.tensor([2.0, -1.0])  # reward - baseline
+    loss, entropy = policy_gradient_loss(logits, targets, advantage, pad=0)
+
+    log_p = torch.log_softmax(logits.detach(), -1)
+    caption_log_p = torch.stack([log_p[0, 0, 2] + log_p[0, 1, 1], log_p[1, 0, 1]])
+    assert torch.isclose(loss, -(advantage * caption_log_p).mean())
+    loss.backward()
+    # d loss / d logits[i, t] = -(A_i / N) (onehot(w_it) - softmax), zero where the caption ended.
+    expected = torch.zeros_like(logits)
+    for i, t in [(0, 0), (0, 1), (1, 0)]:
+        onehot = torch.nn.functional.one_hot(targets[i, t], 3).float()
+        expected[i, t] = -(advantage[i] / 2) * (onehot - log_p[i, t].exp())
+    assert torch.allclose(logits.grad, expected, atol=1e-6)
+    # A positive advantage raises the sampled word's logit under gradient descent.
+    assert logits.grad[0, 0, 2] < 0 and logits.grad[1, 0, 1] > 0
+    words = [log_p[0, 0], log_p[0, 1], log_p[1, 0]]
+    assert torch.isclose(entropy, torch.stack([-(w.exp() * w).sum() for w in words]).mean())
+
+
+@functools.cache
+def _module(baseline: str, cell: str = "lstm") -> SelfCriticalModule:
+    """A tiny model whose reward knows the references of 8 images (built once: VGG11 is large)."""
+    config = load_config(None, [*TINY, f"scst.baseline={baseline}", "scst.samples=5", "eval.max_length=8",
+                                f"decoder.cell={cell}"])
+    vocab = [*SPECIALS, *WORDS]
+    module = SelfCriticalModule(to_dict(config), vocab)
+    module.rewards = CaptionRewards(dict(list(_corpus(2).items())[:8]), vocab)
+    return module
+
+
+def _greedy_cider(module: SelfCriticalModule, features: torch.Tensor, ids: torch.Tensor) -> float:
+    decoder, v = module.model.decoder, module.vocab
+    captions = rollout(decoder.step, decoder.initial_state(features), len(ids), bos=v.start,
+                       eos=v.end, max_length=8, banned=(v.pad, v.start))
+    return float(module.reward(ids, captions.tokens, captions.lengths).mean())
+
+
+def _self_critical_steps(baseline: str, sign: float, steps: int = 30,
+                         cell: str = "lstm") -> tuple[float, float]:
+    """The model's greedy CIDEr-D before and after `steps` self-critical steps on 8 images whose
+    features are fixed random vectors; sign=-1 flips the policy gradient."""
+    module = _module(baseline, cell)
+    ids = module.rewards.image_ids
+    torch.manual_seed(0)
+    for layer in module.model.decoder.modules():  # the same starting weights for every run
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    features = torch.randn(len(ids), 4096)
+    decoder = module.model.decoder.eval()  # on-policy, as training_step runs it
+    optimiser = torch.optim.Adam(decoder.parameters(), lr=1e-2)
+    before = _greedy_cider(module, features, ids)
+    for _ in range(steps):
+        episode = module.episode(features, ids)
+        logits = module.model(features, episode.inputs, repeats=5)
+        loss, _ = policy_gradient_loss(logits, episode.targets, sign * (episode.reward - episode.baseline), 0)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return before, _greedy_cider(module, features, ids)
+
+
+@pytest.mark.slow  # 30 self-critical steps twice per case: seconds each, beyond the fast loop's budget
+@pytest.mark.parametrize(("baseline", "cell"), [("greedy", "lstm"), ("mean", "lstm"), ("greedy", "gru"),
+                                              ("greedy", "rnn")])
+def test_self_critical_steps_raise_the_models_own_cider_and_a_sign_error_does_not(baseline: str,
+                                                                                   cell: str) -> None:
+    before, after = _self_critical_steps(baseline, sign=1.0, cell=cell)
+    assert after > before + 0.3, (before, after)
+    _, flipped = _self_critical_steps(baseline, sign=-1.0, cell=cell)
+    assert flipped < before, (before, after, flipped)
+
+
+def test_one_batched_rollout_gives_the_greedy_captions_and_their_teacher_forcing() -> None:
+    module = _module("greedy")
+    decoder, v = module.model.decoder.eval(), module.vocab
+    torch.manual_seed(1)
+    state = decoder.initial_state(torch.randn(4, 4096))
+    search = {"bos": v.start, "eos": v.end, "max_length": 8, "banned": (v.pad, v.start)}
+    doubled = tuple(torch.cat([s, s], 1) for s in state)  # 4 greedy rows, then 4 sampled ones
+    captions = rollout(decoder.step, doubled, 4, **search)
+    expected = greedy(decoder.step, state, **search)
+    for row, hypothesis in enumerate(expected):
+        assert captions.tokens[row, : captions.lengths[row]].tolist() == list(hypothesis.tokens)
+        assert bool(captions.finished[row]) == hypothesis.finished
+    # A caption of 2 words that ended, one cut at max_length, one that ended at once.
+    cut = Rollout(torch.tensor([[5, 6, 2, 2], [5, 6, 7, 8], [2, 2, 2, 2]]), torch.tensor([2, 4, 0]),
+                  torch.tensor([True, False, True]))
+    inputs, targets = teacher_forcing(cut, start=1, pad=0)
+    assert inputs.tolist() == [[1, 5, 6, 0], [1, 5, 6, 7], [1, 0, 0, 0]]
+    assert targets.tolist() == [[5, 6, 2, 0], [5, 6, 7, 8], [2, 0, 0, 0]]
+
+
+@pytest.mark.slow
+def test_finetune_runs_logs_and_resumes_exactly(best: Path, tmp_path: Path, monkeypatch) -> None:
+    """`captioner finetune`'s path in-process: a 2-epoch run, and a 1-epoch run resumed to 2."""
+    from captioner.training.train import resume, self_critical_run, train_run
+
+    monkeypatch.chdir(tmp_path)
+    common = ["output_dir=runs", "scst.lr=1e-3", "trainer.limit_train_batches=2",
+              "trainer.log_every_n_steps=1"]
+    whole = train_run(self_critical_run(best, [*common, "scst.epochs=2", "name=whole"]), False)
+    first = train_run(self_critical_run(best, [*common, "scst.epochs=1", "name=cut"]), False)
+    resume(first.run_dir / "checkpoints" / "last.ckpt", ["scst.epochs=2"], evaluate_after=False)
+
+    def fingerprint(run: Path) -> tuple[int, list[torch.Tensor]]:
+        loaded = load_checkpoint(run / "checkpoints" / "last.ckpt")
+        assert loaded[PHASE] == SELF_CRITICAL
+        return loaded["global_step"], [loaded["state_dict"][k] for k in sorted(loaded["state_dict"])]
+
+    step, weights = fingerprint(first.run_dir)
+    whole_step, whole_weights = fingerprint(whole.run_dir)
+    assert step == whole_step == 4
+    assert all(torch.equal(a, b) for a, b in zip(weights, whole_weights, strict=True))
+    rows = read_rows(whole.run_dir / "logs" / "metrics.csv")
+    logged = {k for row in rows for k, v in row.items() if v}
+    assert {"train/reward", "train/baseline", "train/entropy", "val/cider"} <= logged
+    assert load_checkpoint(whole.best)["callbacks"]["RunCheckpoints"]["monitor"] == "val/cider"
+
+
+def _val_cider(run: Path) -> list[float]:
+    rows = read_rows(run / "logs" / "metrics.csv")
+    return [float(row["val/cider"]) for row in rows if row.get("val/cider")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["as-derived", "sign-flipped"])
+def test_self_critical_run_on_tiny_shapes_raises_its_validation_cider(best: Path, tmp_path: Path,
+                                                                      monkeypatch, sign: float) -> None:
+    """The learning test on real data: a short self-critical run of the tiny shapes model raises its
+    own validation CIDEr-D (the one best.ckpt is picked by), and flipping the policy gradient's
+    sign lowers it."""
+    from captioner.training import self_critical
+    from captioner.training.train import self_critical_run, train_run
+
+    def signed(logits, targets, advantage, pad):  # noqa: ANN001, ANN202
+        return policy_gradient_loss(logits, targets, sign * advantage, pad)
+
+    monkeypatch.setattr(self_critical, "policy_gradient_loss", signed)
+    monkeypatch.chdir(tmp_path)
+    before = _val_cider(best.parent.parent)[-1]  # the cross-entropy run's (1 epoch)
+    run = train_run(self_critical_run(best, ["output_dir=runs", "scst.epochs=6", "scst.lr=5e-3"]), False)
+    epochs = _val_cider(run.run_dir)
+    # CIDEr-D on coco-caption's 0-10 scale; this 1-epoch model starts near 0.01.
+    assert (epochs[-1] > before + 0.02) if sign > 0 else (epochs[-1] < before), (before, epochs)
