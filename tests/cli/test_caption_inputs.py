@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.cli import run_cli
 from helpers.images import broken_inputs as make_broken_inputs
 from helpers.images import good_images
@@ -58,7 +59,7 @@ def test_broken_inputs_text_mode_errors_on_stderr(trained_run: Path, tmp_path: P
     assert all(float(line.split()[0]) < 0 for line in lines[1:3] + lines[4:6])
 
 
-@pytest.mark.skipif("torch.cuda.is_available()")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the message on a machine without CUDA")
 def test_cuda_requested_without_cuda_is_one_line(trained_run: Path) -> None:
     result = run_cli("caption", "any.jpg", "--device", "cuda", cwd=trained_run)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from helpers import wait_until
 from helpers.cli import TINY, run_cli, run_cli_process
 from PIL import Image
 
@@ -167,13 +167,8 @@ def _train_until(workdir: Path, wait_for: Path | None, env: dict[str, str] | Non
                                cwd=workdir, env=env or os.environ.copy(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if wait_for is not None and wait_for.exists():
-            break
-        if wait_for is None and (workdir / "runs" / "shapes").exists():
-            break
-        time.sleep(0.05)
+    target = wait_for or workdir / "runs" / "shapes"
+    wait_until(lambda: target.exists() or process.poll() is not None, 300, f"{target} or the end of training")
     return process
 
 

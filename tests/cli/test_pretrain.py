@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import wait_until
 from helpers.cli import TINY, run_cli
 
 from captioner.data.shapes import ShapesSpec, generate_shapes
@@ -118,7 +119,6 @@ def test_a_killed_pretraining_resumes_to_the_uninterrupted_weights(tmp_path: Pat
     import signal
     import subprocess
     import sys
-    import time
 
     from captioner.training.adapters import read_rows
 
@@ -132,9 +132,7 @@ def test_a_killed_pretraining_resumes_to_the_uninterrupted_weights(tmp_path: Pat
     process = subprocess.Popen([sys.executable, "-m", "captioner", "pretrain", *run],
                                cwd=tmp_path / "killed", env=os.environ.copy(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: last.exists() or process.poll() is not None, 300, f"{last}")
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     assert torch.load(last, weights_only=True)["epoch"] < 2  # killed before the end

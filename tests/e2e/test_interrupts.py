@@ -9,12 +9,12 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.cli import TINY
+from helpers import wait_until
+from helpers.cli import TINY, run_cli
 
 pytestmark = pytest.mark.slow
 NO_ENCODER = [*TINY, "encoder.weights=none", "--no-eval"]
@@ -65,9 +65,7 @@ def interrupted_at(spec: str, args: list[str], cwd: Path, *, nth: int = 1, when:
         [sys.executable, "-c", _PAUSED, spec, str(nth), when, str(marker), str(go), *args], cwd=cwd,
         env=env or os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job has
-    deadline = time.monotonic() + 120
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: marker.exists() or process.poll() is not None, 120, f"{marker}")
     assert marker.exists(), process.communicate(timeout=60)[1][-3000:]
     process.send_signal(signal.SIGINT)
     go.touch()
@@ -84,8 +82,8 @@ def own_cache(tmp_path: Path) -> dict[str, str]:
 
 
 def captioner(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "captioner", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=env or os.environ.copy())
+    """The command that continues after the interruption: no signal, so in this process."""
+    return run_cli(*args, cwd=cwd, env=env)
 
 
 def test_ctrl_c_while_generating_the_dataset_then_extracting_features(tmp_path: Path) -> None:

@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import wait_until
 from helpers.cli import TINY, run_cli
 
 from captioner.model.checkpoint import load_checkpoint
@@ -26,9 +26,7 @@ def _train_killed_after_first_checkpoint(workdir: Path) -> int:
     last = workdir / "runs" / "shapes" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen([sys.executable, "-m", "captioner", "train", *RUN], cwd=workdir,
                                env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: last.exists() or process.poll() is not None, 300, f"{last}")
     process.send_signal(signal.SIGKILL)
     return process.wait()
 
