@@ -3,7 +3,7 @@
 The map: one folder per purpose, each saying it in its docstring's first sentence. A module
 imports from its own row and the rows above it, never below, never another module's private
 names, and no two modules import each other however indirectly (lazily or for type checking
-included); tests/test_layout.py holds all three.
+included); tests/unit/test_layout.py holds all three.
 
     errors, config,   the one-line errors users see; typed settings; atomic files, locks, run
     util, version     folders, the launch facts (util/launch.py) and the device (util/hardware.py)

@@ -8,7 +8,7 @@ then writes captioner/model/weights/shapes-encoder.pt: the learned convolutions 
 (weights in float16), the recipe's key (every setting the weights depend on; the machine's
 precision is recorded, not keyed) and a fingerprint of the fixed fc6/fc7. `captioner train`
 takes it in place of pretraining when its own settings give the same key. Rerun this whenever
-tests/test_shipped_encoder.py says the recipe changed.
+tests/unit/test_shipped_encoder.py says the recipe changed.
 """
 
 from __future__ import annotations

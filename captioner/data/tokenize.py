@@ -23,7 +23,7 @@ PUNCTUATION = frozenset(
 # but three is a no-op: a comma before a letter or space and a final period become tokens (both then
 # dropped as punctuation), and a few words split (cannot, gonna, ...). Such text is split here
 # directly, 50x faster than nltk's ~30 regex passes (nltk 3.10 runs each under a timeout);
-# tests/test_import_hostile.py checks that both agree.
+# tests/unit/test_import_hostile.py checks that both agree.
 _PLAIN = re.compile(r"[a-z0-9 ,]*\.?")
 _NOT_PLAIN = re.compile(r",[0-9,]|cannot|gimme|gonna|gotta|lemme|wanna")
 
