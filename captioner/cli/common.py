@@ -6,9 +6,12 @@ import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from captioner.errors import CaptionerError
+
+if TYPE_CHECKING:  # annotations only: the CLI checks its arguments before importing more
+    from captioner.evaluation.records import EvaluationMetrics
 
 
 class Help(argparse.RawDescriptionHelpFormatter):
@@ -184,13 +187,13 @@ def print_run(result: Any) -> None:
     """What a finished training run prints on stdout: its folder, best checkpoint and scores."""
     print(f"run folder:      {result.run_dir.resolve()}")
     print(f"best checkpoint: {result.best.resolve()}")
-    if result.metrics:
-        print(metrics_line(result.metrics, result.metrics["run"]["split"]))
+    if result.metrics is not None:
+        print(metrics_line(result.metrics))
         print(f"report:          {(result.report / 'index.html').resolve()}")
 
 
-def metrics_line(metrics: dict[str, Any], split: str) -> str:
+def metrics_line(metrics: EvaluationMetrics) -> str:
     """"test metrics: BLEU-1 0.942 ..." with each metric's scale said once."""
-    scores = metrics["metrics"]
+    scores, split = metrics.metrics, metrics.run.get("split", "evaluation")
     shown = "  ".join(f"{name} {scores[key]:.3f}" for key, name in SCORES if key in scores)
     return f"{split} metrics:  {shown}   (CIDEr-D on 0-10, the others 0-1)"

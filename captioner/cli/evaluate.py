@@ -41,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
 
     metrics, out_dir = evaluate(ckpt, split=args.split, out_dir=args.out, beam_size=args.beam_size,
                                 limit=args.limit, worst=args.worst, device=args.device)
-    print(metrics_line(metrics, metrics["run"]["split"]))
+    print(metrics_line(metrics))
     print(f"report: {(out_dir / 'index.html').resolve()}")
     return 0

@@ -43,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if result.before is not None:  # scst.epochs > 0: the cross-entropy run came first
         print(f"cross-entropy run folder: {result.before.run_dir.resolve()}")
-        if result.before.metrics:
-            before = result.before.metrics
-            print("cross-entropy " + metrics_line(before, before["run"]["split"]))
+        if result.before.metrics is not None:
+            print("cross-entropy " + metrics_line(result.before.metrics))
     print_run(result)
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 from captioner.config import Config, from_dict, to_dict, validate
 from captioner.data.prepare import PreparedData
 from captioner.errors import CaptionerError
-from captioner.model.checkpoint import load_checkpoint, model_state
+from captioner.model.checkpoint import CheckpointMeta, load_checkpoint, model_state
 from captioner.model.encoder import VGGEncoder, build_encoder, weights_meta
 from captioner.training.train import prepare_encoder_weights
 from captioner.util.runs import LATEST, latest_checkpoint
@@ -74,7 +74,7 @@ def file_encoder(path: Path, config: Config) -> EncoderSource:
 def checkpoint_encoder(path: Path) -> EncoderSource:
     """The encoder of a trained checkpoint, with the architecture and image size it used."""
     checkpoint = load_checkpoint(path)
-    c = from_dict(checkpoint["hyper_parameters"]["config"]).encoder
+    c = from_dict(CheckpointMeta.from_json(checkpoint, path).config).encoder
     encoder = build_encoder(c.arch, "none")
     prefix = "encoder."
     state = {k[len(prefix):]: v for k, v in model_state(checkpoint).items() if k.startswith(prefix)}

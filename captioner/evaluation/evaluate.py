@@ -15,6 +15,7 @@ from captioner.data.coco import ImageRecord
 from captioner.data.prepare import prepare
 from captioner.errors import Interrupted
 from captioner.evaluation.gallery_maps import GalleryMaps
+from captioner.evaluation.records import EvaluationMetrics
 from captioner.evaluation.report import REPORT_FILES, ImageResult, write_report
 from captioner.features.cache import FeatureStore
 from captioner.features.extract import split_features
@@ -48,7 +49,7 @@ def evaluate(
     checkpoint: Path, *, split: str | None = None, out_dir: Path | None = None,
     beam_size: int | None = None, limit: int | None = None, worst: int | None = None,
     device: str = "auto", captioner: Captioner | None = None, explain: bool = True,
-) -> tuple[dict, Path]:
+) -> tuple[EvaluationMetrics, Path]:
     """Caption `split` with `checkpoint` (beam search), score it and write the report into out_dir;
     `explain` draws where the model looked for the gallery's chosen words (Grad-CAM)."""
     captioner = captioner or Captioner.from_checkpoint(checkpoint, device)
@@ -77,7 +78,7 @@ def _interrupt_says_what_is_kept(out_dir: Path, again: list[object]) -> Iterator
 
 
 def _evaluate(checkpoint: Path, captioner: Captioner, split: str, out_dir: Path, beam_size: int,
-              limit: int | None, worst: int | None, explain: bool) -> tuple[dict, Path]:
+              limit: int | None, worst: int | None, explain: bool) -> tuple[EvaluationMetrics, Path]:
     config = captioner.config
     data = prepare(config)
     records = data.split(split)[:limit] if limit else data.split(split)

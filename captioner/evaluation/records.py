@@ -5,6 +5,11 @@ diff (diff.py) and the pages read them back through `from_json`, which checks th
 the `schema_version`. A file written before the version existed (no `schema_version`) is read as
 version 1, the fields it has being those of version 1; a file of any other version is a one-line
 CaptionerError naming it.
+
+predictions.json is the one file without a version of its own: it is COCO's results format (a
+list of {"image_id", "caption"}), which the COCO evaluation server and pycocotools' `loadRes`
+read as it is, so it cannot carry another field; `Prediction` is its definition, and the
+metrics.json beside it carries the folder's schema version.
 """
 
 from __future__ import annotations
@@ -104,6 +109,32 @@ class ImageRecord:
             bool(data["objects_annotated"]), list(data["repeated"]),
             data["same_caption_images"], list(data["tags"]),
             [WordMap.from_json(m) for m in data.get("maps", [])])
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One entry of predictions.json, in COCO's results format."""
+
+    image_id: int
+    caption: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, "caption": self.caption}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Prediction:
+        with fields_of(where, "prediction"):
+            if not isinstance(data["image_id"], int) or not isinstance(data["caption"], str):
+                raise TypeError("image_id must be a whole number and caption a string")
+            return cls(data["image_id"], data["caption"])
+
+
+def read_predictions(path: Path) -> list[Prediction]:
+    """Every entry of a predictions.json, in file order."""
+    data = read_json(path, path.read_text())
+    if not isinstance(data, list):
+        raise CaptionerError(f"{path}: not COCO results (a list of image_id and caption)")
+    return [Prediction.from_json(entry, f"{path}[{n}]") for n, entry in enumerate(data)]
 
 
 def per_image_lines(records: list[ImageRecord]) -> str:

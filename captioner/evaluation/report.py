@@ -32,6 +32,7 @@ from captioner.evaluation.records import (
     ImageRecord,
     ImageScores,
     ObjectSummary,
+    Prediction,
     WordMap,
     per_image_lines,
 )
@@ -116,7 +117,7 @@ def write_report(
     bootstrap: int = RESAMPLES,
     seed: int = 0,
     gallery_maps: GalleryMaker | None = None,
-) -> dict[str, Any]:
+) -> EvaluationMetrics:
     """Score `results` and write the report into `out_dir`; returns what metrics.json holds.
 
     `train_captions` (raw or tokenised) lets the report count novel captions; `objects` enables
@@ -158,7 +159,7 @@ def write_report(
     _write_files(out_dir, metrics, results, records,
                  render_page(metrics, worst_records, best_records, plots, thumbnails, TAGS))
     seal_out_dir(out_dir, REPORT_FILES, command="evaluation")
-    return metrics.to_json()
+    return metrics
 
 
 def _galleries(records: list[ImageRecord], worst: int,
@@ -183,7 +184,7 @@ def _write_files(out_dir: Path, metrics: EvaluationMetrics, results: Sequence[Im
     """metrics.json, predictions.json, per_image.jsonl and index.html, each atomically."""
     write_json(out_dir / "metrics.json", metrics.to_json())
     write_json(out_dir / "predictions.json",
-               [{"image_id": r.image_id, "caption": r.prediction} for r in results])
+               [Prediction(r.image_id, r.prediction).to_json() for r in results])
     write_text(out_dir / "per_image.jsonl", per_image_lines(records))
     write_text(out_dir / "index.html", page)
 

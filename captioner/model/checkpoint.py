@@ -1,10 +1,11 @@
 """Opening checkpoints safely: weights-only unpickling, checked configs, and clear errors for bad files.
 
-A captioner checkpoint is a Lightning checkpoint whose `hyper_parameters` hold the config (a
-plain dict), the vocabulary (a list of words) and `captioner_version`, the package version that
-wrote it. A checkpoint is data from somewhere: nothing in it runs (weights-only unpickling), its
-config may not reach into the environment (no OmegaConf interpolations), and its layer sizes are
-checked against its weights before any memory is allocated for them.
+A captioner checkpoint is a Lightning checkpoint; what it says of itself beside the weights is
+one record, `CheckpointMeta`: the config (a plain dict), the vocabulary (a list of words), the
+package version that wrote it, a frozen run's encoder file and a self-critical run's mark, with
+its schema version. A checkpoint is data from somewhere: nothing in it runs (weights-only
+unpickling), its config may not reach into the environment (no OmegaConf interpolations), and its
+layer sizes are checked against its weights before any memory is allocated for them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from captioner.config import Config, from_dict, load_config
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError, one_line
 from captioner.model.network import CaptionModel, build_model
-from captioner.model.stored_encoder import restore
+from captioner.model.stored_encoder import RECORD, restore
+from captioner.util.schema import check_version
 from captioner.version import __version__
 
 # Settings of captioner 0.1's training recipe (a CNN fine-tuned from scratch with an auxiliary
@@ -33,6 +35,54 @@ LEGACY_KEYS = {
     "optim": ("concept_weight", "concept_agreement", "concept_window", "schedule", "warmup",
               "anneal_decoder", "decoder_cooldown"),
 }
+
+
+SCHEMA_VERSION = 1
+PHASE, SELF_CRITICAL = "captioner_phase", "self-critical"  # a self-critical run's mark
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a captioner checkpoint records beside its weights, in the entries of Lightning's
+    checkpoint dict: `hyper_parameters` (config, vocabulary, the version that wrote it, the
+    schema version), `captioner_encoder` (a frozen run's encoder file and its hash, see
+    model/stored_encoder.py) and `captioner_phase` (set by self-critical training). A checkpoint
+    written before the schema version existed is read as version 1."""
+
+    config: dict[str, Any]
+    vocab: list[str]
+    captioner_version: str | None = __version__  # None: written before versions were recorded
+    encoder: dict[str, Any] | None = None
+    self_critical: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The checkpoint entries this record writes (each replaces the entry of that name)."""
+        entries: dict[str, Any] = {"hyper_parameters": {
+            "config": self.config, "vocab": self.vocab, "captioner_version": self.captioner_version,
+            "schema_version": SCHEMA_VERSION}}
+        if self.encoder is not None:
+            entries[RECORD] = self.encoder
+        if self.self_critical:
+            entries[PHASE] = SELF_CRITICAL
+        return entries
+
+    @classmethod
+    def from_json(cls, checkpoint: Any, where: str | Path) -> CheckpointMeta:
+        """The record of a loaded checkpoint dict; one line naming `where` if it holds none."""
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        if not isinstance(hparams, dict) or not (
+            isinstance(hparams.get("config"), dict) and isinstance(hparams.get("vocab"), list)
+        ):
+            raise CaptionerError(f"{where}: not a captioner checkpoint (no config and vocabulary inside)")
+        check_version(hparams, where, "checkpoint", SCHEMA_VERSION, "train it again")
+        version = hparams.get("captioner_version")
+        encoder = checkpoint.get(RECORD)
+        return cls(hparams["config"], hparams["vocab"], None if version is None else str(version),
+                   encoder if isinstance(encoder, dict) else None, checkpoint.get(PHASE) == SELF_CRITICAL)
+
+    @property
+    def written_by(self) -> str:
+        return self.captioner_version or "an unknown version"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -54,11 +104,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CaptionerError(_unpickling_message(path, err)) from err
     except Exception as err:  # garbage makes the unpickler fail in any number of ways
         raise CaptionerError(f"{path}: not a readable checkpoint ({one_line(err)})") from err
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or not (
-        isinstance(hparams.get("config"), dict) and isinstance(hparams.get("vocab"), list)
-    ):
-        raise CaptionerError(f"{path}: not a captioner checkpoint (no config and vocabulary inside)")
+    CheckpointMeta.from_json(checkpoint, path)
     if not isinstance(checkpoint.get("state_dict"), dict):
         raise CaptionerError(f"{path}: checkpoint holds no model weights")
     restore(checkpoint, path)  # a frozen run's encoder, kept once beside its checkpoints
@@ -67,7 +113,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def saved_by(checkpoint: dict[str, Any]) -> str:
     """The captioner version that wrote the checkpoint."""
-    return str(checkpoint["hyper_parameters"].get("captioner_version", "an unknown version"))
+    return CheckpointMeta.from_json(checkpoint, "checkpoint").written_by
 
 
 def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -80,20 +126,20 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path,
                       overrides: list[str] | None = None) -> tuple[Config, Vocabulary, bool]:
     """The config (plus `overrides`) and vocabulary a checkpoint was trained with, and whether it
     came from captioner 0.1 (whose recipe's settings are dropped)."""
-    hparams = checkpoint["hyper_parameters"]
-    version = saved_by(checkpoint)
-    raw = hparams["config"]
+    meta = CheckpointMeta.from_json(checkpoint, path)
+    version = meta.written_by
+    raw = meta.config
     refuse_interpolations(raw, path)
     legacy = any(key in raw.get(section, {}) for section, keys in LEGACY_KEYS.items() for key in keys)
     base = {section: ({k: v for k, v in value.items() if k not in LEGACY_KEYS.get(section, ())}
                       if isinstance(value, dict) else value) for section, value in raw.items()}
     try:
         config = load_config(None, overrides, base=base) if overrides else from_dict(base)
-        vocab = Vocabulary(hparams["vocab"])
+        vocab = Vocabulary(meta.vocab)
     except CaptionerError as err:
         if overrides:
             raise
-        if hparams.get("captioner_version", __version__) != __version__:  # another's settings
+        if (meta.captioner_version or __version__) != __version__:  # another version's settings
             raise CaptionerError(f"{path}: its config does not fit this captioner (written by "
                                  f"captioner {version}): {err}") from None
         raise CaptionerError(f"{path}: {err}") from None  # its own config, checked as a user's

@@ -63,12 +63,12 @@ def store(run_dir: Path, encoder: VGGEncoder, source: Path | None, meta: dict[st
     return StoredEncoder(target, sha256(target))
 
 
-def strip(checkpoint: dict[str, Any], stored: StoredEncoder) -> None:
-    """Replace the encoder's weights in a checkpoint being saved by the record of its file."""
+def strip(checkpoint: dict[str, Any]) -> None:
+    """Take the encoder's weights out of a checkpoint being saved: its record, written with the
+    checkpoint's other entries (model/checkpoint.py's CheckpointMeta), names the file instead."""
     state = checkpoint["state_dict"]
     for name in [k for k in state if k.startswith(PREFIX)]:
         del state[name]
-    checkpoint[RECORD] = stored.record()
 
 
 def restore(checkpoint: dict[str, Any], path: Path) -> Path | None:

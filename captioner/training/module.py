@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from captioner.config import Config, from_dict
 from captioner.data.vocab import Vocabulary
+from captioner.model.checkpoint import CheckpointMeta
 from captioner.model.network import CaptionModel, build_model
 from captioner.model.stored_encoder import PREFIX, StoredEncoder, strip
 from captioner.training.adapters import clip_gradients
@@ -37,6 +38,8 @@ def caption_loss(model: CaptionModel, features: Tensor, captions: Tensor, pad: i
 
 
 class CaptionModule(L.LightningModule):
+    self_critical = False  # whether its checkpoints are marked as a self-critical run's
+
     def __init__(self, config: dict[str, Any], vocab: list[str], encoder_weights: str = "none",
                  captioner_version: str = __version__) -> None:
         """`encoder_weights`: "none", "imagenet" or a .pth path; a checkpoint's weights replace them."""
@@ -59,8 +62,14 @@ class CaptionModule(L.LightningModule):
         self.model.encoder.train(self.finetune)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.stored_encoder is not None and not self.finetune:
-            strip(checkpoint, self.stored_encoder)
+        stored = self.stored_encoder if not self.finetune else None
+        if stored is not None:
+            strip(checkpoint)
+        hparams = self.hparams
+        meta = CheckpointMeta(hparams["config"], hparams["vocab"], hparams["captioner_version"],
+                              encoder=None if stored is None else stored.record(),
+                              self_critical=self.self_critical)
+        checkpoint.update(meta.to_json())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning restores the weights after this hook: a checkpoint that names its encoder file

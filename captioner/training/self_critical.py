@@ -37,7 +37,6 @@ from captioner.model.search import Step
 from captioner.training.module import CaptionModule
 from captioner.version import __version__
 
-PHASE, SELF_CRITICAL = "captioner_phase", "self-critical"  # the mark in the checkpoint
 MONITOR = "val/cider"
 
 
@@ -131,6 +130,8 @@ class SelfCriticalModule(CaptionModule):
 
     `rewards` (the training references, document frequencies counted once) is set before fit."""
 
+    self_critical = True  # its checkpoints say so: resuming one continues self-critically
+
     def __init__(self, config: dict[str, Any], vocab: list[str], encoder_weights: str = "none",
                  captioner_version: str = __version__) -> None:
         super().__init__(config, vocab, encoder_weights, captioner_version)
@@ -138,10 +139,6 @@ class SelfCriticalModule(CaptionModule):
         self.finetune = False
         self.model.encoder.requires_grad_(False)
         self.rewards: CaptionRewards | None = None
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[PHASE] = SELF_CRITICAL
 
     def training_step(self, batch: dict | None, batch_idx: int) -> Tensor | None:
         if batch is None:

@@ -26,8 +26,10 @@ from captioner.data.prepare import PreparedData, build_vocab, prepare
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
 from captioner.evaluation.cider_reward import CaptionRewards
+from captioner.evaluation.records import EvaluationMetrics
 from captioner.features.extract import split_features
 from captioner.model.checkpoint import (
+    CheckpointMeta,
     check_weights_fit,
     checkpoint_config,
     load_checkpoint,
@@ -35,11 +37,11 @@ from captioner.model.checkpoint import (
     resume_config,
 )
 from captioner.model.encoder import VGGEncoder, build_preprocess, weights_file
-from captioner.model.stored_encoder import RECORD, locate, store
+from captioner.model.stored_encoder import locate, store
 from captioner.training.adapters import fit
 from captioner.training.module import CaptionModule
 from captioner.training.pretrain import cached_encoder
-from captioner.training.self_critical import MONITOR, PHASE, SELF_CRITICAL, SelfCriticalModule, check
+from captioner.training.self_critical import MONITOR, SelfCriticalModule, check
 from captioner.training.trainer import build_trainer
 from captioner.util import atomic
 from captioner.util.console import say
@@ -52,7 +54,7 @@ from captioner.util.runs import best_checkpoint, claim_run_dir, kept_on_failure,
 class TrainResult:
     run_dir: Path
     best: Path
-    metrics: dict
+    metrics: EvaluationMetrics | None  # None: not evaluated (--no-eval)
     report: Path
     before: TrainResult | None = None  # the cross-entropy run a self-critical phase started from
 
@@ -134,9 +136,10 @@ def _resumed_run(resume: Path, overrides: list[str]) -> RunStart:
         say(f"{resume} is not inside a run folder: continuing it in {start.run_dir}")
     start.vocab, start.resume, start.resume_step = vocab, resume, int(checkpoint["global_step"])
     start.weights = model_state(checkpoint)
-    if isinstance(checkpoint.get(RECORD), dict):
-        start.encoder_file = locate(checkpoint[RECORD], resume)
-    start.self_critical = checkpoint.get(PHASE) == SELF_CRITICAL
+    meta = CheckpointMeta.from_json(checkpoint, resume)
+    if meta.encoder is not None:
+        start.encoder_file = locate(meta.encoder, resume)
+    start.self_critical = meta.self_critical
     return start
 
 
@@ -154,8 +157,9 @@ def self_critical_run(checkpoint_path: Path, overrides: list[str]) -> RunStart:
         config.name = f"{config.name}-scst"
     start = new_run(config)
     start.vocab, start.weights, start.self_critical = vocab, weights, True
-    if isinstance(checkpoint.get(RECORD), dict):
-        start.encoder_file = locate(checkpoint[RECORD], checkpoint_path)
+    encoder = CheckpointMeta.from_json(checkpoint, checkpoint_path).encoder
+    if encoder is not None:
+        start.encoder_file = locate(encoder, checkpoint_path)
     return start
 
 
@@ -207,7 +211,7 @@ def _evaluated(start: RunStart, best: Path, evaluate_after: bool) -> TrainResult
     if launch().rank != 0:  # rank 0 evaluates and reports
         return None
     if not evaluate_after:
-        return TrainResult(start.run_dir, best, {}, Path())
+        return TrainResult(start.run_dir, best, None, Path())
     from captioner.evaluation.evaluate import evaluate
 
     metrics, report = evaluate(best, split=start.config.eval.split)

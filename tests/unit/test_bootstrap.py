@@ -148,7 +148,7 @@ def test_same_seed_same_intervals() -> None:
 def test_the_report_gives_every_metric_an_interval(tmp_path: Path) -> None:
     fake = make_fake_set(tmp_path / "data")
     metrics = write_report(tmp_path / "out", fake.results,
-                           objects=load_object_index([fake.instances]), meteor=False)
+                           objects=load_object_index([fake.instances]), meteor=False).to_json()
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
     assert list(metrics["intervals"]) == [*metrics["metrics"], "chair_i", "chair_s"]
     for name, (low, high) in metrics["intervals"].items():
@@ -159,7 +159,7 @@ def test_the_report_gives_every_metric_an_interval(tmp_path: Path) -> None:
     low, high = metrics["intervals"]["cider"]
     assert f"[{low:.3f}, {high:.3f}]" in html and "middle 95% of the score" in html
     off = write_report(tmp_path / "off", fake.results, meteor=False, bootstrap=0)
-    assert off["intervals"] == {} and "95% interval" not in (tmp_path / "off" / "index.html").read_text()
+    assert off.intervals == {} and "95% interval" not in (tmp_path / "off" / "index.html").read_text()
 
 
 def test_meteor_is_named_but_not_resampled() -> None:

@@ -39,7 +39,7 @@ def test_evaluation_reads_the_features_a_bf16_run_cached(best: Path, tmp_path: P
 
     monkeypatch.setattr(cache, "extract_features", no_second_extraction)
     metrics, _ = evaluate(best, captioner=captioner, out_dir=tmp_path / "eval", explain=False)
-    assert metrics["run"]["images"] == len(store.ids)
+    assert metrics.run["images"] == len(store.ids)
 
 
 def test_the_key_is_what_the_cache_wrote_before(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The typed records of an evaluation folder: round trips, the schema version, older files."""
+"""The typed records the project writes and reads again (evaluation folders, diffs, comparisons,
+maps, import reports, a checkpoint's own entries): round trips, the schema version, older files."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from captioner.compare.records import (
     CellFigures,
@@ -42,6 +44,8 @@ from captioner.evaluation.records import (
     per_image_lines,
     read_per_image,
 )
+from captioner.model.checkpoint import SCHEMA_VERSION as CHECKPOINT_SCHEMA
+from captioner.model.checkpoint import CheckpointMeta, load_checkpoint
 from captioner.model.explain_files import WordMaps
 
 RECORD = ImageRecord(
@@ -226,3 +230,37 @@ def test_maps_and_import_report_round_trip_and_refuse_another_version(
     with pytest.raises(CaptionerError, match=rf"{name}: {name} of schema version 7; this "
                                              rf"captioner reads version 1: {again}"):
         type(record).read(path)
+
+
+def test_a_checkpoints_own_record_round_trips() -> None:
+    encoder = {"file": "encoder.pth", "sha256": "ab" * 32, "bytes": 10, "source": "/x/encoder.pth"}
+    for meta in (CheckpointMeta({"name": "x"}, ["<pad>", "a"], "0.4.0"),
+                 CheckpointMeta({"name": "x"}, ["<pad>"], "0.4.0", encoder=encoder, self_critical=True)):
+        entries = meta.to_json()
+        assert entries["hyper_parameters"]["schema_version"] == CHECKPOINT_SCHEMA
+        assert CheckpointMeta.from_json({**entries, "state_dict": {}}, "x.ckpt") == meta
+
+
+@pytest.mark.slow
+def test_a_trained_checkpoint_carries_its_record_and_older_ones_load(best: Path, tmp_path: Path) -> None:
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+    meta = CheckpointMeta.from_json(checkpoint, best)
+    assert checkpoint["hyper_parameters"]["schema_version"] == CHECKPOINT_SCHEMA
+    assert meta.vocab[:2] == ["<pad>", "<start>"] and meta.config["decoder"]["hidden_dim"] == 32
+    assert not meta.self_critical and meta.encoder["file"] == "encoder.pth"  # a frozen run's
+    # The record's own entries, without the weights and the encoder they name:
+    entries = {"hyper_parameters": dict(checkpoint["hyper_parameters"]), "state_dict": {}}
+    meta = replace(meta, encoder=None)
+    # Written before the version existed: read as version 1.
+    older = tmp_path / "older.ckpt"
+    del entries["hyper_parameters"]["schema_version"]
+    torch.save(entries, older)
+    assert CheckpointMeta.from_json(load_checkpoint(older), older) == meta
+    # Another version: one line naming the file.
+    newer = tmp_path / "newer.ckpt"
+    entries["hyper_parameters"]["schema_version"] = CHECKPOINT_SCHEMA + 1
+    torch.save(entries, newer)
+    with pytest.raises(CaptionerError) as caught:
+        load_checkpoint(newer)
+    assert str(caught.value).startswith(f"{newer}: checkpoint of schema version {CHECKPOINT_SCHEMA + 1}")
+    assert "\n" not in str(caught.value)

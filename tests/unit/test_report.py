@@ -11,9 +11,11 @@ from urllib.parse import unquote, urlparse
 import pytest
 from helpers.reports import GENERIC, IMG_FILE_NAME, SCRIPT_CAPTION, FakeSet, make_fake_set
 from PIL import Image
+from pycocotools.coco import COCO
 
 from captioner.errors import CaptionerError
 from captioner.evaluation.mentions import load_object_index
+from captioner.evaluation.records import Prediction, read_predictions
 from captioner.evaluation.report import ImageResult, write_report
 from captioner.pages.plots import read_training_log
 
@@ -61,7 +63,7 @@ def report(fake: FakeSet, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
                            objects=load_object_index([fake.instances]),
                            metrics_csv=fake.training_log, worst=4, best=3, meteor=False,
                            extra={"checkpoint": Path("<b>best</b>.ckpt"), "split": "test"})
-    return out, metrics
+    return out, metrics.to_json()
 
 
 def test_writes_every_file(report: tuple[Path, dict]) -> None:
@@ -133,6 +135,25 @@ def test_predictions_are_in_coco_results_format(report: tuple[Path, dict],
     predictions = json.loads((out / "predictions.json").read_text())
     assert predictions == [{"image_id": r.image_id, "caption": r.prediction}
                            for r in fake.results]
+    assert read_predictions(out / "predictions.json") == [Prediction(r.image_id, r.prediction)
+                                                          for r in fake.results]
+    # pycocotools reads it as COCO results, against a ground truth of the same images.
+    truth = COCO()
+    truth.dataset = {"images": [{"id": r.image_id} for r in fake.results], "annotations": [
+        {"id": n, "image_id": r.image_id, "caption": ref} for n, (r, ref) in enumerate(
+            (r, ref) for r in fake.results for ref in r.references)]}
+    truth.createIndex()
+    results = truth.loadRes(str(out / "predictions.json"))
+    assert sorted(results.getImgIds()) == sorted(r.image_id for r in fake.results)
+
+
+def test_predictions_that_are_not_coco_results_are_one_line(tmp_path: Path) -> None:
+    for text, needle in (("{}", "not COCO results"), ('[{"image_id": "1", "caption": "a"}]', "[0]"),
+                         ('[{"caption": "a"}]', "missing or malformed")):
+        (tmp_path / "predictions.json").write_text(text)
+        with pytest.raises(CaptionerError, match=needle) as caught:
+            read_predictions(tmp_path / "predictions.json")
+        assert str(tmp_path) in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_per_image_records(report: tuple[Path, dict], fake: FakeSet) -> None:
@@ -153,7 +174,8 @@ def test_per_image_records(report: tuple[Path, dict], fake: FakeSet) -> None:
 
 
 def test_metrics_json_states_scale_notes_and_summary(report: tuple[Path, dict]) -> None:
-    _, metrics = report
+    out, metrics = report
+    assert json.loads((out / "metrics.json").read_text()) == metrics  # what write_report returned
     assert set(metrics["metrics"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider", "rouge_l"}
     assert "multiply by 100" in metrics["scale"]
     assert "CIDEr-D" in metrics["definitions"]["cider"]
@@ -222,7 +244,7 @@ def test_missing_log_and_unreadable_image_are_noted(fake: FakeSet, tmp_path: Pat
     broken.write_bytes(b"not an image")
     results = [*fake.results[:2], ImageResult(99, broken, "a dog", ["a cat"])]
     metrics = write_report(tmp_path / "out", results, metrics_csv=tmp_path / "nope.csv",
-                           meteor=False)
+                           meteor=False).to_json()
     assert any("training log not found" in n for n in metrics["notes"])
     assert any("could not be read" in n and "broken.jpg" in n for n in metrics["notes"])
     assert "image not readable" in (tmp_path / "out" / "index.html").read_text()

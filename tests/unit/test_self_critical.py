@@ -17,12 +17,10 @@ from pycocoevalcap.cider.cider import Cider
 from captioner.config import load_config, to_dict
 from captioner.data.vocab import SPECIALS
 from captioner.evaluation.cider_reward import CaptionRewards
-from captioner.model.checkpoint import load_checkpoint
+from captioner.model.checkpoint import PHASE, SELF_CRITICAL, CheckpointMeta, load_checkpoint
 from captioner.model.search import greedy
 from captioner.training.adapters import read_rows
 from captioner.training.self_critical import (
-    PHASE,
-    SELF_CRITICAL,
     Rollout,
     SelfCriticalModule,
     policy_gradient_loss,
@@ -179,6 +177,7 @@ def test_finetune_runs_logs_and_resumes_exactly(best: Path, tmp_path: Path, monk
     def fingerprint(run: Path) -> tuple[int, list[torch.Tensor]]:
         loaded = load_checkpoint(run / "checkpoints" / "last.ckpt")
         assert loaded[PHASE] == SELF_CRITICAL
+        assert CheckpointMeta.from_json(loaded, run).self_critical
         return loaded["global_step"], [loaded["state_dict"][k] for k in sorted(loaded["state_dict"])]
 
     step, weights = fingerprint(first.run_dir)
