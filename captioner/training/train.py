@@ -46,6 +46,7 @@ from captioner.training.trainer import build_trainer
 from captioner.util import atomic
 from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
+from captioner.util.interrupts import held_interrupt
 from captioner.util.launch import launch
 from captioner.util.runs import best_checkpoint, claim_run_dir, kept_on_failure, mark_latest, run_dir_of
 
@@ -119,7 +120,12 @@ def new_run(config: Config) -> RunStart:
     trainer gives them rank 0's folder once fit starts (trainer.RunFolder)."""
     if launch().rank != 0:
         return RunStart(config, Path(config.output_dir) / config.name)
-    return RunStart(config, claim_run_dir(Path(config.output_dir), config.name), claimed=True)
+    with held_interrupt(deliver=False) as interrupted:  # claimed whole, lock and mark included
+        run_dir = claim_run_dir(Path(config.output_dir), config.name)
+    if interrupted:  # Ctrl-C came while claiming: as one before the first checkpoint
+        with kept_on_failure(run_dir, True, "captioner train"):
+            raise KeyboardInterrupt
+    return RunStart(config, run_dir, claimed=True)
 
 
 def _resumed_run(resume: Path, overrides: list[str]) -> RunStart:

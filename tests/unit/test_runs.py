@@ -4,6 +4,7 @@ first checkpoint; and atomic writes that reach the disk."""
 from __future__ import annotations
 
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -110,3 +111,28 @@ def test_train_then_self_critical_from_its_best_checkpoint(tmp_path: Path,
     assert result is not None and result.before is not None
     assert result.before.run_dir == Path("runs") / "shapes" and result.run_dir == Path("runs") / "shapes-scst"
     assert result.best.is_file() and result.before.best == Path("runs/shapes/checkpoints/best.ckpt")
+
+
+def test_ctrl_c_while_a_run_folder_is_claimed_removes_it_with_the_usual_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C that lands between the folder's mkdir and its lock and mark (the signal a user
+    sends the moment runs/NAME appears) is held until the claim is whole, then handled as one
+    before the first checkpoint: the folder goes, and the line says so."""
+    from captioner.config import load_config
+    from captioner.errors import Interrupted
+    from captioner.training import train as training
+
+    real = training.claim_run_dir
+
+    def claim_interrupted(output_dir: Path, name: str) -> Path:
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the claim is under way
+        return real(output_dir, name)
+
+    monkeypatch.setattr(training, "claim_run_dir", claim_interrupted)
+    config = load_config(None, [f"output_dir={tmp_path / 'runs'}"])
+    with pytest.raises(Interrupted) as caught:
+        training.new_run(config)
+    run = tmp_path / "runs" / "shapes"
+    assert str(caught.value) == (f"interrupted during training, before its first checkpoint: removed "
+                                 f"{run.resolve()}; run the same command again to start afresh")
+    assert not run.exists()
