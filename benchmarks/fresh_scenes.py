@@ -34,9 +34,10 @@ class _Shape:
     half: float  # half the side of the square bounding box
 
 
-def render_scene(rng: np.random.Generator, size: int = 128) -> Scene:
-    """One scene and its objects as (colour, shape) pairs, in drawing order."""
-    shapes = _layout(rng, size)
+def render_scene(rng: np.random.Generator, size: int = 128, max_objects: int = 3) -> Scene:
+    """One scene of 1 to `max_objects` objects (the spec's 3; data.shapes.max_objects for crowded
+    sets) and its objects as (colour, shape) pairs, in drawing order."""
+    shapes = _layout(rng, size, max_objects)
     pixels = _background(rng, size)
     ys, xs = np.mgrid[0:size, 0:size] + 0.5  # pixel centres
     for s in shapes:
@@ -45,16 +46,16 @@ def render_scene(rng: np.random.Generator, size: int = 128) -> Scene:
     return Image.fromarray(pixels), [(s.colour, s.shape) for s in shapes]
 
 
-def render_scenes(n: int, seed: int, size: int = 128) -> list[Scene]:
+def render_scenes(n: int, seed: int, size: int = 128, max_objects: int = 3) -> list[Scene]:
     """`n` scenes from one seeded generator: the same arguments give the same scenes."""
     rng = np.random.default_rng(seed)
-    return [render_scene(rng, size) for _ in range(n)]
+    return [render_scene(rng, size, max_objects) for _ in range(n)]
 
 
-def _layout(rng: np.random.Generator, size: int) -> list[_Shape]:
+def _layout(rng: np.random.Generator, size: int, max_objects: int) -> list[_Shape]:
     scale = size / _REFERENCE_SIZE
     margin, gap = _MARGIN * scale, _GAP * scale
-    count = int(rng.integers(1, 4))
+    count = int(rng.integers(1, max_objects + 1))
     while True:  # rejection sampling of the whole scene until every box keeps its distance
         shapes = []
         for _ in range(count):

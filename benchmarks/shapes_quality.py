@@ -5,6 +5,7 @@ generator), captions them, parses the (colour, shape) pairs each caption names a
 against the pairs present: micro-averaged precision, recall and F1 over sets per image.
 
     python benchmarks/shapes_quality.py [--checkpoint runs/shapes/checkpoints/best.ckpt] [--n 300]
+        [--max-objects N]
 """
 
 from __future__ import annotations
@@ -41,11 +42,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--show", type=int, default=5, help="print this many example captions")
+    parser.add_argument("--max-objects", type=int, default=None,
+                        help="objects per scene, at most (default: the checkpoint's data.shapes.max_objects)")
     args = parser.parse_args()
     checkpoint = args.checkpoint or latest_checkpoint()
     captioner = Captioner.from_checkpoint(checkpoint, device="cpu")
     size = captioner.config.data.shapes.size
-    scenes = render_scenes(args.n, seed=args.seed, size=size)
+    max_objects = args.max_objects or captioner.config.data.shapes.max_objects
+    scenes = render_scenes(args.n, seed=args.seed, size=size, max_objects=max_objects)
     start = time.perf_counter()
     results = captioner.caption([image for image, _ in scenes], beam_size=args.beam_size)
     seconds = time.perf_counter() - start
@@ -55,7 +59,8 @@ def main() -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     print(f"checkpoint: {checkpoint}")
-    print(f"{args.n} fresh scenes at {size}px, beam {args.beam_size}: captioned in {seconds:.1f} s")
+    print(f"{args.n} fresh scenes of 1-{max_objects} objects at {size}px, beam {args.beam_size}: "
+          f"captioned in {seconds:.1f} s")
     for (_, objects), r in list(zip(scenes, results))[: args.show]:
         print(f"  present {sorted(f'{c} {s}' for c, s in objects)} -> {r.text!r}")
     print("(colour, shape) pairs: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
