@@ -69,6 +69,16 @@ class Decoder(nn.Module):
             return (h0,)
         return h0, layers(self.init_c(features))
 
+    def train_without_dropout(self) -> Decoder:
+        """Training mode with every dropout off (the recurrent layer's between layers too): the
+        recurrent pass runs at training precision, under the trainer's bf16 autocast where it is
+        enabled, as cross-entropy's does, and deterministically. Self-critical training samples
+        its captions and takes their gradient in this mode, so both come from one policy."""
+        self.train()
+        for child in self.children():
+            child.eval()
+        return self
+
     def _run(self, embedded: Tensor | PackedSequence, state: State) -> tuple[Tensor | PackedSequence, State]:
         hx = state if self.cell == "lstm" else state[0]
         if self.training:

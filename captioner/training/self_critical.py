@@ -16,7 +16,10 @@ The greedy baselines and the samples come from one batched decoder run under inf
 (`rollout`), their words stay tensors, and one reward call scores them all. Samples are drawn
 with dropout off, and the log-probabilities are recomputed in one teacher-forced
 pass over the sampled words, also with dropout off: both then come from the same distribution, so
-the gradient is on-policy, and the pass is the fast packed one cross-entropy training uses.
+the gradient is on-policy, and the pass is the fast packed one cross-entropy training uses. Both
+run at cross-entropy's precision (bf16 autocast where the trainer enables it), not in the fp32
+that evaluation decodes in, which made the self-critical step markedly slower than cross-entropy's
+on CPUs with bf16 units (benchmarks/README.md).
 Validation, checkpoints and resuming are CaptionModule's; best.ckpt is picked by val/cider.
 """
 
@@ -143,7 +146,8 @@ class SelfCriticalModule(CaptionModule):
     def training_step(self, batch: dict | None, batch_idx: int) -> Tensor | None:
         if batch is None:
             return None
-        self.model.decoder.eval()  # dropout off: sampling and the gradient share one policy
+        # Dropout off, so sampling and the gradient share one policy, at cross-entropy's precision.
+        self.model.decoder.train_without_dropout()
         features = self.features(batch)
         episode = self.episode(features, batch["image_id"])
         logits = self.model(features, episode.inputs.to(self.device), repeats=self.config.scst.samples)

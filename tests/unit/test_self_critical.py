@@ -18,6 +18,7 @@ from captioner.config import load_config, to_dict
 from captioner.data.vocab import SPECIALS
 from captioner.evaluation.cider_reward import CaptionRewards
 from captioner.model.checkpoint import PHASE, SELF_CRITICAL, CheckpointMeta, load_checkpoint
+from captioner.model.decoder import Decoder
 from captioner.model.search import greedy
 from captioner.training.adapters import read_rows
 from captioner.training.self_critical import (
@@ -118,7 +119,7 @@ def _self_critical_steps(baseline: str, sign: float, steps: int = 30,
         if hasattr(layer, "reset_parameters"):
             layer.reset_parameters()
     features = torch.randn(len(ids), 4096)
-    decoder = module.model.decoder.eval()  # on-policy, as training_step runs it
+    decoder = module.model.decoder.train_without_dropout()  # on-policy, as training_step runs it
     optimiser = torch.optim.Adam(decoder.parameters(), lr=1e-2)
     before = _greedy_cider(module, features, ids)
     for _ in range(steps):
@@ -140,6 +141,23 @@ def test_self_critical_steps_raise_the_models_own_cider_and_a_sign_error_does_no
     assert after > before + 0.3, (before, after)
     _, flipped = _self_critical_steps(baseline, sign=-1.0, cell=cell)
     assert flipped < before, (before, after, flipped)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_self_critical_policy_has_no_dropout_and_cross_entropys_precision(cell: str) -> None:
+    """training_step's decoder mode: the same logits on every pass (no dropout anywhere, the
+    recurrent layer's between layers included), and under bf16 autocast the recurrent pass runs in
+    bf16 as cross-entropy training's does, not in evaluation's fp32."""
+    torch.manual_seed(0)
+    decoder = Decoder(20, cell=cell, feature_dim=8, embed_dim=8, hidden_dim=16, num_layers=2)
+    features, inputs = torch.randn(3, 8), torch.randint(1, 20, (3, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert decoder.train_without_dropout() is decoder and decoder.training
+        first, second = decoder(features, inputs), decoder(features, inputs)
+        outputs, _ = decoder._run(decoder.embed(inputs), decoder.initial_state(features))
+        evaluated, _ = decoder.eval()._run(decoder.embed(inputs), decoder.initial_state(features))
+    assert torch.equal(first, second)
+    assert outputs.dtype == torch.bfloat16 and evaluated.dtype == torch.float32
 
 
 def test_one_batched_rollout_gives_the_greedy_captions_and_their_teacher_forcing() -> None:
