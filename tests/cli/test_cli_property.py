@@ -121,6 +121,7 @@ def test_every_setting_loads_or_is_a_usage_error(tmp_path: Path, monkeypatch: py
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # over a second where bf16 and AVX-512 are missing: out of the fast loop
 def test_non_finite_settings_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     floats = [key for key, kind in settings().items() if kind is float]
     for key, value in zip(floats, itertools.cycle(["nan", "inf", "-inf"])):

@@ -83,6 +83,7 @@ def _wait_for(path: Path, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # over a second where bf16 and AVX-512 are missing: out of the fast loop
 @pytest.mark.parametrize("holder_finishes", [True, False])
 def test_waits_for_a_shard_another_rank_holds(tmp_path: Path, vgg11: torch.nn.Module,
                                               holder_finishes: bool) -> None:

@@ -158,6 +158,7 @@ def test_a_run_name_is_a_plain_folder_name(name: str) -> None:
 
 
 
+@pytest.mark.slow  # over a second where bf16 and AVX-512 are missing: out of the fast loop
 def test_every_declared_limit_holds_at_its_edges() -> None:
     """Issue 23 item 6: each setting's choices and range are declared on its field; validation
     refuses the value just outside, takes the bounds, and `config show` prints them."""

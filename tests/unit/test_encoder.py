@@ -55,6 +55,7 @@ def test_small_grids_fold_the_pool_into_fc6_exactly(vgg11: torch.nn.Module) -> N
     vgg11.zero_grad(set_to_none=True)
 
 
+@pytest.mark.slow  # over a second where bf16 and AVX-512 are missing: out of the fast loop
 def test_vgg16_is_torchvisions_architecture() -> None:
     encoder = build_encoder("vgg16", "none")
     n_params = sum(p.numel() for p in encoder.parameters())

@@ -53,6 +53,7 @@ def test_the_key_is_what_the_cache_wrote_before(tmp_path: Path) -> None:
     assert cache.feature_folder(tmp_path, key.to_json()).name.startswith("test-vgg16-224px-")
 
 
+@pytest.mark.slow  # over a second where bf16 and AVX-512 are missing: out of the fast loop
 def test_the_fingerprint_is_recomputed_where_torch_keeps_no_version_counter(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The version counter the fingerprint is remembered by is private torch API: without it,

@@ -129,6 +129,7 @@ def test_a_line_past_the_csv_field_limit_costs_only_its_row(tmp_path: Path) -> N
     assert lines_of(report, "overlong") == [2]
 
 
+@pytest.mark.slow  # over a second where bf16 and AVX-512 are missing: out of the fast loop
 def test_the_fast_tokenizer_path_agrees_with_the_ptb_rules() -> None:
     from captioner.data.tokenize import PUNCTUATION, _treebank
 
