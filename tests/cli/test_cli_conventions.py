@@ -56,13 +56,12 @@ def test_folders_stdin_and_hidden_files(trained_run: Path, photos: Path) -> None
     assert [Path(line.split("\t")[0]).name for line in deep.stdout.splitlines()] == [
         "a.png", "b.jpg", "c.png", "d.png", "e.png"]
     paths = f"{photos / 'a.png'}\n{photos / 'c.png'}\n"
-    listed = subprocess.run([*CAPTIONER, "caption", "-", "--checkpoint", _checkpoint(trained_run)],
-                            input=paths.encode(), capture_output=True, cwd=trained_run, timeout=300)
-    assert listed.returncode == 0 and len(listed.stdout.decode().splitlines()) == 2
-    piped = subprocess.run([*CAPTIONER, "caption", "-", "--format", "jsonl", "--checkpoint",
-                            _checkpoint(trained_run)], input=(photos / "a.png").read_bytes(),
-                           capture_output=True, cwd=trained_run, timeout=300)
-    assert piped.returncode == 0 and b'"image": "<stdin>"' in piped.stdout
+    listed = run_cli("caption", "-", "--checkpoint", _checkpoint(trained_run), input=paths.encode(),
+                     cwd=trained_run)
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2
+    piped = run_cli("caption", "-", "--format", "jsonl", "--checkpoint", _checkpoint(trained_run),
+                    input=(photos / "a.png").read_bytes(), cwd=trained_run)
+    assert piped.returncode == 0 and '"image": "<stdin>"' in piped.stdout
 
 
 def test_the_api_expands_folders_as_the_cli_does(trained_run: Path, photos: Path) -> None:
@@ -95,8 +94,7 @@ def test_bad_numbers_are_usage_errors(tmp_path: Path, args: list[str], needle: s
 
 def test_empty_stdin_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "model.ckpt").write_bytes(b"never read: the inputs are checked first")
-    result = subprocess.run([*CAPTIONER, "caption", "-", "--checkpoint", "model.ckpt"], input="\n\n",
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = run_cli("caption", "-", "--checkpoint", "model.ckpt", input="\n\n", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: no images given: standard input held no paths"
 

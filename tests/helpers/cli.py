@@ -32,7 +32,7 @@ CAPTIONER = [sys.executable, "-m", "captioner"]
 
 
 def run_cli(*args: str, cwd: Path | str, env: dict[str, str] | None = None,
-            input: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+            input: str | bytes | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
     """`captioner ARGS` in this process, as the console script runs it; the result as
     subprocess.run gives it. `timeout` is accepted for the callers' symmetry with
     `run_cli_process` and not enforced in-process."""
@@ -57,7 +57,7 @@ def run_cli_process(*args: str, cwd: Path | str, env: dict[str, str] | None = No
 
 
 @contextmanager
-def _process_like(cwd: Path, env: dict[str, str] | None, stdin: str | None,
+def _process_like(cwd: Path, env: dict[str, str] | None, stdin: str | bytes | None,
                   stderr: io.StringIO) -> Iterator[None]:
     """The state a fresh process starts from, put back afterwards: directory, environment, stdin,
     Python's default warning filters printing to stderr, and the log handlers writing there."""
@@ -68,7 +68,8 @@ def _process_like(cwd: Path, env: dict[str, str] | None, stdin: str | None,
     if env is not None:
         os.environ.clear()
         os.environ.update(env)
-    sys.stdin = io.StringIO(stdin or "")
+    data = stdin.encode() if isinstance(stdin, str) else stdin or b""
+    sys.stdin = io.TextIOWrapper(io.BytesIO(data))  # text, with the bytes under .buffer, as a pipe
     try:
         with warnings.catch_warnings():
             warnings.resetwarnings()  # Python's defaults: these ignored, the rest shown once per place
