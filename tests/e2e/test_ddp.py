@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import wait_until
 from helpers.images import random_image_records
 from PIL import Image
 
@@ -41,12 +41,13 @@ def vgg11() -> torch.nn.Module:
     return build_encoder("vgg11", "none").eval()
 
 
-def _slow(seconds: float, seen: Counter | None = None) -> Callable[[Image.Image], torch.Tensor]:
-    """The preprocess, made slow enough that concurrent extractors overlap; counts per thread."""
+def _together(ranks: threading.Barrier, seen: Counter) -> Callable[[Image.Image], torch.Tensor]:
+    """The preprocess, counting per thread; each thread's first image waits there until every
+    rank has begun one, so the extractors surely overlap (however the threads are scheduled)."""
     def preprocess(image: Image.Image) -> torch.Tensor:
-        time.sleep(seconds)
-        if seen is not None:
-            seen[threading.get_ident()] += 1
+        if not seen[threading.get_ident()]:
+            ranks.wait(60)
+        seen[threading.get_ident()] += 1
         return PREPROCESS(image)
     return preprocess
 
@@ -54,11 +55,12 @@ def _slow(seconds: float, seen: Counter | None = None) -> Callable[[Image.Image]
 @pytest.mark.slow
 def test_ranks_share_the_shards_and_merge_once(tmp_path: Path, vgg11: torch.nn.Module) -> None:
     records, seen = random_image_records(tmp_path, 12), Counter()
-    key = feature_key(vgg11, _slow(0.05), records, split="val", arch="vgg11", image_size=32,
+    preprocess = _together(threading.Barrier(2), seen)
+    key = feature_key(vgg11, preprocess, records, split="val", arch="vgg11", image_size=32,
                       dataset="t", bf16=False)
 
     def rank(r: int):
-        return load_or_extract(vgg11, _slow(0.05, seen), records, tmp_path / "cache", key, rank=r,
+        return load_or_extract(vgg11, preprocess, records, tmp_path / "cache", key, rank=r,
                                shard_size=2, world_size=2)
 
     with ThreadPoolExecutor(2) as pool:
@@ -76,11 +78,13 @@ def _hold(lock: Path):
     return f
 
 
-def _wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
+def _waiting_on(lock: Path) -> bool:
+    """Whether a flock() of this process on `lock` is blocked, waiting for its holder
+    (/proc/locks shows a waiter as "->" before its lock: its kind, pid, device:inode)."""
+    pid, inode = str(os.getpid()), os.stat(lock).st_ino
+    with open("/proc/locks") as locks:
+        return any(fields[1:3] == ["->", "FLOCK"] and fields[5] == pid and fields[6].endswith(f":{inode}")
+                   for fields in (line.split() for line in locks) if len(fields) > 7)
 
 
 @pytest.mark.slow  # over a second where bf16 and AVX-512 are missing: out of the fast loop
@@ -93,9 +97,11 @@ def test_waits_for_a_shard_another_rank_holds(tmp_path: Path, vgg11: torch.nn.Mo
     with ThreadPoolExecutor(1) as pool:
         done = pool.submit(extract_features, vgg11, PREPROCESS, records, folder, key=KEY,
                            shard_size=2, rank=0, world_size=2)
-        _wait_for(folder / "shard_00003.ids.json")  # own shards 0, 2, then the free shard 3
-        time.sleep(0.3)
+        # Blocked on shard 1's lock: its second pass, after its own shards 0, 2, then the free shard 3.
+        wait_until(lambda: _waiting_on(folder / "shard_00001.lock") or done.done(), 60,
+                   "rank 0 to wait for shard 1's lock")
         assert not done.done() and not (folder / "shard_00001.ids.json").exists()
+        assert all((folder / f"shard_0000{k}.ids.json").exists() for k in (0, 2, 3))
         if holder_finishes:
             np.save(folder / "shard_00001.npy", np.zeros((2, 4096), np.float16))
             (folder / "shard_00001.ids.json").write_text("[3, 4]")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from helpers import wait_until
 from helpers.serve import Served, call, form, jpeg, request, running_server, serving_in_process
 from PIL import Image
 
@@ -224,9 +225,12 @@ def test_a_bad_upload_names_the_file(api: Captioner) -> None:
     assert caught.value.status == 422
 
 
-def _gated(log: list[list[int]], gate: threading.Event):
-    """A pass that records its batch, the first held until `gate` opens; -1 fails its pass."""
+def _gated(log: list[list[int]], gate: threading.Event, started: threading.Event | None = None):
+    """A pass that records its batch, the first held until `gate` opens; -1 fails its pass;
+    `started` is set once a pass has begun (on the model's thread, before the gate)."""
     def run(batch: list[int]) -> list[int]:
+        if started is not None:
+            started.set()
         gate.wait(10)
         log.append(list(batch))
         if -1 in batch:
@@ -235,17 +239,29 @@ def _gated(log: list[list[int]], gate: threading.Event):
     return run
 
 
+async def _held(started: threading.Event) -> None:
+    """Once the first pass has begun on the model's thread (and is held at its gate)."""
+    assert await asyncio.to_thread(started.wait, 10), "the first pass did not start"
+
+
+async def _queued() -> None:
+    """The tasks just created run to their first await, which queues their jobs in the batcher
+    (`submit` appends before it awaits): one turn of the event loop, which runs tasks in the
+    order they were scheduled, this one last. An ordering, not a timed wait."""
+    await asyncio.sleep(0)
+
+
 def test_jobs_arriving_during_a_pass_share_the_next() -> None:
     log: list[list[int]] = []
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
 
     async def scenario() -> list[list[int]]:
-        batcher = Batcher(_gated(log, gate), batch_size=4)
+        batcher = Batcher(_gated(log, gate, started), batch_size=4)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit([0]))
-        await asyncio.sleep(0.05)  # the first pass has started, alone, and is held
+        await _held(started)  # the first pass has started, alone, and is held
         later = [asyncio.ensure_future(batcher.submit([n])) for n in range(1, 7)]
-        await asyncio.sleep(0.05)
+        await _queued()
         gate.set()
         answers = await asyncio.gather(first, *later)
         await batcher.stop()
@@ -257,16 +273,16 @@ def test_jobs_arriving_during_a_pass_share_the_next() -> None:
 
 def test_a_failed_pass_fails_its_jobs_only() -> None:
     log: list[list[int]] = []
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
 
     async def scenario() -> tuple[list, list[int]]:
-        batcher = Batcher(_gated(log, gate), batch_size=8)
+        batcher = Batcher(_gated(log, gate, started), batch_size=8)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit([1]))
-        await asyncio.sleep(0.05)
+        await _held(started)
         doomed = [asyncio.ensure_future(batcher.submit(x)) for x in ([-1], [2])]
         gone = asyncio.ensure_future(batcher.submit([3]))
-        await asyncio.sleep(0.01)
+        await _queued()  # `gone`'s job is queued: cancelling it now cancels a waiting job
         gone.cancel()  # its requester went away: it is not run
         gate.set()
         outcomes = await asyncio.gather(first, *doomed, return_exceptions=True)
@@ -299,17 +315,17 @@ def test_a_large_job_shares_its_passes_in_turns() -> None:
 
 def test_a_one_image_job_is_not_starved_by_many_large_ones() -> None:
     log: list[list[int]] = []
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
 
     async def scenario() -> None:
-        batcher = Batcher(_gated(log, gate), batch_size=32)
+        batcher = Batcher(_gated(log, gate, started), batch_size=32)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit([0]))
-        await asyncio.sleep(0.05)  # held: the jobs below queue up meanwhile
+        await _held(started)  # held: the jobs below queue up meanwhile
         many = [asyncio.ensure_future(batcher.submit(list(range(100 * n, 100 * n + 16))))
                 for n in range(1, 11)]
         lone = asyncio.ensure_future(batcher.submit([7]))
-        await asyncio.sleep(0.01)
+        await _queued()
         gate.set()
         await asyncio.gather(first, lone, *many)
         await batcher.stop()
@@ -335,8 +351,11 @@ def test_a_one_image_request_is_answered_among_many_large_ones(api: Captioner) -
                 answered.append(name)
 
             large = [asyncio.ensure_future(send(f"large {n}", small)) for n in range(4)]
-            while (await call(session, "GET", url + "health"))[1]["forward_passes"] < 1:
-                await asyncio.sleep(0.01)
+            # The server's counter says the passes have begun; polled off this loop, which
+            # goes on sending the large requests meanwhile.
+            def begun() -> bool:
+                return request("GET", url + "health")[1]["forward_passes"] >= 1
+            await asyncio.to_thread(wait_until, begun, 60, "the first forward pass")
             await send("lone", [("lone.jpg", jpeg(60, (48, 36)))])
             await asyncio.gather(*large)
             passes = (await call(session, "GET", url + "health"))[1]["forward_passes"]

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from helpers import wait_until
 from helpers.serve import Served, jpeg, running_server
 from PIL import Image, ImageStat
 
@@ -42,6 +43,33 @@ _FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no
           "--disable-background-networking", "--disable-component-update", "--disable-sync",
           "--hide-scrollbars", "--window-size=1200,900", "--remote-debugging-port=0"]
 _WAIT_S = 60.0
+# A promise, in the page, of the value of EXPRESSION once it is truthy: tried now and again at
+# each change of the document (a node, an attribute or a text added, changed or removed) and of
+# its readyState, which is all the page's state that the tests read.
+_WHEN_TRUTHY = """new Promise((resolve, reject) => {
+    const observer = new MutationObserver(() => check());
+    const stop = () => {
+        observer.disconnect();
+        document.removeEventListener('readystatechange', check);
+    };
+    function check() {
+        let value;
+        try {
+            value = (EXPRESSION);
+        } catch (err) {
+            stop();
+            reject(err);
+            return;
+        }
+        if (value) {
+            stop();
+            resolve(value);
+        }
+    }
+    observer.observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
+    document.addEventListener('readystatechange', check);
+    check();
+})"""
 
 
 class Tab:
@@ -61,18 +89,20 @@ class Tab:
                 return answer["result"]
         raise AssertionError(f"{method}: the browser closed the connection")
 
-    async def evaluate(self, expression: str) -> Any:
-        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+    async def evaluate(self, expression: str, *, await_promise: bool = False) -> Any:
+        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True,
+                                 awaitPromise=await_promise)
         assert "exceptionDetails" not in result, result["exceptionDetails"]
         return result["result"].get("value")
 
     async def wait_for(self, expression: str) -> Any:
-        """The expression's value once it is truthy (polled), or a failure after _WAIT_S."""
-        deadline = asyncio.get_running_loop().time() + _WAIT_S
-        while not (value := await self.evaluate(expression)):
-            assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {expression}"
-            await asyncio.sleep(0.1)
-        return value
+        """The expression's value (of the document's state) once it is truthy, or a failure
+        after _WAIT_S. The page answers when it changes; nothing is polled."""
+        promise = _WHEN_TRUTHY.replace("EXPRESSION", expression)
+        try:
+            return await asyncio.wait_for(self.evaluate(promise, await_promise=True), _WAIT_S)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"timed out waiting for {expression}") from None
 
     async def choose_files(self, selector: str, *paths: Path) -> None:
         root = (await self.send("DOM.getDocument"))["root"]["nodeId"]
@@ -122,11 +152,16 @@ async def browser_tab(url: str, profile: Path) -> AsyncIterator[Tab]:
 
 async def _devtools_endpoint(process: asyncio.subprocess.Process, log: Path) -> str:
     """Chromium says where its DevTools websocket listens on stderr, once it is up."""
-    deadline = asyncio.get_running_loop().time() + _WAIT_S
-    while asyncio.get_running_loop().time() < deadline and process.returncode is None:
-        if found := re.search(r"DevTools listening on (ws://\S+)", log.read_text(errors="replace")):
-            return found.group(1)
-        await asyncio.sleep(0.1)
+    def said() -> re.Match | None:
+        return re.search(r"DevTools listening on (ws://\S+)", log.read_text(errors="replace"))
+
+    try:  # its line in the log, or its exit; polled off the loop, which sees the exit meanwhile
+        await asyncio.to_thread(wait_until, lambda: said() or process.returncode is not None, _WAIT_S,
+                                "chromium to open DevTools")
+    except AssertionError:
+        pass
+    if found := said():
+        return found.group(1)
     raise AssertionError(f"chromium did not open DevTools: {log.read_text(errors='replace')[-2000:]}")
 
 

@@ -7,6 +7,7 @@ and keep its memory."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import time
@@ -17,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import multipart
 from aiohttp.web_protocol import RequestHandler
+from helpers import wait_until
 from helpers.serve import (
     Served,
     address,
@@ -64,6 +66,22 @@ def zero_png() -> bytes:
 def no_failure_logged(served: Served) -> None:
     log = served.stderr()
     assert "Traceback" not in log and "the server failed" not in log, log[-3000:]
+
+
+CONTINUE = "Expect: 100-continue"  # the server answers "100 Continue" once it handles the request
+
+
+def handling(sock: socket.socket) -> None:
+    """Once the server handles the request sent on `sock` with CONTINUE: its headers are read and
+    its handler runs (aiohttp writes the interim answer and enters the handler in one step of its
+    event loop, so a signal or a hang-up it sees later finds the request in flight). Reads
+    exactly that interim answer, which a client may send its body without waiting for."""
+    data = b""
+    while not data.endswith(b"\r\n\r\n"):
+        chunk = sock.recv(1)
+        assert chunk, f"the server closed the connection after {data!r}"
+        data += chunk
+    assert data == b"HTTP/1.1 100 Continue\r\n\r\n", data
 
 
 # -- item 21: file names -------------------------------------------------------------------------
@@ -140,10 +158,10 @@ def test_a_huge_length_penalty_is_a_400(server: Served) -> None:
 
 def test_a_client_hang_up_is_one_quiet_line(server: Served) -> None:
     body = multipart_body([("image", "a.jpg", jpeg(4))])
-    with socket.create_connection(address(server.url)) as sock:
-        sock.sendall(request_head(server.url, len(body)) + body[: len(body) // 2])
-        time.sleep(0.3)
-    time.sleep(0.5)
+    with socket.create_connection(address(server.url), timeout=30) as sock:
+        sock.sendall(request_head(server.url, len(body), CONTINUE) + body[: len(body) // 2])
+        handling(sock)  # the request is in flight, its body not all sent: the client hangs up
+    wait_until(lambda: "closed the connection" in server.stderr(), 30, "the server's line on the hang-up")
     assert request("GET", server.url + "health")[0] == 200
     no_failure_logged(server)
     assert "closed the connection" in server.stderr()
@@ -186,7 +204,11 @@ def test_large_images_are_decoded_one_at_a_time_and_memory_returns(server: Serve
         async with aiohttp.ClientSession() as session:
             flood = [asyncio.ensure_future(call(session, "POST", server.url + "caption",
                                                 data=form([("z.png", zero_png)] * 2))) for _ in range(3)]
-            await asyncio.sleep(0.3)
+            # The probe goes in once the flood's images are being decoded: the server's memory
+            # says so (one of them decoded is 81 MB); polled off this loop, which goes on
+            # sending the flood meanwhile.
+            await asyncio.to_thread(wait_until, lambda: rss_mb(server.process.pid) > before + 40, 60,
+                                    "the server to decode the flood's images")
             start = time.monotonic()
             status, answer = await call(session, "POST", server.url + "caption",
                                         data=form([("a.jpg", jpeg(6))]))
@@ -200,10 +222,8 @@ def test_large_images_are_decoded_one_at_a_time_and_memory_returns(server: Serve
     assert statuses == [200, 200, 200]
     assert probe_s < 2.0, f"a one-image request took {probe_s:.1f} s behind the flood"
     assert peak - before < 1200, f"RSS {before:.0f} -> {peak:.0f} MB during the flood"
-    deadline = time.monotonic() + 5
-    while rss_mb(server.process.pid) > before * 1.2 + 50 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert rss_mb(server.process.pid) <= before * 1.2 + 50, (before, peak, rss_mb(server.process.pid))
+    wait_until(lambda: rss_mb(server.process.pid) <= before * 1.2 + 50, 5,
+               f"RSS back within {before * 1.2 + 50:.0f} MB (before {before:.0f}, peak {peak:.0f})")
 
 
 # -- item 3: stalled clients, floods of connections ----------------------------------------------
@@ -223,8 +243,31 @@ def test_stalled_clients_are_timed_out(api: Captioner) -> None:
             assert time.monotonic() - start < 3
 
 
+def sockets_open(pid: int) -> int:
+    """How many sockets a process holds (listening, connected, its event loop's own)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    return count
+
+
+def accept_queue(port: int) -> int:
+    """Connections the kernel holds for a listening IPv4 socket on `port`, not yet accepted
+    (/proc/net/tcp gives a listening socket's accept queue as its receive queue)."""
+    with open("/proc/net/tcp") as table:
+        for line in list(table)[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
 def test_a_flood_of_stalled_connections_leaves_room(best: Path, tmp_path: Path) -> None:
     with running_server(best, tmp_path, open_files=200) as served:
+        idle = sockets_open(served.process.pid)
         stalled = []
         try:
             for _ in range(300):  # more than the server may open
@@ -238,7 +281,11 @@ def test_a_flood_of_stalled_connections_leaves_room(best: Path, tmp_path: Path) 
         finally:
             for sock in stalled:
                 sock.close()
-        time.sleep(0.5)
+        # Idle again: none of the closed connections (the stalled ones, the request's) is still
+        # queued unaccepted, and the server has seen every one it accepted close.
+        port = address(served.url)[1]
+        wait_until(lambda: accept_queue(port) == 0 and sockets_open(served.process.pid) <= idle, 30,
+                   f"the server to close the stalled connections (it held {idle} sockets idle)")
         # Should an accept still run out of files (a loaded machine holds more), it is one line at
         # most every few seconds, never the old flood of tracebacks.
         assert served.stderr().count("Too many open files") <= 2 and "Traceback" not in served.stderr()
@@ -255,8 +302,8 @@ def test_sigterm_finishes_the_request_in_flight(best: Path, tmp_path: Path) -> N
         with socket.create_connection(address(served.url), timeout=30) as sock:
             sock.sendall(request_head(served.url, len(body)) + body)  # the connection is surely accepted
             assert read_answer(sock)[0] == 200
-            sock.sendall(request_head(served.url, len(body)) + body[: len(body) // 2])
-            time.sleep(1.0)  # its headers are read: the request is in flight
+            sock.sendall(request_head(served.url, len(body), CONTINUE) + body[: len(body) // 2])
+            handling(sock)  # its headers are read: the request is in flight
             served.process.send_signal(signal.SIGTERM)
             refused_within(address(served.url), 5)
             sock.sendall(body[len(body) // 2:])
@@ -270,11 +317,10 @@ def test_sigterm_finishes_the_request_in_flight(best: Path, tmp_path: Path) -> N
 
 def refused_within(where: tuple[str, int], seconds: float) -> None:
     """New connections are refused (ECONNREFUSED) within `seconds`, polled."""
-    deadline = time.monotonic() + seconds
-    while True:
+    def refused() -> bool:
         try:
             socket.create_connection(where, timeout=2).close()
         except OSError:
-            return
-        assert time.monotonic() < deadline, f"new connections still accepted {seconds:g} s after SIGTERM"
-        time.sleep(0.05)
+            return True
+        return False
+    wait_until(refused, seconds, "new connections to be refused after SIGTERM")

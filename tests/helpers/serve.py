@@ -25,6 +25,8 @@ import aiohttp
 import numpy as np
 from PIL import Image
 
+from helpers import wait_until
+
 
 @dataclass
 class Served:
@@ -77,9 +79,10 @@ def seconds_until_stopped(served: Served, timeout: float = 30) -> float:
     `timeout`): the server's own shutdown, without the interpreter's exit after it, which on a
     loaded machine takes seconds of its own (torch's teardown)."""
     start = time.monotonic()
-    while not served.stderr().rstrip().endswith("stopped"):
-        assert time.monotonic() - start < timeout, served.stderr()[-3000:]
-        time.sleep(0.02)
+    try:
+        wait_until(lambda: served.stderr().rstrip().endswith("stopped"), timeout, 'the line "stopped"')
+    except AssertionError as err:
+        raise AssertionError(f"{err}; its log ends:\n{served.stderr()[-3000:]}") from None
     return time.monotonic() - start
 
 
