@@ -48,6 +48,7 @@ from captioner.util.console import say
 from captioner.util.hardware import resolve_precision
 from captioner.util.locks import flock
 from captioner.util.runs import claim_run_dir, kept_on_failure, run_dir_of
+from captioner.util.schema import check_version
 from captioner.version import __version__
 
 # Bump when a change of this module changes the weights a given config produces.
@@ -131,6 +132,35 @@ def _collate(items: list[tuple[Tensor, Tensor] | None]) -> tuple[Tensor, Tensor]
     return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
 
+@dataclass(frozen=True)
+class PretrainMeta:
+    """What a pretraining checkpoint records of itself, in Lightning's `hyper_parameters`: the
+    config, the classifier's targets (object labels or words), the version that wrote it and the
+    schema version (a checkpoint without one is read as version 1)."""
+
+    config: dict[str, Any]
+    targets: list[str]
+    captioner_version: str | None = __version__
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config, "targets": self.targets,
+                "captioner_version": self.captioner_version, "schema_version": PRETRAIN_SCHEMA}
+
+    @classmethod
+    def from_json(cls, checkpoint: Any, where: str | Path) -> PretrainMeta:
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        if not isinstance(hparams, dict) or not (
+            isinstance(hparams.get("config"), dict) and isinstance(hparams.get("targets"), list)
+        ):
+            raise CaptionerError(f"{where}: not a pretraining checkpoint (no config and targets inside)")
+        check_version(hparams, where, "pretraining checkpoint", PRETRAIN_SCHEMA, "pretrain it again")
+        version = hparams.get("captioner_version")
+        return cls(hparams["config"], list(hparams["targets"]), None if version is None else str(version))
+
+
+PRETRAIN_SCHEMA = 1
+
+
 class ClassifierModule(L.LightningModule):
     """A VGG whose classifier (fc8) is a new linear layer over fc7, one output per target."""
 
@@ -164,6 +194,9 @@ class ClassifierModule(L.LightningModule):
         self.encoder.fc.train(self.config.pretrain.train_fc)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hparams = self.hparams
+        meta = PretrainMeta(hparams["config"], list(hparams["targets"]), hparams["captioner_version"])
+        checkpoint["hyper_parameters"] = meta.to_json()
         checkpoint["data_order"] = self.data_order.get_state()
         # Fixed fc6/fc7 (103M + 17M weights) are rebuilt exactly from the seed or the starting file
         # on resume: checkpoints keep a fingerprint of them instead, 0.5 GB less written an epoch.
@@ -414,10 +447,9 @@ def _resumed(path: Path, overrides: list[str]) -> Config:
         raise CaptionerError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        config = checkpoint["hyper_parameters"]["config"]
-        checkpoint["hyper_parameters"]["targets"]
     except Exception as err:
         raise CaptionerError(f"{path}: not a pretraining checkpoint ({type(err).__name__})") from err
+    config = PretrainMeta.from_json(checkpoint, path).config
     refuse_weights_only(checkpoint, path)
     refuse_interpolations(config, path)
     return load_config(None, overrides, base=config)

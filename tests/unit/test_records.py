@@ -47,6 +47,7 @@ from captioner.evaluation.records import (
 from captioner.model.checkpoint import SCHEMA_VERSION as CHECKPOINT_SCHEMA
 from captioner.model.checkpoint import CheckpointMeta, load_checkpoint
 from captioner.model.explain_files import WordMaps
+from captioner.training.pretrain import PRETRAIN_SCHEMA, PretrainMeta
 
 RECORD = ImageRecord(
     7, "images/7.jpg", "a red circle", ["a red circle", "one red circle"],
@@ -264,3 +265,19 @@ def test_a_trained_checkpoint_carries_its_record_and_older_ones_load(best: Path,
         load_checkpoint(newer)
     assert str(caught.value).startswith(f"{newer}: checkpoint of schema version {CHECKPOINT_SCHEMA + 1}")
     assert "\n" not in str(caught.value)
+
+
+def test_a_pretraining_checkpoints_record_round_trips_and_refuses_others(tmp_path: Path) -> None:
+    meta = PretrainMeta({"name": "x"}, ["red circle", "blue square"], "0.4.0")
+    checkpoint = {"hyper_parameters": meta.to_json()}
+    assert checkpoint["hyper_parameters"]["schema_version"] == PRETRAIN_SCHEMA
+    assert PretrainMeta.from_json(checkpoint, "p.ckpt") == meta
+    del checkpoint["hyper_parameters"]["schema_version"]  # written before the version existed
+    assert PretrainMeta.from_json(checkpoint, "p.ckpt") == meta
+    checkpoint["hyper_parameters"]["schema_version"] = PRETRAIN_SCHEMA + 1
+    newer = f"p.ckpt: pretraining checkpoint of schema version {PRETRAIN_SCHEMA + 1}"
+    with pytest.raises(CaptionerError, match=newer):
+        PretrainMeta.from_json(checkpoint, "p.ckpt")
+    captioners = CheckpointMeta({"name": "x"}, ["<pad>"]).to_json()  # a captioner's, not a classifier's
+    with pytest.raises(CaptionerError, match=r"^c.ckpt: not a pretraining checkpoint \(no config and"):
+        PretrainMeta.from_json(captioners, "c.ckpt")
