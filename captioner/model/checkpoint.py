@@ -69,20 +69,33 @@ class CheckpointMeta:
     @classmethod
     def from_json(cls, checkpoint: Any, where: str | Path) -> CheckpointMeta:
         """The record of a loaded checkpoint dict; one line naming `where` if it holds none."""
-        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-        if not isinstance(hparams, dict) or not (
-            isinstance(hparams.get("config"), dict) and isinstance(hparams.get("vocab"), list)
-        ):
-            raise CaptionerError(f"{where}: not a captioner checkpoint (no config and vocabulary inside)")
+        hparams = hyper_parameters(checkpoint, where, "vocab",
+                                   "not a captioner checkpoint (no config and vocabulary inside)")
         check_version(hparams, where, "checkpoint", SCHEMA_VERSION, "train it again")
-        version = hparams.get("captioner_version")
         encoder = checkpoint.get(RECORD)
-        return cls(hparams["config"], hparams["vocab"], None if version is None else str(version),
+        return cls(hparams["config"], hparams["vocab"], written_by(hparams),
                    encoder if isinstance(encoder, dict) else None, checkpoint.get(PHASE) == SELF_CRITICAL)
 
     @property
     def written_by(self) -> str:
         return self.captioner_version or "an unknown version"
+
+
+def hyper_parameters(checkpoint: Any, where: str | Path, key: str, refusal: str) -> dict[str, Any]:
+    """A loaded checkpoint's `hyper_parameters`, if they hold a config and the list `key`;
+    otherwise `refusal`, one line naming `where`."""
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or not (
+        isinstance(hparams.get("config"), dict) and isinstance(hparams.get(key), list)
+    ):
+        raise CaptionerError(f"{where}: {refusal}")
+    return hparams
+
+
+def written_by(hparams: dict[str, Any]) -> str | None:
+    """The captioner version recorded in `hyper_parameters`; None before versions were recorded."""
+    version = hparams.get("captioner_version")
+    return None if version is None else str(version)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

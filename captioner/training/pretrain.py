@@ -37,7 +37,12 @@ from captioner.data.prepare import PreparedData, cache_dir, prepare
 from captioner.data.shapes import GENERATOR_VERSION, ShapesSpec
 from captioner.errors import CaptionerError, Interrupted
 from captioner.features.cache import records_fingerprint
-from captioner.model.checkpoint import refuse_interpolations, refuse_weights_only
+from captioner.model.checkpoint import (
+    hyper_parameters,
+    refuse_interpolations,
+    refuse_weights_only,
+    written_by,
+)
 from captioner.model.encoder import FEATURE_DIM, build_encoder, build_preprocess, export_weights
 from captioner.model.shipped_encoder import SHIPPED, fc_fingerprint, unpack
 from captioner.training.adapters import LAST, fit
@@ -148,14 +153,10 @@ class PretrainMeta:
 
     @classmethod
     def from_json(cls, checkpoint: Any, where: str | Path) -> PretrainMeta:
-        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-        if not isinstance(hparams, dict) or not (
-            isinstance(hparams.get("config"), dict) and isinstance(hparams.get("targets"), list)
-        ):
-            raise CaptionerError(f"{where}: not a pretraining checkpoint (no config and targets inside)")
+        hparams = hyper_parameters(checkpoint, where, "targets",
+                                   "not a pretraining checkpoint (no config and targets inside)")
         check_version(hparams, where, "pretraining checkpoint", PRETRAIN_SCHEMA, "pretrain it again")
-        version = hparams.get("captioner_version")
-        return cls(hparams["config"], list(hparams["targets"]), None if version is None else str(version))
+        return cls(hparams["config"], list(hparams["targets"]), written_by(hparams))
 
 
 PRETRAIN_SCHEMA = 1
