@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from helpers import wait_until
-from helpers.serve import Served, call, form, jpeg, request, running_server, serving_in_process
+from helpers.serve import LIMIT_MB, Served, call, form, jpeg, request, serving_in_process
 from PIL import Image
 
 from captioner.model.decoding import Decoding
@@ -25,19 +25,6 @@ from captioner.model.inference import Captioner
 from captioner.serve.batching import Batcher
 from captioner.serve.captioning import Job, Pass, Upload, load_uploads
 from captioner.serve.options import Limits, Options, RequestError, parse_options
-
-LIMIT_MB = 1  # the test server's upload limit
-
-
-@pytest.fixture(scope="module")
-def api(best: Path) -> Captioner:
-    return Captioner.from_checkpoint(best, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def server(best: Path, tmp_path_factory: pytest.TempPathFactory) -> Served:
-    with running_server(best, tmp_path_factory.mktemp("serve"), "--max-upload-mb", str(LIMIT_MB)) as served:
-        yield served
 
 
 def expected(api: Captioner, image: bytes, **options: object) -> list[tuple[str, float]]:

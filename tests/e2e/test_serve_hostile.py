@@ -20,6 +20,7 @@ from aiohttp import multipart
 from aiohttp.web_protocol import RequestHandler
 from helpers import wait_until
 from helpers.serve import (
+    LIMIT_MB,
     Served,
     address,
     call,
@@ -40,19 +41,6 @@ from PIL import Image
 
 from captioner.model.inference import Captioner
 from captioner.serve.options import Limits
-
-LIMIT_MB = 1
-
-
-@pytest.fixture(scope="module")
-def api(best: Path) -> Captioner:
-    return Captioner.from_checkpoint(best, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def server(best: Path, tmp_path_factory: pytest.TempPathFactory) -> Served:
-    with running_server(best, tmp_path_factory.mktemp("serve"), "--max-upload-mb", str(LIMIT_MB)) as served:
-        yield served
 
 
 @pytest.fixture(scope="module")

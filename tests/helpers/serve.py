@@ -27,6 +27,7 @@ from PIL import Image
 
 from helpers import wait_until
 
+LIMIT_MB = 1  # the test servers' upload limit, small so that a test can exceed it cheaply
 
 @dataclass
 class Served:
