@@ -73,7 +73,7 @@ class CheckpointMeta:
                                    "not a captioner checkpoint (no config and vocabulary inside)")
         check_version(hparams, where, "checkpoint", SCHEMA_VERSION, "train it again")
         encoder = checkpoint.get(RECORD)
-        return cls(hparams["config"], hparams["vocab"], written_by(hparams),
+        return cls(hparams["config"], hparams["vocab"], recorded_version(hparams),
                    encoder if isinstance(encoder, dict) else None, checkpoint.get(PHASE) == SELF_CRITICAL)
 
     @property
@@ -92,7 +92,7 @@ def hyper_parameters(checkpoint: Any, where: str | Path, key: str, refusal: str)
     return hparams
 
 
-def written_by(hparams: dict[str, Any]) -> str | None:
+def recorded_version(hparams: dict[str, Any]) -> str | None:
     """The captioner version recorded in `hyper_parameters`; None before versions were recorded."""
     version = hparams.get("captioner_version")
     return None if version is None else str(version)
@@ -122,11 +122,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CaptionerError(f"{path}: checkpoint holds no model weights")
     restore(checkpoint, path)  # a frozen run's encoder, kept once beside its checkpoints
     return checkpoint
-
-
-def saved_by(checkpoint: dict[str, Any]) -> str:
-    """The captioner version that wrote the checkpoint."""
-    return CheckpointMeta.from_json(checkpoint, "checkpoint").written_by
 
 
 def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -166,7 +161,8 @@ def resume_config(checkpoint: dict[str, Any], path: Path, overrides: list[str]) 
     """What a resumed run trains with: the checkpoint's config plus `overrides`, checked."""
     config, vocab, legacy = checkpoint_config(checkpoint, path, overrides)
     if legacy:
-        raise CaptionerError(f"{path}: written by captioner {saved_by(checkpoint)}, whose training "
+        version = CheckpointMeta.from_json(checkpoint, path).written_by
+        raise CaptionerError(f"{path}: written by captioner {version}, whose training "
                              "recipe this version no longer has; caption and evaluate still read it, "
                              "but it cannot be resumed")
     refuse_weights_only(checkpoint, path)

@@ -17,8 +17,8 @@ Each piece replaces (or adds to) a stock one that does not serve:
 - `fit` around Trainer.fit: Lightning turns Ctrl-C into exit(1) (SystemExit); this turns it back
   into KeyboardInterrupt, which each stage turns into a line saying what it kept.
 - `clip_gradients` for Trainer(gradient_clip_val=...): Lightning refuses its own clipping with
-  fused optimisers (the fused Adam updates VGG several times faster on CPU), and would not log
-  the norm or whether clipping engaged.
+  fused optimisers (the Adam this project uses), and would not log the norm or whether clipping
+  engaged.
 - `gathered` for LightningModule.all_gather, which gathers tensors only: validation's captions
   are Python objects, so torch.distributed.all_gather_object collects them.
 

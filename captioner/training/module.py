@@ -116,8 +116,8 @@ class CaptionModule(L.LightningModule):
         if self.finetune:
             groups.append({"name": "encoder", "params": self.model.encoder.parameters(), "lr": c.lr,
                            "weight_decay": c.weight_decay})
-        # The fused kernel updates VGG's ~130M weights in one pass: several times faster on CPU.
-        # (Lightning refuses its own clipping with fused optimisers: training.adapters clips.)
+        # The fused kernel updates VGG's ~130M weights in one pass (Lightning refuses its own
+        # clipping with fused optimisers: training.adapters clips).
         optimizer = torch.optim.Adam(groups, fused=self.device.type in ("cpu", "cuda"))
         if o.cooldown <= 0:
             return optimizer

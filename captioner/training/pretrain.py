@@ -39,9 +39,9 @@ from captioner.errors import CaptionerError, Interrupted
 from captioner.features.cache import records_fingerprint
 from captioner.model.checkpoint import (
     hyper_parameters,
+    recorded_version,
     refuse_interpolations,
     refuse_weights_only,
-    written_by,
 )
 from captioner.model.encoder import FEATURE_DIM, build_encoder, build_preprocess, export_weights
 from captioner.model.shipped_encoder import SHIPPED, fc_fingerprint, unpack
@@ -156,7 +156,7 @@ class PretrainMeta:
         hparams = hyper_parameters(checkpoint, where, "targets",
                                    "not a pretraining checkpoint (no config and targets inside)")
         check_version(hparams, where, "pretraining checkpoint", PRETRAIN_SCHEMA, "pretrain it again")
-        return cls(hparams["config"], list(hparams["targets"]), written_by(hparams))
+        return cls(hparams["config"], list(hparams["targets"]), recorded_version(hparams))
 
 
 PRETRAIN_SCHEMA = 1

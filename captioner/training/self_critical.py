@@ -18,8 +18,7 @@ with dropout off, and the log-probabilities are recomputed in one teacher-forced
 pass over the sampled words, also with dropout off: both then come from the same distribution, so
 the gradient is on-policy, and the pass is the fast packed one cross-entropy training uses. Both
 run at cross-entropy's precision (bf16 autocast where the trainer enables it), not in the fp32
-that evaluation decodes in, which made the self-critical step markedly slower than cross-entropy's
-on CPUs with bf16 units (benchmarks/README.md).
+that evaluation decodes in.
 Validation, checkpoints and resuming are CaptionModule's; best.ckpt is picked by val/cider.
 """
 

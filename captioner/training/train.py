@@ -117,7 +117,7 @@ class RunStart:
 def new_run(config: Config) -> RunStart:
     """A new run folder, claimed by rank 0. The other ranks write nothing into it and cannot learn
     its name before a process group exists: they hold the name they would have claimed, and the
-    trainer gives them rank 0's folder once fit starts (trainer.RunFolder)."""
+    trainer gives them rank 0's folder once fit starts (adapters.RunFolder)."""
     if launch().rank != 0:
         return RunStart(config, Path(config.output_dir) / config.name)
     with held_interrupt(deliver=False) as interrupted:  # claimed whole, lock and mark included
