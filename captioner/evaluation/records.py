@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,6 @@ class WordMap:
         return cls(str(data["word"]), str(data["file"]), bool(data.get("empty", False)))
 
 
-_IMAGE_FIELDS = ("image_id", "file", "prediction", "references", "scores", "hallucinated",
-                 "missed", "mentioned", "objects_annotated", "repeated", "same_caption_images",
-                 "tags")
-
-
 @dataclass(frozen=True)
 class ImageRecord:
     """One line of per_image.jsonl: an image, its caption and references, its scores, the objects
@@ -91,7 +86,7 @@ class ImageRecord:
     @classmethod
     def from_json(cls, data: Any, where: str) -> ImageRecord:
         """The record in `data` (one parsed line); `where` ("file:line") names it in errors."""
-        missing = [k for k in _IMAGE_FIELDS if not isinstance(data, dict) or k not in data]
+        missing = [k for k in _REQUIRED if not isinstance(data, dict) or k not in data]
         if missing:
             raise CaptionerError(f"{where}: not a per-image record (no {missing[0]!r})")
         check_version(data, where, "a per-image record", SCHEMA_VERSION, again="evaluate again")
@@ -109,6 +104,10 @@ class ImageRecord:
             bool(data["objects_annotated"]), list(data["repeated"]),
             data["same_caption_images"], list(data["tags"]),
             [WordMap.from_json(m) for m in data.get("maps", [])])
+
+
+# Every field a per_image.jsonl line must hold (maps only the gallery's cards have).
+_REQUIRED = tuple(f.name for f in fields(ImageRecord) if f.name != "maps")
 
 
 @dataclass(frozen=True)

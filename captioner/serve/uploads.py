@@ -24,8 +24,8 @@ _WATCH_S = 0.05  # how often the bytes received are checked against the limit
 # (old browsers send C:\Users\me\x.png), not the escapes aiohttp's parser takes them for.
 _RAW_FILENAME = re.compile(r'''(?:^|;)\s*filename\s*=\s*"((?:\\"|[^"])*)"''', re.IGNORECASE)
 # The field name, a quoted string or a token, read here rather than by aiohttp's `part.name`:
-# its Content-Disposition parser rebuilds an escaping table at every call (about 0.3 ms), which a
-# client sending nothing but empty parts turned into most of the event loop's time.
+# its Content-Disposition parser rebuilds an escaping table at every call, a cost a client
+# sending nothing but empty parts can multiply (benchmarks/serve_stress.py).
 _NAME = re.compile(r'''(?:^|;)\s*name\s*=\s*(?:"((?:\\"|[^"])*)"|([^;\s"]+))''', re.IGNORECASE)
 
 
