@@ -15,6 +15,8 @@ import torchvision
 from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torchvision.models.vgg import cfgs as vgg_cfgs
+from torchvision.models.vgg import make_layers
 
 from captioner.errors import CaptionerError, one_line
 from captioner.util.atomic import atomic_path
@@ -23,6 +25,11 @@ from captioner.util.torch_api import version_counter
 FEATURE_DIM = 4096
 _FC8 = "classifier.6."  # the classification layer, absent from pretrained encoder files
 VGG_ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+# torchvision's layer lists (configurations A, B, D, E of Simonyan & Zisserman) by depth.
+_LAYERS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
+# A width suffix in torchvision's own style (shufflenet_v2_x0_5): vgg11_bn_x0_5 has half the
+# channels in every conv layer, a quarter of the convolutions' arithmetic; fc6/fc7 keep 4096.
+_NARROW = re.compile(r"(?P<base>vgg\d+(?:_bn)?)_x(?P<units>\d+)_(?P<fraction>\d+)")
 
 
 class VGGEncoder(nn.Module):
@@ -67,8 +74,39 @@ class VGGEncoder(nn.Module):
         return self._folded[1]
 
 
+def vgg_arch(arch: str) -> tuple[str, float]:
+    """An encoder.arch as (torchvision's VGG name, width): "vgg16" -> ("vgg16", 1.0),
+    "vgg11_bn_x0_5" -> ("vgg11_bn", 0.5)."""
+    if arch in VGG_ARCHS:
+        return arch, 1.0
+    narrow = _NARROW.fullmatch(arch)
+    width = float(f"{narrow['units']}.{narrow['fraction']}") if narrow else 0.0
+    if narrow is None or narrow["base"] not in VGG_ARCHS or not 0 < width < 1:
+        raise CaptionerError(f"encoder.arch={arch!r}: choose one of {', '.join(VGG_ARCHS)}, or one "
+                             "of them narrowed, with a width below 1 as a suffix: vgg11_bn_x0_5")
+    return narrow["base"], width
+
+
+def _vgg(arch: str) -> torchvision.models.VGG:
+    """torchvision's VGG of that name with random weights, narrowed to the arch's width."""
+    base, width = vgg_arch(arch)
+    if width == 1.0:
+        return getattr(torchvision.models, base)(weights=None)
+    full = vgg_cfgs[_LAYERS[base.removesuffix("_bn")]]
+    layers = [c if c == "M" else max(1, round(c * width)) for c in full]
+    vgg = torchvision.models.VGG(make_layers(layers, batch_norm=base.endswith("_bn")))
+    # torchvision's fc6 expects 512 channels; the narrow one takes what the last conv gives,
+    # initialised as torchvision initialises every VGG linear layer.
+    fc6 = nn.Linear(layers[-2] * 7 * 7, FEATURE_DIM)
+    nn.init.normal_(fc6.weight, 0, 0.01)
+    nn.init.zeros_(fc6.bias)
+    vgg.classifier[0] = fc6
+    return vgg
+
+
 def imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
-    return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    """The ImageNet weights of a full-width VGG (a narrow one's transforms are its base's)."""
+    return torchvision.models.get_model_weights(vgg_arch(arch)[0]).IMAGENET1K_V1
 
 
 def weights_file(arch: str) -> Path:
@@ -142,17 +180,18 @@ def build_encoder(arch: str = "vgg16", weights: str = "imagenet", seed: int = 0)
     always builds the same encoder and the feature cache (keyed by its weights) is reused. A .pth
     may lack the classifier's last layer (fc8), which the encoder does not use.
     """
-    if arch not in VGG_ARCHS:
-        raise CaptionerError(f"encoder.arch={arch!r}: choose one of {', '.join(VGG_ARCHS)}")
     if weights == "none":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return VGGEncoder(getattr(torchvision.models, arch)(weights=None))
+            return VGGEncoder(_vgg(arch))
+    if weights == "imagenet" and vgg_arch(arch)[1] != 1.0:
+        raise CaptionerError(f"encoder.weights=imagenet: there are no ImageNet weights for {arch}, "
+                             "a narrowed VGG (torchvision's are full width); use encoder.weights=pretrain")
     state = _load_imagenet(arch) if weights == "imagenet" else _load_file(Path(weights).expanduser())
     # Built on the meta device and given the file's tensors: no seconds spent drawing random
     # weights that would be overwritten.
     with torch.device("meta"):
-        vgg = getattr(torchvision.models, arch)(weights=None)
+        vgg = _vgg(arch)
     _check_fits(vgg, state, weights, arch)
     vgg.load_state_dict(state, strict=False, assign=True)
     return VGGEncoder(vgg)

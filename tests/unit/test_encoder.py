@@ -62,6 +62,30 @@ def test_vgg16_is_torchvisions_architecture() -> None:
     assert n_params == 138_357_544 - (4096 * 1000 + 1000)  # VGG16 minus fc8
 
 
+def test_a_narrowed_vgg_is_torchvisions_with_a_fraction_of_the_channels(tmp_path: Path) -> None:
+    """vgg11_bn_x0_5: torchvision's VGG11-BN layer for layer, every conv half as wide, fc7 4096-d;
+    it saves and loads like any VGG, and asks for no ImageNet weights (there are none)."""
+    full, narrow = build_encoder("vgg11_bn", "none"), build_encoder("vgg11_bn_x0_5", "none", seed=3)
+    convs = [[m.out_channels for m in e.features if isinstance(m, torch.nn.Conv2d)] for e in (full, narrow)]
+    assert convs[1] == [c // 2 for c in convs[0]] == [32, 64, 128, 128, 256, 256, 256, 256]
+    assert [type(m) for m in narrow.features] == [type(m) for m in full.features]
+    assert narrow.fc[0].in_features == 256 * 7 * 7 and narrow.fc[3].out_features == 4096
+    assert encode(narrow.eval(), torch.randn(2, 3, 64, 64), bf16=False).shape == (2, 4096)
+    export_weights(narrow, tmp_path / "narrow.pth", {"arch": "vgg11_bn_x0_5"})
+    loaded = build_encoder("vgg11_bn_x0_5", str(tmp_path / "narrow.pth"))
+    for (name, a), b in zip(narrow.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    again = build_encoder("vgg11_bn_x0_5", "none", seed=3)  # the seed alone draws it
+    assert torch.equal(again.fc[0].weight, narrow.fc[0].weight)
+    with pytest.raises(CaptionerError, match="does not fit vgg11_bn "):
+        build_encoder("vgg11_bn", str(tmp_path / "narrow.pth"))
+    with pytest.raises(CaptionerError, match="no ImageNet weights for vgg16_x0_5"):
+        build_encoder("vgg16_x0_5", "imagenet")
+    for wrong in ("vgg11_bn_x1_5", "vgg11_bn_x0_0", "vgg12_x0_5", "vgg11_bn_half"):
+        with pytest.raises(CaptionerError, match=f"encoder.arch='{wrong}': choose one of"):
+            build_encoder(wrong, "none")
+
+
 def test_weights_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(CaptionerError, match="no such file"):
         build_encoder("vgg11", str(tmp_path / "missing.pth"))
