@@ -1,6 +1,6 @@
 """Pretraining at a schedule of resolutions: what a cheaper pretraining learns, in a bare loop.
 
-Trains the default classifier (VGG11-BN, fixed random fc6/fc7, a head of the shapes' 18 pairs
+Trains the default classifier (the default encoder.arch, fixed random fc6/fc7, a head of the shapes' 18 pairs
 with its biases at their frequencies, Adam with a one-cycle schedule at pretrain.lr) on the
 shapes training images, each phase at its own size, then scores the classifier on the val split
 at the last size and saves the encoder for `pair_probe.py --encoder`. Images are decoded once and
@@ -37,19 +37,19 @@ def main() -> None:
     args = parser.parse_args()
     phases = [(int(size), float(epochs)) for size, epochs in (p.split(":") for p in args.phases)]
     config = load_config(None, [])
-    p, bf16 = config.pretrain, uses_bf16(config)
+    p, arch, bf16 = config.pretrain, config.encoder.arch, uses_bf16(config)
     data = prepare(config)
     labels = image_labels(data, p.targets)
     train, train_targets, targets = labelled(data, "train", labels, None, False)
     val, val_targets, _ = labelled(data, "val", labels, targets, False)
     print(f"machine: {describe()}; {'bf16' if bf16 else 'fp32'}")
     decoded = [open_rgb(r.path) for r in train]
-    images = {size: torch.stack([build_preprocess("vgg11_bn", size, size)(im) for im in decoded])
+    images = {size: torch.stack([build_preprocess(arch, size, size)(im) for im in decoded])
               for size in {size for size, _ in phases}}
     y = torch.stack(train_targets)
 
     torch.manual_seed(config.trainer.seed)
-    encoder = build_encoder("vgg11_bn", "none", seed=config.trainer.seed)
+    encoder = build_encoder(arch, "none", seed=config.trainer.seed)
     encoder.to(memory_format=torch.channels_last)
     encoder.fc.requires_grad_(False).eval()
     head = torch.nn.Linear(4096, y.shape[1])
@@ -80,7 +80,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
 
     size = phases[-1][0]
-    preprocess = build_preprocess("vgg11_bn", size, size)
+    preprocess = build_preprocess(arch, size, size)
     x = torch.stack([preprocess(open_rgb(r.path)) for r in val])
     encoder.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -88,7 +88,7 @@ def main() -> None:
                             for i in range(0, len(x), 64)])
     predicted, actual = logits > 0, torch.stack(val_targets) > 0
     f1 = 2 * (predicted & actual).sum().item() / (predicted.sum().item() + actual.sum().item())
-    export_weights(encoder, args.out, {"arch": "vgg11_bn", "image_size": size, "resize_size": size})
+    export_weights(encoder, args.out, {"arch": arch, "image_size": size, "resize_size": size})
     print(f"phases {' '.join(args.phases)}: {sum(steps)} steps in {seconds:.0f} s; classifier val F1 "
           f"{f1:.3f}; encoder -> {args.out} (next: pair_probe.py --encoder {args.out})")
 

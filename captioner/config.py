@@ -65,7 +65,8 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    arch: str = setting("vgg11_bn", "A torchvision VGG: vgg11, vgg11_bn, ... vgg19_bn.")
+    arch: str = setting("vgg11_bn_x0_5", "A torchvision VGG (vgg11, vgg11_bn, ... vgg19_bn), or one "
+                                         "narrowed: _x0_5 halves every conv layer (no ImageNet weights).")
     weights: str = setting(
         "pretrain", "\"pretrain\" (a classifier of the dataset's objects, trained once and cached), "
                     "\"imagenet\", \"none\" (random) or a .pth file.")

@@ -10,6 +10,7 @@ import torch
 from helpers import wait_until
 from helpers.cli import TINY, run_cli
 
+from captioner.config import load_config
 from captioner.data.shapes import ShapesSpec, generate_shapes
 from captioner.model.encoder import build_encoder
 from captioner.training.pretrain import Targets
@@ -66,8 +67,9 @@ def test_pretrain_saves_an_encoder_that_train_loads_and_resumes(tmp_path: Path) 
     assert f"encoder.weights={weights}" in result.stdout
     saved = torch.load(weights, weights_only=True)
     assert not any(k.startswith("classifier.6.") for k in saved["state_dict"])  # the classifier is gone
-    assert saved["captioner"]["arch"] == "vgg11_bn" and "val_f1" in saved["captioner"]
-    encoder = build_encoder("vgg11_bn", str(weights))
+    arch = load_config(None, []).encoder.arch  # the default, a narrowed VGG11-BN
+    assert saved["captioner"]["arch"] == arch and "val_f1" in saved["captioner"]
+    encoder = build_encoder(arch, str(weights))
     assert torch.equal(encoder.features[0].weight, saved["state_dict"]["features.0.weight"])
 
     last = tmp_path / "runs" / "shapes-pretrain" / "checkpoints" / "last.ckpt"
@@ -88,7 +90,7 @@ def test_the_cache_pretrains_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
     first = run_cli("extract", *TINY, "--split", "val", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "pretraining vgg11_bn" in first.stderr
+    assert f"pretraining {load_config(None, []).encoder.arch} " in first.stderr
     again = run_cli("extract", *TINY, "--split", "val", cwd=tmp_path)
     assert "pretraining" not in again.stderr and "using the pretrained encoder" in again.stderr
 
