@@ -236,11 +236,12 @@ def test_self_critical_run_on_tiny_shapes_raises_its_validation_cider(best: Path
     before = _val_cider(best.parent.parent)[-1]  # the cross-entropy run's (1 epoch)
     run = train_run(self_critical_run(best, ["output_dir=runs", "scst.epochs=6", "scst.lr=5e-3"]), False)
     epochs = _val_cider(run.run_dir)
-    # CIDEr-D on coco-caption's 0-10 scale; this 1-epoch model starts near 0.005, at the floor, so
-    # a flipped sign cannot show a fall there (fp32 runs drift up by ~0.005): the check a sign
-    # error must fail is the rise itself, at no epoch reached. The steps test above, which starts
-    # higher, holds the fall.
+    # CIDEr-D on coco-caption's 0-10 scale. What the run delivers is best.ckpt, the epoch of the
+    # highest validation CIDEr-D: that rises; on 6 validation images a single later epoch may fall
+    # back. This 1-epoch model starts near 0, at the floor, so a flipped sign cannot show a fall
+    # there: the check a sign error must fail is the rise itself, at no epoch reached. The steps
+    # test above, which starts higher, holds the fall.
     if sign > 0:
-        assert epochs[-1] > before + 0.02, (before, epochs)
+        assert max(epochs) > before + 0.02, (before, epochs)
     else:
         assert max(epochs) < before + 0.02, (before, epochs)
