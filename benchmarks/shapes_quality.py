@@ -5,7 +5,10 @@ generator), captions them, parses the (colour, shape) pairs each caption names a
 against the pairs present: micro-averaged precision, recall and F1 over sets per image.
 
     python benchmarks/shapes_quality.py [--checkpoint runs/shapes/checkpoints/best.ckpt] [--n 300]
-        [--max-objects N]
+        [--max-objects N] [--against OTHER.ckpt]
+
+With --against, the other checkpoint captions the same scenes and the F1 difference (checkpoint
+minus other) gets a paired 95% bootstrap interval over scenes: whether one names pairs better.
 """
 
 from __future__ import annotations
@@ -35,6 +38,26 @@ def pair_f1(predicted: list[set[str]], present: list[set[str]]) -> dict[str, flo
             "exact": sum(p == g for p, g in zip(predicted, present)) / len(present)}
 
 
+def paired_f1_interval(a: list[set[str]], b: list[set[str]], present: list[set[str]],
+                       resamples: int = 1000) -> tuple[float, float, float]:
+    """F1(a) - F1(b) on the same scenes and its 95% percentile-bootstrap interval, resampling
+    scenes with replacement (seed 0); micro F1 = 2 TP / (predicted + present)."""
+    def counts(predicted: list[set[str]]) -> torch.Tensor:
+        return torch.tensor([[len(p & g), len(p) + len(g)] for p, g in zip(predicted, present)],
+                            dtype=torch.float64)
+
+    ca, cb = counts(a), counts(b)
+    rows = torch.randint(len(present), (resamples, len(present)), generator=torch.Generator().manual_seed(0))
+
+    def f1(summed: torch.Tensor) -> torch.Tensor:
+        return 2 * summed[..., 0] / summed[..., 1].clamp(min=1)
+
+    delta = (f1(ca.sum(0)) - f1(cb.sum(0))).item()
+    spread = (f1(ca[rows].sum(1)) - f1(cb[rows].sum(1))).quantile(torch.tensor([0.025, 0.975],
+                                                                              dtype=torch.float64))
+    return delta, spread[0].item(), spread[1].item()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path)
@@ -44,6 +67,7 @@ def main() -> int:
     parser.add_argument("--show", type=int, default=5, help="print this many example captions")
     parser.add_argument("--max-objects", type=int, default=None,
                         help="objects per scene, at most (default: the checkpoint's data.shapes.max_objects)")
+    parser.add_argument("--against", type=Path, help="another checkpoint: the paired F1 difference")
     args = parser.parse_args()
     checkpoint = args.checkpoint or latest_checkpoint()
     captioner = Captioner.from_checkpoint(checkpoint, device="cpu")
@@ -78,6 +102,13 @@ def main() -> int:
           f"both present, not together {sum(c and s for c, s in wrong)}; "
           f"shape present, colour wrong {sum(s and not c for c, s in wrong)}; "
           f"neither {sum(not c and not s for c, s in wrong)}")
+    if args.against is not None:
+        other = Captioner.from_checkpoint(args.against, device="cpu")
+        theirs = [shape_mentions(r.tokens or []) for r in other.caption([image for image, _ in scenes],
+                                                                        beam_size=args.beam_size)]
+        delta, low, high = paired_f1_interval(predicted, theirs, present)
+        print(f"against {args.against}: F1 {pair_f1(theirs, present)['f1']:.3f}; this minus that "
+              f"{delta:+.3f}, 95% paired interval over scenes [{low:+.3f}, {high:+.3f}]")
     return 0
 
 
