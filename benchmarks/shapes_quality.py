@@ -53,9 +53,9 @@ def paired_f1_interval(a: list[set[str]], b: list[set[str]], present: list[set[s
         return 2 * summed[..., 0] / summed[..., 1].clamp(min=1)
 
     delta = (f1(ca.sum(0)) - f1(cb.sum(0))).item()
-    spread = (f1(ca[rows].sum(1)) - f1(cb[rows].sum(1))).quantile(torch.tensor([0.025, 0.975],
-                                                                              dtype=torch.float64))
-    return delta, spread[0].item(), spread[1].item()
+    low, high = (f1(ca[rows].sum(1)) - f1(cb[rows].sum(1))).quantile(
+        torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return delta, low, high
 
 
 def main() -> int:

@@ -180,11 +180,12 @@ def build_encoder(arch: str = "vgg16", weights: str = "imagenet", seed: int = 0)
     always builds the same encoder and the feature cache (keyed by its weights) is reused. A .pth
     may lack the classifier's last layer (fc8), which the encoder does not use.
     """
+    width = vgg_arch(arch)[1]  # a wrong name is refused before any file is read
     if weights == "none":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return VGGEncoder(_vgg(arch))
-    if weights == "imagenet" and vgg_arch(arch)[1] != 1.0:
+    if weights == "imagenet" and width != 1.0:
         raise CaptionerError(f"encoder.weights=imagenet: there are no ImageNet weights for {arch}, "
                              "a narrowed VGG (torchvision's are full width); use encoder.weights=pretrain")
     state = _load_imagenet(arch) if weights == "imagenet" else _load_file(Path(weights).expanduser())

@@ -137,6 +137,9 @@ def _collate(items: list[tuple[Tensor, Tensor] | None]) -> tuple[Tensor, Tensor]
     return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
 
+PRETRAIN_SCHEMA = 1  # of PretrainMeta's record
+
+
 @dataclass(frozen=True)
 class PretrainMeta:
     """What a pretraining checkpoint records of itself, in Lightning's `hyper_parameters`: the
@@ -157,9 +160,6 @@ class PretrainMeta:
                                    "not a pretraining checkpoint (no config and targets inside)")
         check_version(hparams, where, "pretraining checkpoint", PRETRAIN_SCHEMA, "pretrain it again")
         return cls(hparams["config"], list(hparams["targets"]), recorded_version(hparams))
-
-
-PRETRAIN_SCHEMA = 1
 
 
 class ClassifierModule(L.LightningModule):
