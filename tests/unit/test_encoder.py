@@ -84,6 +84,8 @@ def test_a_narrowed_vgg_is_torchvisions_with_a_fraction_of_the_channels(tmp_path
     for wrong in ("vgg11_bn_x1_5", "vgg11_bn_x0_0", "vgg12_x0_5", "vgg11_bn_half"):
         with pytest.raises(CaptionerError, match=f"encoder.arch='{wrong}': choose one of"):
             build_encoder(wrong, "none")
+    with pytest.raises(CaptionerError, match="encoder.arch='vgg11_bn_half': choose one of"):
+        build_encoder("vgg11_bn_half", str(tmp_path / "missing.pth"))  # the name, before any file
 
 
 def test_weights_errors_are_clear(tmp_path: Path) -> None:
