@@ -1,6 +1,6 @@
 """Pretraining at a schedule of resolutions: what a cheaper pretraining learns, in a bare loop.
 
-Trains the default classifier (the default encoder.arch, fixed random fc6/fc7, a head of the shapes' 18 pairs
+Trains the default classifier (encoder.arch, fixed random fc6/fc7, a head of the shapes' 18 pairs
 with its biases at their frequencies, Adam with a one-cycle schedule at pretrain.lr) on the
 shapes training images, each phase at its own size, then scores the classifier on the val split
 at the last size and saves the encoder for `pair_probe.py --encoder`. Images are decoded once and
@@ -8,6 +8,7 @@ kept, so only the network's time is measured. The phases are SIZE:EPOCHS (fracti
 
     python benchmarks/pretrain_schedule.py 64:5                 # the default's schedule
     python benchmarks/pretrain_schedule.py 32:3 64:1 --out /tmp/enc.pth
+    python benchmarks/pretrain_schedule.py 64:4 encoder.arch=vgg11_bn pretrain.lr=2e-3   # other settings
     python benchmarks/pair_probe.py --encoder /tmp/enc.pth
 """
 
@@ -32,11 +33,14 @@ from captioner.util.hardware import uses_bf16
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("phases", nargs="+", help="SIZE:EPOCHS, in order")
+    parser.add_argument("items", nargs="+", metavar="SIZE:EPOCHS|KEY=VALUE",
+                        help="the phases in order, then any config overrides")
     parser.add_argument("--out", type=Path, default=Path("pretrained-encoder.pth"))
     args = parser.parse_args()
-    phases = [(int(size), float(epochs)) for size, epochs in (p.split(":") for p in args.phases)]
-    config = load_config(None, [])
+    overrides = [item for item in args.items if "=" in item]
+    named = [item for item in args.items if "=" not in item]
+    phases = [(int(size), float(epochs)) for size, epochs in (p.split(":") for p in named)]
+    config = load_config(None, overrides)
     p, arch, bf16 = config.pretrain, config.encoder.arch, uses_bf16(config)
     data = prepare(config)
     labels = image_labels(data, p.targets)
@@ -89,7 +93,7 @@ def main() -> None:
     predicted, actual = logits > 0, torch.stack(val_targets) > 0
     f1 = 2 * (predicted & actual).sum().item() / (predicted.sum().item() + actual.sum().item())
     export_weights(encoder, args.out, {"arch": arch, "image_size": size, "resize_size": size})
-    print(f"phases {' '.join(args.phases)}: {sum(steps)} steps in {seconds:.0f} s; classifier val F1 "
+    print(f"phases {' '.join(named)}: {sum(steps)} steps in {seconds:.0f} s; classifier val F1 "
           f"{f1:.3f}; encoder -> {args.out} (next: pair_probe.py --encoder {args.out})")
 
 
