@@ -275,8 +275,9 @@ def _fit(start: RunStart) -> Path:
                                    num_workers=config.data.num_workers, seed=config.trainer.seed)
     trainer = _trainer(start, config, run_dir)
     what = "self-critical training" if start.self_critical else "training"
-    say(f"{what}: {config.decoder.cell} decoder on {config.encoder.arch} "
-        f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}")
+    if launch().rank == 0:  # Lightning's launcher reruns this in the other ranks' processes
+        say(f"{what}: {config.decoder.cell} decoder on {config.encoder.arch} "
+            f"({config.encoder.mode}, {config.encoder.image_size}px, {precision}) into {run_dir}")
     fit(trainer, module, datamodule, resume=start.resume)
     if trainer.is_global_zero:
         mark_latest(run_dir)

@@ -179,21 +179,28 @@ def test_extract_processes_started_together(tmp_path: Path, shapes: Path) -> Non
 
 
 @pytest.mark.slow
-def test_ddp_on_cpu_counts_each_validation_image_once(tmp_path: Path, shapes: Path) -> None:
+def test_ddp_on_cpu_counts_each_validation_image_once_in_both_phases(tmp_path: Path, shapes: Path) -> None:
+    # Cross-entropy, then a self-critical epoch: the second fit runs in the same two processes.
     env = {**os.environ, "CAPTIONER_CACHE": str(tmp_path / "cache")}
     ddp = ["trainer.strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    proc = _cli("train", "-v", f"data.root={shapes}", *TINY_FROZEN, *ddp, cwd=tmp_path, env=env)
+    proc = _cli("train", "-v", f"data.root={shapes}", *TINY_FROZEN, *ddp, "scst.epochs=1",
+                cwd=tmp_path, env=env)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert "GLOBAL_RANK: 1" in err and "distributed_backend=gloo" in err
     # Rank 0 extracts before Lightning starts rank 1, which finds the cache ready.
     for split in ("train", "val", "test"):
         assert err.count(f"fc7 features of split '{split}'") == 1, split
-    with open(tmp_path / "runs" / "shapes" / "logs" / "metrics.csv") as f:
-        images = [float(row["val/images"]) for row in csv.DictReader(f) if row["val/images"]]
-    assert images == [N_VAL]  # gathered across ranks, the padding image de-duplicated
-    assert err.count("evaluated 6 test images") == 1  # the test evaluation runs on rank 0 only
-    assert "best checkpoint" in out
+    assert err.count("\ntraining: lstm decoder") == 1 and err.count("self-critical training: lstm") == 1
+    for run in ("shapes", "shapes-scst"):
+        with open(tmp_path / "runs" / run / "logs" / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        images = [float(row["val/images"]) for row in rows if row["val/images"]]
+        assert images == [N_VAL], run  # gathered across ranks, the padding image de-duplicated
+    assert all(float(row["train/entropy"]) > 0 for row in rows if row["train/reward"])  # it sampled
+    assert any(row["train/reward"] for row in rows)
+    assert err.count("evaluated 6 test images") == 2  # each phase's test evaluation, on rank 0 only
+    assert "best checkpoint" in out and "runs/shapes-scst" in out
 
 
 @pytest.mark.slow
