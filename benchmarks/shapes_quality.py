@@ -5,25 +5,32 @@ generator), captions them, parses the (colour, shape) pairs each caption names a
 against the pairs present: micro-averaged precision, recall and F1 over sets per image.
 
     python benchmarks/shapes_quality.py [--checkpoint runs/shapes/checkpoints/best.ckpt] [--n 300]
-        [--max-objects N] [--against OTHER.ckpt]
+        [--max-objects N] [--against OTHER.ckpt] [--renderer independent|dataset]
 
 With --against, the other checkpoint captions the same scenes and the F1 difference (checkpoint
 minus other) gets a paired 95% bootstrap interval over scenes: whether one names pairs better.
+With --renderer dataset the scenes come from the package's own generator (another seed, so
+images the model has not seen, but drawn as its training images were): a difference there and
+not with the independent renderer would be the renderer's quirks, not the model's reading.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fresh_scenes import render_scenes  # noqa: E402
+from fresh_scenes import Scene, render_scenes  # noqa: E402
 
+from captioner.data.shapes import ShapesSpec, generate_shapes  # noqa: E402
 from captioner.evaluation.mentions import shape_mentions  # noqa: E402
 from captioner.model.inference import Captioner  # noqa: E402
 from captioner.util.runs import latest_checkpoint  # noqa: E402
@@ -58,6 +65,24 @@ def paired_f1_interval(a: list[set[str]], b: list[set[str]], present: list[set[s
     return delta, low, high
 
 
+def dataset_scenes(n: int, seed: int, size: int, max_objects: int) -> list[Scene]:
+    """`n` scenes from captioner.data.shapes itself (its test split at `seed`) and their objects
+    as (colour, shape) pairs, read back from the instances file it writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = generate_shapes(Path(tmp) / "shapes", ShapesSpec(num_train=0, num_val=0, num_test=n, size=size,
+                                                                seed=seed, max_objects=max_objects))
+        instances = json.loads((root / "annotations" / "instances_test.json").read_text())
+        shape_of = {c["id"]: c["name"] for c in instances["categories"]}
+        objects: dict[int, list[tuple[str, str]]] = {i["id"]: [] for i in instances["images"]}
+        for a in instances["annotations"]:
+            objects[a["image_id"]].append((a["attributes"]["colour"], shape_of[a["category_id"]]))
+        scenes = []
+        for image in instances["images"]:
+            with Image.open(root / "images" / "test" / image["file_name"]) as picture:
+                scenes.append((picture.convert("RGB"), objects[image["id"]]))
+        return scenes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path)
@@ -68,12 +93,16 @@ def main() -> int:
     parser.add_argument("--max-objects", type=int, default=None,
                         help="objects per scene, at most (default: the checkpoint's data.shapes.max_objects)")
     parser.add_argument("--against", type=Path, help="another checkpoint: the paired F1 difference")
+    parser.add_argument("--renderer", choices=("independent", "dataset"), default="independent",
+                        help="draw the scenes with benchmarks/fresh_scenes.py (default) or the package's "
+                             "own generator at --seed")
     args = parser.parse_args()
     checkpoint = args.checkpoint or latest_checkpoint()
     captioner = Captioner.from_checkpoint(checkpoint, device="cpu")
     size = captioner.config.data.shapes.size
     max_objects = args.max_objects or captioner.config.data.shapes.max_objects
-    scenes = render_scenes(args.n, seed=args.seed, size=size, max_objects=max_objects)
+    draw = render_scenes if args.renderer == "independent" else dataset_scenes
+    scenes = draw(args.n, seed=args.seed, size=size, max_objects=max_objects)
     start = time.perf_counter()
     results = captioner.caption([image for image, _ in scenes], beam_size=args.beam_size)
     seconds = time.perf_counter() - start
@@ -83,7 +112,8 @@ def main() -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     print(f"checkpoint: {checkpoint}")
-    print(f"{args.n} fresh scenes of 1-{max_objects} objects at {size}px, beam {args.beam_size}: "
+    print(f"{args.n} fresh scenes ({args.renderer} renderer) of 1-{max_objects} objects at {size}px, "
+          f"beam {args.beam_size}: "
           f"captioned in {seconds:.1f} s")
     for (_, objects), r in list(zip(scenes, results))[: args.show]:
         print(f"  present {sorted(f'{c} {s}' for c, s in objects)} -> {r.text!r}")
