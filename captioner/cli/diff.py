@@ -42,16 +42,16 @@ def run(args: argparse.Namespace) -> int:
 
     result = diff_paths(args.a, args.b, out_dir=args.out, split=args.split, limit=args.limit,
                         device=args.device, resamples=args.resamples, seed=args.seed, show=args.show)
-    print(f"{'metric':9}{'A':>9}{'B':>9}{'B-A':>9}   {'95% interval of B-A':<22}{'B better in':>11}")
+    print(f"{'metric':14}{'A':>9}{'B':>9}{'B-A':>9}   {'95% interval of B-A':<22}{'B better in':>11}")
     for name, m in result.metrics.items():
         a, b, delta = ("n/a" if value is None else format(value, spec)
                        for value, spec in ((m.a, ".3f"), (m.b, ".3f"), (m.delta, "+.3f")))
         interval = ("n/a" if m.delta is None else "not resampled" if m.interval is None
                     else f"[{m.interval[0]:+.3f}, {m.interval[1]:+.3f}]")
         wins = "" if m.b_wins is None else f"{100 * m.b_wins:.1f}%"
-        print(f"{name:9}{a:>9}{b:>9}{delta:>9}   {interval:<22}{wins:>11}")
+        print(f"{name:14}{a:>9}{b:>9}{delta:>9}   {interval:<22}{wins:>11}")
     print(f"{counted(result.images, 'image')}, {args.resamples} paired resamples; CHAIR: lower "
-          "is better")
+          "is better, object recall: higher")
     if args.out is not None:
         print(f"report: {(args.out / 'index.html').resolve()}")
     return 0

@@ -3,8 +3,9 @@
 Every corpus metric the report gives is a function of sums over images of per-image statistics:
 BLEU of clipped n-gram matches, hypothesis n-gram counts and lengths (what nltk's corpus_bleu
 adds up), CIDEr-D and ROUGE-L of per-image scores (coco-caption's corpus value is their mean),
-CHAIR of object-mention counts. A bootstrap resample of N images is a count vector w (how often
-each image was drawn: multinomial(N, 1/N)), and its metric is the same function of w @ statistics.
+CHAIR and object recall of object-mention counts. A bootstrap resample of N images is a count
+vector w (how often each image was drawn: multinomial(N, 1/N)), and its metric is the same
+function of w @ statistics.
 R resamples are a matrix W [R, N], so all of them cost one matrix product and no rescoring.
 
 What stays fixed: CIDEr-D's document frequencies and log(N) come from the full set's references,
@@ -31,6 +32,8 @@ LEVEL = 0.95
 RESAMPLES = 1000
 # Lower is better for these; for every other metric higher is better.
 LOWER_IS_BETTER = frozenset({"chair_i", "chair_s"})
+# Read from the objects the captions mention and miss, as CHAIR; where they are annotated.
+OBJECT_METRICS = ("chair_i", "chair_s", "object_recall")
 METHOD = (
     "percentile bootstrap over images: {resamples} resamples of the {images} images drawn with "
     "replacement (seed {seed}), every corpus metric recomputed on each; the interval holds the "
@@ -42,8 +45,8 @@ NOT_RESAMPLED = {"meteor": "METEOR's corpus score is the Java tool's own aggrega
 _MATCHES = slice(0, 4)  # clipped n-gram matches, n = 1..4 (nltk modified_precision numerators)
 _COUNTS = slice(4, 8)  # hypothesis n-grams, at least 1 (its denominators)
 _HYP_LEN, _REF_LEN, _CIDER, _ROUGE = 8, 9, 10, 11  # _REF_LEN: closest reference, nltk's tie rule
-_ANNOTATED, _MENTIONS, _HALLUCINATED, _HALLUCINATING = 12, 13, 14, 15
-_COLUMNS = 16
+_ANNOTATED, _MENTIONS, _HALLUCINATED, _HALLUCINATING, _MISSED = 12, 13, 14, 15, 16
+_COLUMNS = 17
 # nltk's method0 replaces a zero precision by the smallest float before taking its log.
 _LOG_TINY = float(np.log(sys.float_info.min))
 # Resamples drawn and summed per matrix product: bounds memory (W is CHUNK x N) for big sets,
@@ -67,7 +70,7 @@ def image_statistics(
     tokens: Mapping[str, list[str]] | None = None,
 ) -> ImageStatistics:
     """Statistics of per-image records: prediction, references, scores.cider, and with `chair`
-    objects_annotated, mentioned and hallucinated.
+    objects_annotated, mentioned, hallucinated and missed.
 
     `tokens` maps captions to their tokens where the caller has them already.
     """
@@ -91,10 +94,11 @@ def _row(record: ImageRecord, tok: Callable[[str], list[str]], rouge: Rouge,
     annotated = chair and record.objects_annotated
     mentions = len(record.mentioned) if annotated else 0
     hallucinated = len(record.hallucinated) if annotated else 0
+    missed = len(record.missed) if annotated else 0
     return [*(p.numerator for p in precisions), *(p.denominator for p in precisions),
             len(hypothesis), closest_ref_length(references, len(hypothesis)),
             record.scores.cider, rouge_l,
-            annotated, mentions, hallucinated, hallucinated > 0]
+            annotated, mentions, hallucinated, hallucinated > 0, missed]
 
 
 def corpus_metrics(sums: np.ndarray, images: int, chair: bool) -> dict[str, np.ndarray]:
@@ -107,6 +111,8 @@ def corpus_metrics(sums: np.ndarray, images: int, chair: bool) -> dict[str, np.n
         with np.errstate(invalid="ignore", divide="ignore"):
             metrics["chair_i"] = sums[:, _HALLUCINATED] / sums[:, _MENTIONS]
             metrics["chair_s"] = sums[:, _HALLUCINATING] / sums[:, _ANNOTATED]
+            found = sums[:, _MENTIONS] - sums[:, _HALLUCINATED]
+            metrics["object_recall"] = found / (found + sums[:, _MISSED])
     return metrics
 
 
@@ -210,12 +216,12 @@ def report_entries(
     records: Sequence[ImageRecord], metric_names: Sequence[str], *, chair: bool,
     resamples: int = RESAMPLES, seed: int = 0, tokens: Mapping[str, list[str]] | None = None,
 ) -> tuple[dict[str, list[float] | None], Resampling]:
-    """metrics.json's "intervals" (a key per metric in `metric_names`, then CHAIR's; null for
-    METEOR) and "bootstrap" (how they were drawn); no intervals when `resamples` is 0."""
+    """metrics.json's "intervals" (a key per metric in `metric_names`, then CHAIR's and object
+    recall's; null for METEOR) and "bootstrap" (how they were drawn); no intervals when `resamples` is 0."""
     if resamples == 0:
         return {}, Resampling(0, "switched off")
     found = intervals(image_statistics(records, chair=chair, tokens=tokens), resamples, seed)
-    names = [*metric_names, *(("chair_i", "chair_s") if chair else ())]
+    names = [*metric_names, *(OBJECT_METRICS if chair else ())]
     method = METHOD.format(resamples=resamples, images=len(records), seed=seed,
                            percent=100 * LEVEL)
     return ({name: found.get(name) for name in names},

@@ -101,8 +101,8 @@ def diff(a: Evaluation, b: Evaluation, *, resamples: int = RESAMPLES, seed: int 
     deltas = paired_deltas(image_statistics(a.records, chair=chair),
                            image_statistics(b.records, chair=chair), resamples, seed)
     metrics = dict(deltas)
-    notes = ["CHAIR_i and CHAIR_s: lower is better; B wins a resample where it hallucinates less"
-             ] if chair else []
+    notes = ["CHAIR_i and CHAIR_s: lower is better; B wins a resample where it hallucinates less; "
+             "object recall (annotated objects the caption names): higher is better"] if chair else []
     if "meteor" in a.metrics.metrics and "meteor" in b.metrics.metrics:
         va, vb = a.metrics.metrics["meteor"], b.metrics.metrics["meteor"]
         metrics = _insert_before_chair(metrics, "meteor", PairedDelta(va, vb, vb - va, None, None))

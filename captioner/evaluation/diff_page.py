@@ -14,7 +14,7 @@ from pathlib import PurePath
 from captioner.evaluation.records import DiffResult, MovedImage, PairedDelta, SideCaption, TagChange
 from captioner.pages.html import HEADLINE, STYLE, picture, reference_list, section, tag_badges
 
-_NAMES = {**HEADLINE, "chair_i": "CHAIR_i", "chair_s": "CHAIR_s"}
+_NAMES = {**HEADLINE, "chair_i": "CHAIR_i", "chair_s": "CHAIR_s", "object_recall": "object recall"}
 _POLICY = "default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'"
 _EXTRA_STYLE = """
 .pairs { width: 100%; } .pairs td { width: 30%; } .pairs td.picture { width: 220px; }

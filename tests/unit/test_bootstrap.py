@@ -73,15 +73,17 @@ def test_full_sample_reproduces_the_corpus_metrics(data: tuple[dict, dict]) -> N
         assert found[name] == pytest.approx(expected[name], rel=1e-12, abs=1e-300), name
 
 
-def test_chair_is_a_ratio_of_sums_over_annotated_images() -> None:
+def test_chair_and_object_recall_are_ratios_of_sums_over_annotated_images() -> None:
     records = [
         replace(_DOG, objects_annotated=True, mentioned=["cat", "dog"], hallucinated=["cat"]),
-        replace(_DOG, objects_annotated=True, mentioned=["dog"], hallucinated=[]),
-        replace(_DOG, objects_annotated=True, mentioned=[], hallucinated=[]),
-        replace(_DOG, objects_annotated=False, mentioned=["cow"], hallucinated=[]),
+        replace(_DOG, objects_annotated=True, mentioned=["dog"], hallucinated=[], missed=["ball"]),
+        replace(_DOG, objects_annotated=True, mentioned=[], hallucinated=[], missed=["dog", "cat"]),
+        replace(_DOG, objects_annotated=False, mentioned=["cow"], hallucinated=[], missed=["hen"]),
     ]
     found = point_estimates(image_statistics(records, chair=True))
     assert found["chair_i"] == pytest.approx(1 / 3) and found["chair_s"] == pytest.approx(1 / 3)
+    # Objects named right (dog, dog) over those present (dog, dog, ball, dog, cat): as the report's.
+    assert found["object_recall"] == pytest.approx(2 / 5)
     silent = [replace(r, mentioned=[], hallucinated=[]) for r in records]
     assert point_estimates(image_statistics(silent, chair=True))["chair_i"] is None
     assert intervals(image_statistics(silent, chair=True))["chair_i"] is None
@@ -150,7 +152,7 @@ def test_the_report_gives_every_metric_an_interval(tmp_path: Path) -> None:
     metrics = write_report(tmp_path / "out", fake.results,
                            objects=load_object_index([fake.instances]), meteor=False).to_json()
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
-    assert list(metrics["intervals"]) == [*metrics["metrics"], "chair_i", "chair_s"]
+    assert list(metrics["intervals"]) == [*metrics["metrics"], "chair_i", "chair_s", "object_recall"]
     for name, (low, high) in metrics["intervals"].items():
         value = metrics["metrics"].get(name, metrics["summary"]["objects"].get(name))
         assert low <= value <= high, name

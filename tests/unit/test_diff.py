@@ -20,7 +20,7 @@ from captioner.evaluation.report import write_report
 # B's captions where they differ from A's (report_data's): three images fixed, one broken.
 B_CAPTIONS = {1: "a blue square", 3: "a red circle and a green square", 4: "a green triangle",
               5: "an orange square", 6: "a yellow circle"}
-METRICS = ["bleu1", "bleu2", "bleu3", "bleu4", "cider", "rouge_l", "chair_i", "chair_s"]
+METRICS = ["bleu1", "bleu2", "bleu3", "bleu4", "cider", "rouge_l", "chair_i", "chair_s", "object_recall"]
 
 
 @pytest.fixture(scope="module")
