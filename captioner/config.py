@@ -163,6 +163,9 @@ class ScstConfig:
     cider_weight: float = setting(1.0, "Weight of the caption's CIDEr-D (training references) in the reward.",
                                   low=0)
     bleu_weight: float = setting(0.0, "Weight of the caption's smoothed BLEU-4 in the reward.", low=0)
+    object_weight: float = setting(
+        0.0, "Weight of the caption's object F1 in the reward: the objects it names against those "
+             "annotated (instances files), read as the report's CHAIR reads them.", low=0)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from torch import Tensor
 from captioner.config import Config
 from captioner.errors import CaptionerError
 from captioner.evaluation.cider_reward import CaptionRewards
+from captioner.evaluation.mentions import ObjectIndex
 from captioner.model.decoder import State
 from captioner.model.search import Step
 from captioner.training.module import CaptionModule
@@ -47,9 +48,25 @@ def check(config: Config) -> None:
     s = config.scst
     if s.baseline == "mean" and s.samples < 2:
         raise CaptionerError("bad configuration: scst.baseline=mean needs scst.samples of at least 2")
-    if s.cider_weight + s.bleu_weight <= 0:
-        raise CaptionerError("bad configuration: scst.cider_weight and scst.bleu_weight are both 0: "
-                             "nothing to reward")
+    if s.cider_weight + s.bleu_weight + s.object_weight <= 0:
+        raise CaptionerError("bad configuration: scst.cider_weight, scst.bleu_weight and "
+                             "scst.object_weight are all 0: nothing to reward")
+
+
+def object_f1(objects: ObjectIndex, vocab: Sequence[str], image_ids: Tensor, tokens: Tensor,
+              lengths: Tensor) -> Tensor:
+    """F1 of the objects each caption names against its image's annotated objects, float32 [N]
+    (tokens [N, T], the first lengths[i] ids of row i its words): 1 where there is nothing to
+    name and nothing is named, 0 for an image the annotations do not cover (no signal)."""
+    f1 = []
+    for image_id, row, n in zip(image_ids.tolist(), tokens.tolist(), lengths.tolist()):
+        if not objects.covers(image_id):
+            f1.append(0.0)
+            continue
+        named = objects.objects_in_caption([vocab[i] for i in row[:n]])
+        present = objects.objects_in_image(image_id)
+        f1.append(2 * len(named & present) / (len(named) + len(present)) if named or present else 1.0)
+    return torch.tensor(f1, dtype=torch.float32)
 
 
 def policy_gradient_loss(logits: Tensor, targets: Tensor, advantage: Tensor,
@@ -141,6 +158,7 @@ class SelfCriticalModule(CaptionModule):
         self.finetune = False
         self.model.encoder.requires_grad_(False)
         self.rewards: CaptionRewards | None = None
+        self.objects: ObjectIndex | None = None  # the annotated objects, where scst.object_weight > 0
 
     def training_step(self, batch: dict | None, batch_idx: int) -> Tensor | None:
         if batch is None:
@@ -186,13 +204,20 @@ class SelfCriticalModule(CaptionModule):
         return Episode(inputs, targets, reward, baseline)
 
     def reward(self, image_ids: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """scst.cider_weight * CIDEr-D + scst.bleu_weight * BLEU-4 of captions [N, T] of these
-        images (the first lengths[i] ids of row i are its words), float32 [N]."""
+        """scst.cider_weight * CIDEr-D + scst.bleu_weight * BLEU-4 + scst.object_weight * object F1
+        of captions [N, T] of these images (the first lengths[i] ids of row i are its words),
+        float32 [N]."""
         if self.rewards is None:
             raise RuntimeError("SelfCriticalModule.rewards must be set before training")
         s = self.config.scst
         scores = self.rewards(image_ids, tokens, lengths)
-        return (s.cider_weight * scores.cider + s.bleu_weight * scores.bleu4).float()
+        reward = (s.cider_weight * scores.cider + s.bleu_weight * scores.bleu4).float()
+        if s.object_weight > 0:
+            if self.objects is None:
+                raise RuntimeError("SelfCriticalModule.objects must be set when scst.object_weight > 0")
+            reward = reward + s.object_weight * object_f1(self.objects, self.vocab.words, image_ids.cpu(),
+                                                          tokens.cpu(), lengths.cpu()).to(reward.device)
+        return reward
 
     def configure_optimizers(self) -> Any:
         o = self.config.optim

@@ -26,6 +26,7 @@ from captioner.data.prepare import PreparedData, build_vocab, prepare
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
 from captioner.evaluation.cider_reward import CaptionRewards
+from captioner.evaluation.mentions import ObjectIndex, load_object_index
 from captioner.evaluation.records import EvaluationMetrics
 from captioner.features.extract import split_features
 from captioner.model.checkpoint import (
@@ -224,6 +225,15 @@ def _evaluated(start: RunStart, best: Path, evaluate_after: bool) -> TrainResult
     return TrainResult(start.run_dir, best, metrics, report)
 
 
+def _training_objects(data: PreparedData, train_set: CaptionSet) -> ObjectIndex:
+    """The annotated objects the object term of the reward compares captions with."""
+    objects = load_object_index(data.instances)
+    if not any(objects.covers(r.image_id) for r in train_set.records):
+        raise CaptionerError(f"scst.object_weight: none of the {len(train_set.records)} training images "
+                             f"is in the instances files ({', '.join(str(p) for p in data.instances)})")
+    return objects
+
+
 def _keep_encoder(start: RunStart, module: CaptionModule, starting_weights: str) -> None:
     """A frozen run keeps its encoder once, in the run folder; its checkpoints name that file."""
     c = start.config.encoder
@@ -251,6 +261,10 @@ def _fit(start: RunStart) -> Path:
     """Build everything and fit; the best checkpoint (rank 0's, on every rank)."""
     config, run_dir = start.config, start.run_dir
     data = prepare(config)
+    self_critical_ahead = start.self_critical or config.scst.epochs > 0
+    if config.scst.object_weight > 0 and self_critical_ahead and not data.instances:
+        raise CaptionerError("scst.object_weight needs the images' object annotations (COCO instances "
+                             "files, data.instances_json); this dataset has none")
     vocab = start.vocab or build_vocab(data, config.data.min_count)
     if launch().rank == 0:
         atomic.write_text(run_dir / "config.yaml", to_yaml(config))
@@ -271,6 +285,8 @@ def _fit(start: RunStart) -> Path:
     if isinstance(module, SelfCriticalModule):  # the training references, counted once
         module.rewards = CaptionRewards({r.image_id: data.tokens(r) for r in train_set.records},
                                         vocab.to_list())
+        if config.scst.object_weight > 0:
+            module.objects = _training_objects(data, train_set)
     datamodule = CaptionDataModule(train_set, val_set, batch_size=config.data.batch_size,
                                    num_workers=config.data.num_workers, seed=config.trainer.seed)
     trainer = _trainer(start, config, run_dir)

@@ -16,7 +16,9 @@ from pycocoevalcap.cider.cider import Cider
 
 from captioner.config import load_config, to_dict
 from captioner.data.vocab import SPECIALS
+from captioner.errors import CaptionerError
 from captioner.evaluation.cider_reward import CaptionRewards
+from captioner.evaluation.mentions import ShapeObjects
 from captioner.model.checkpoint import PHASE, SELF_CRITICAL, CheckpointMeta, load_checkpoint
 from captioner.model.decoder import Decoder
 from captioner.model.search import greedy
@@ -24,6 +26,8 @@ from captioner.training.adapters import read_rows
 from captioner.training.self_critical import (
     Rollout,
     SelfCriticalModule,
+    check,
+    object_f1,
     policy_gradient_loss,
     rollout,
     teacher_forcing,
@@ -65,6 +69,33 @@ def test_rewards_equal_pycocoevalcap_cider_d_and_nltk_bleu4() -> None:
     smooth = SmoothingFunction().method1
     bleu = [sentence_bleu(references[i], c, smoothing_function=smooth) for i, c in zip(ids, captions)]
     assert torch.allclose(rewards.bleu4, torch.tensor(bleu, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+def test_object_f1_scores_the_objects_named_against_the_annotated_ones() -> None:
+    vocab = [*SPECIALS, *WORDS, "and", "dark", "background", "with", "purple", "squares"]
+    objects = ShapeObjects({1: frozenset({"red circle", "blue square"}), 2: frozenset()})
+    cases = [  # (image, caption, F1)
+        (1, "a red circle and a blue square", 1.0),
+        (1, "two small blue squares and a red circle", 1.0),  # as the report reads mentions
+        (1, "a red circle", 2 / 3),  # 1 right of 1 named, 2 present
+        (1, "a red circle and a purple triangle", 1 / 2),  # 1 right of 2 named, 2 present
+        (1, "a red square and a blue circle", 0.0),  # both misbound: no pair right
+        (2, "a dark background", 1.0),  # nothing there, nothing named
+        (2, "a red circle", 0.0),
+        (9, "a red circle and a blue square", 0.0),  # not annotated: no signal
+    ]
+    tokens, lengths = _encoded([c.split() for _, c, _ in cases], vocab)
+    found = object_f1(objects, vocab, torch.tensor([i for i, _, _ in cases]), tokens, lengths)
+    assert found.dtype == torch.float32
+    assert found.tolist() == pytest.approx([f for _, _, f in cases])
+
+
+def test_a_reward_needs_a_weight_and_the_mean_baseline_two_samples() -> None:
+    with pytest.raises(CaptionerError, match="all 0: nothing to reward"):
+        check(load_config(None, ["scst.cider_weight=0"]))
+    check(load_config(None, ["scst.cider_weight=0", "scst.object_weight=1"]))  # objects alone will do
+    with pytest.raises(CaptionerError, match="at least 2"):
+        check(load_config(None, ["scst.baseline=mean", "scst.samples=1"]))
 
 
 def test_policy_gradient_loss_has_the_derivations_sign_and_scale() -> None:
@@ -211,6 +242,38 @@ def test_finetune_runs_logs_and_resumes_exactly(best: Path, tmp_path: Path, monk
     logged = {k for row in rows for k, v in row.items() if v}
     assert {"train/reward", "train/baseline", "train/entropy", "val/cider"} <= logged
     assert load_checkpoint(whole.best)["callbacks"]["RunCheckpoints"]["monitor"] == "val/cider"
+
+
+@pytest.mark.slow
+def test_the_object_reward_reads_the_training_sets_annotations(best: Path, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """scst.object_weight on its own: each sampled caption's reward is its object F1 (0 to 1)
+    against the shapes set's instances files, through `captioner finetune`'s path."""
+    from captioner.training.train import self_critical_run, train_run
+
+    monkeypatch.chdir(tmp_path)
+    run = train_run(self_critical_run(best, [
+        "output_dir=runs", "scst.epochs=1", "trainer.limit_train_batches=2", "trainer.log_every_n_steps=1",
+        "scst.cider_weight=0", "scst.object_weight=1"]), False)
+    rewards = [float(row["train/reward"]) for row in read_rows(run.run_dir / "logs" / "metrics.csv")
+               if row.get("train/reward")]
+    assert len(rewards) == 2 and all(0 <= r <= 1 for r in rewards), rewards
+
+
+def test_the_object_reward_without_annotations_is_refused_before_training(tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    from captioner.data.shapes import ShapesSpec, generate_shapes
+    from captioner.training.train import train
+
+    root = generate_shapes(tmp_path / "shapes", ShapesSpec(num_train=4, num_val=2, num_test=2, size=32))
+    for instances in (root / "annotations").glob("instances_*.json"):
+        instances.unlink()
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, [f"data.root={root}", "data.min_count=1", "encoder.weights=none",
+                                f"cache_dir={tmp_path / 'cache'}", "scst.epochs=1", "scst.object_weight=1"])
+    with pytest.raises(CaptionerError, match="scst.object_weight needs the images' object annotations"):
+        train(config)
+    assert not (tmp_path / "cache" / "features").exists()  # refused before any fc7 was extracted
 
 
 def _val_cider(run: Path) -> list[float]:
