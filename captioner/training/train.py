@@ -225,12 +225,19 @@ def _evaluated(start: RunStart, best: Path, evaluate_after: bool) -> TrainResult
     return TrainResult(start.run_dir, best, metrics, report)
 
 
-def _training_objects(data: PreparedData, train_set: CaptionSet) -> ObjectIndex:
-    """The annotated objects the object term of the reward compares captions with."""
+def _training_objects(data: PreparedData) -> ObjectIndex:
+    """The annotated objects the object term of the reward compares captions with; refused
+    unless every training image is in an instances file (a missing one would add a constant 0
+    to some images' rewards and not others')."""
+    if not data.instances:
+        raise CaptionerError(f"scst.object_weight needs the training images' object annotations (COCO "
+                             f"instances files, data.instances_json): none found under {data.root}")
     objects = load_object_index(data.instances)
-    if not any(objects.covers(r.image_id) for r in train_set.records):
-        raise CaptionerError(f"scst.object_weight: none of the {len(train_set.records)} training images "
-                             f"is in the instances files ({', '.join(str(p) for p in data.instances)})")
+    records = data.split("train")
+    missing = sum(not objects.covers(r.image_id) for r in records)
+    if missing:
+        raise CaptionerError(f"scst.object_weight: {missing} of {len(records)} training images are in no "
+                             f"instances file ({', '.join(str(p) for p in data.instances)})")
     return objects
 
 
@@ -261,10 +268,9 @@ def _fit(start: RunStart) -> Path:
     """Build everything and fit; the best checkpoint (rank 0's, on every rank)."""
     config, run_dir = start.config, start.run_dir
     data = prepare(config)
+    # Checked before any training: a cross-entropy phase would otherwise run first and be wasted.
     self_critical_ahead = start.self_critical or config.scst.epochs > 0
-    if config.scst.object_weight > 0 and self_critical_ahead and not data.instances:
-        raise CaptionerError("scst.object_weight needs the images' object annotations (COCO instances "
-                             "files, data.instances_json); this dataset has none")
+    objects = _training_objects(data) if config.scst.object_weight > 0 and self_critical_ahead else None
     vocab = start.vocab or build_vocab(data, config.data.min_count)
     if launch().rank == 0:
         atomic.write_text(run_dir / "config.yaml", to_yaml(config))
@@ -285,8 +291,7 @@ def _fit(start: RunStart) -> Path:
     if isinstance(module, SelfCriticalModule):  # the training references, counted once
         module.rewards = CaptionRewards({r.image_id: data.tokens(r) for r in train_set.records},
                                         vocab.to_list())
-        if config.scst.object_weight > 0:
-            module.objects = _training_objects(data, train_set)
+        module.objects = objects
     datamodule = CaptionDataModule(train_set, val_set, batch_size=config.data.batch_size,
                                    num_workers=config.data.num_workers, seed=config.trainer.seed)
     trainer = _trainer(start, config, run_dir)
