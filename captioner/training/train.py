@@ -137,6 +137,7 @@ def _resumed_run(resume: Path, overrides: list[str]) -> RunStart:
     """
     checkpoint = load_checkpoint(resume)
     config, vocab = resume_config(checkpoint, resume, overrides)
+    check(config)  # the overrides may change the self-critical settings
     run_dir = run_dir_of(resume)
     start = new_run(config) if run_dir is None else RunStart(config, run_dir)
     if run_dir is None and launch().rank == 0:

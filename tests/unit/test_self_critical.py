@@ -226,6 +226,8 @@ def test_finetune_runs_logs_and_resumes_exactly(best: Path, tmp_path: Path, monk
               "trainer.log_every_n_steps=1"]
     whole = train_run(self_critical_run(best, [*common, "scst.epochs=2", "name=whole"]), False)
     first = train_run(self_critical_run(best, [*common, "scst.epochs=1", "name=cut"]), False)
+    with pytest.raises(CaptionerError, match="nothing to reward"):  # overrides are checked on resume too
+        resume(first.run_dir / "checkpoints" / "last.ckpt", ["scst.epochs=2", "scst.cider_weight=0"])
     resume(first.run_dir / "checkpoints" / "last.ckpt", ["scst.epochs=2"], evaluate_after=False)
 
     def fingerprint(run: Path) -> tuple[int, list[torch.Tensor]]:
