@@ -30,6 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fresh_scenes import Scene, render_scenes  # noqa: E402
 
+from captioner.data.instances import instance_labels  # noqa: E402
 from captioner.data.shapes import ShapesSpec, generate_shapes  # noqa: E402
 from captioner.evaluation.mentions import shape_mentions  # noqa: E402
 from captioner.model.inference import Captioner  # noqa: E402
@@ -71,15 +72,13 @@ def dataset_scenes(n: int, seed: int, size: int, max_objects: int) -> list[Scene
     with tempfile.TemporaryDirectory() as tmp:
         root = generate_shapes(Path(tmp) / "shapes", ShapesSpec(num_train=0, num_val=0, num_test=n, size=size,
                                                                 seed=seed, max_objects=max_objects))
-        instances = json.loads((root / "annotations" / "instances_test.json").read_text())
-        shape_of = {c["id"]: c["name"] for c in instances["categories"]}
-        objects: dict[int, list[tuple[str, str]]] = {i["id"]: [] for i in instances["images"]}
-        for a in instances["annotations"]:
-            objects[a["image_id"]].append((a["attributes"]["colour"], shape_of[a["category_id"]]))
+        instances = root / "annotations" / "instances_test.json"
+        _, labels = instance_labels([instances], "shapes")  # "colour shape" per object, as CHAIR reads them
         scenes = []
-        for image in instances["images"]:
+        for image in json.loads(instances.read_text())["images"]:
             with Image.open(root / "images" / "test" / image["file_name"]) as picture:
-                scenes.append((picture.convert("RGB"), objects[image["id"]]))
+                objects = [tuple(label.split()) for label in labels[image["id"]]]
+                scenes.append((picture.convert("RGB"), objects))
         return scenes
 
 
@@ -113,8 +112,7 @@ def main() -> int:
           f"torch {torch.__version__}")
     print(f"checkpoint: {checkpoint}")
     print(f"{args.n} fresh scenes ({args.renderer} renderer) of 1-{max_objects} objects at {size}px, "
-          f"beam {args.beam_size}: "
-          f"captioned in {seconds:.1f} s")
+          f"beam {args.beam_size}: captioned in {seconds:.1f} s")
     for (_, objects), r in list(zip(scenes, results))[: args.show]:
         print(f"  present {sorted(f'{c} {s}' for c, s in objects)} -> {r.text!r}")
     print("(colour, shape) pairs: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
