@@ -217,7 +217,8 @@ def report_entries(
     resamples: int = RESAMPLES, seed: int = 0, tokens: Mapping[str, list[str]] | None = None,
 ) -> tuple[dict[str, list[float] | None], Resampling]:
     """metrics.json's "intervals" (a key per metric in `metric_names`, then CHAIR's and object
-    recall's; null for METEOR) and "bootstrap" (how they were drawn); no intervals when `resamples` is 0."""
+    recall's; null for METEOR) and "bootstrap" (how they were drawn); no intervals when
+    `resamples` is 0."""
     if resamples == 0:
         return {}, Resampling(0, "switched off")
     found = intervals(image_statistics(records, chair=chair, tokens=tokens), resamples, seed)

@@ -215,8 +215,8 @@ class SelfCriticalModule(CaptionModule):
         if s.object_weight > 0:
             if self.objects is None:
                 raise RuntimeError("SelfCriticalModule.objects must be set when scst.object_weight > 0")
-            reward = reward + s.object_weight * object_f1(self.objects, self.vocab.words, image_ids.cpu(),
-                                                          tokens.cpu(), lengths.cpu()).to(reward.device)
+            f1 = object_f1(self.objects, self.vocab.words, image_ids, tokens, lengths)
+            reward = reward + s.object_weight * f1.to(reward.device)
         return reward
 
     def configure_optimizers(self) -> Any:
