@@ -166,6 +166,8 @@ class ScstConfig:
     object_weight: float = setting(
         0.0, "Weight of the caption's object F1 in the reward: the objects it names against those "
              "annotated (instances files), read as the report's CHAIR reads them.", low=0)
+    stop_below: float = setting(0.9, "Stop when validation CIDEr-D falls below this share of its best "
+                                     "so far, as a collapsed policy's does (0: never).", low=0, high=1)
 
 
 @dataclass

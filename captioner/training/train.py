@@ -42,7 +42,7 @@ from captioner.model.stored_encoder import locate, store
 from captioner.training.adapters import fit
 from captioner.training.module import CaptionModule
 from captioner.training.pretrain import cached_encoder
-from captioner.training.self_critical import MONITOR, SelfCriticalModule, check
+from captioner.training.self_critical import MONITOR, CollapseStop, SelfCriticalModule, check
 from captioner.training.trainer import build_trainer
 from captioner.util import atomic
 from captioner.util.console import say
@@ -253,11 +253,12 @@ def _keep_encoder(start: RunStart, module: CaptionModule, starting_weights: str)
 
 def _trainer(start: RunStart, config: Config, run_dir: Path) -> L.Trainer:
     """Cross-entropy: trainer.max_epochs, best by trainer.monitor, early stopping with patience.
-    Self-critical: scst.epochs, best by validation CIDEr-D."""
+    Self-critical: scst.epochs, best by validation CIDEr-D, stopped if the policy collapses."""
     t = config.trainer
     if start.self_critical:
-        return build_trainer(config, run_dir, [], monitor=MONITOR, what="self-critical training",
-                             resume_step=start.resume_step, max_epochs=config.scst.epochs)
+        return build_trainer(config, run_dir, [CollapseStop(config.scst.stop_below)], monitor=MONITOR,
+                             what="self-critical training", resume_step=start.resume_step,
+                             max_epochs=config.scst.epochs)
     callbacks: list[L.Callback] = []
     if t.patience > 0:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=monitor_mode(t.monitor), patience=t.patience))

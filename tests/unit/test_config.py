@@ -167,7 +167,7 @@ def test_every_declared_limit_holds_at_its_edges() -> None:
 
     limited = {key: item for key, item in declared().items()
                if item.metadata["choices"] or item.metadata["low"] is not None}
-    assert len(limited) == 49  # the 6 choices and 42 ranges the tables held before, and scst.object_weight
+    assert len(limited) == 50  # the 6 choices and 42 ranges the tables held before, and 2 scst settings
     for key, item in limited.items():
         allowed, low, high = (item.metadata[k] for k in ("choices", "low", "high"))
         if allowed:
