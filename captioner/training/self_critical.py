@@ -24,11 +24,12 @@ Validation, checkpoints and resuming are CaptionModule's; best.ckpt is picked by
 With a greedy baseline most samples score below it, so most of the gradient pushes sampled words
 down; on low-entropy data (the shapes set) that has, after some hundreds of steps, tipped the policy
 into a collapse it does not recover from (validation CIDEr-D 3.9 -> 0.3 within three epochs).
-`CollapseStop` ends such a run: best.ckpt already holds the epoch before it.
+`CollapseStop` ends such a run: best.ckpt already holds its best epoch, from before the fall.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ from captioner.evaluation.mentions import ObjectIndex
 from captioner.model.decoder import State
 from captioner.model.search import Step
 from captioner.training.module import CaptionModule
-from captioner.util.console import say
+from captioner.util.console import warn
 from captioner.version import __version__
 
 MONITOR = "val/cider"
@@ -152,19 +153,19 @@ def teacher_forcing(captions: Rollout, start: int, pad: int) -> tuple[Tensor, Te
 
 
 class CollapseStop(L.Callback):
-    """Stop once validation CIDEr-D falls below `share` of its best so far (0: never): a collapse,
-    not the epoch-to-epoch noise of a plateau. Its best is kept in checkpoints, so a resumed run
-    compares with the same one."""
+    """Stop once validation CIDEr-D falls below `share` of its best so far in this run (0: never):
+    a collapse, not the epoch-to-epoch noise of a plateau. Its best is kept in checkpoints, so a
+    resumed run compares with the same one. `advice` ends the line that says so."""
 
-    def __init__(self, share: float) -> None:
-        self.share = share
+    def __init__(self, share: float, advice: str = "") -> None:
+        self.share, self.advice = share, advice
         self.best: float | None = None
         self.best_epoch = 0
         self.stopped: str | None = None
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(MONITOR)
-        if trainer.sanity_checking or self.share <= 0 or value is None:
+        if trainer.sanity_checking or self.share <= 0 or value is None or math.isnan(float(value)):
             return
         value, epoch = float(value), trainer.current_epoch + 1
         if self.best is None or value > self.best:
@@ -173,14 +174,14 @@ class CollapseStop(L.Callback):
         # Every rank scored the same gathered captions; agreeing keeps them stopping together.
         if trainer.strategy.reduce_boolean_decision(value < self.share * self.best, all=False):
             trainer.should_stop = True
-            self.stopped = (f"self-critical training stopped after epoch {epoch}: validation CIDEr-D "
-                            f"{value:.3f} fell below {self.share:g} of its best, {self.best:.3f} at epoch "
-                            f"{self.best_epoch}: the policy has collapsed; best.ckpt is that epoch "
-                            f"(for a longer run, try scst.baseline=mean)")
+            self.stopped = (f"self-critical training stopped after epoch {epoch} of {trainer.max_epochs}: "
+                            f"validation CIDEr-D {value:.3f} is below {self.share:g} x its best "
+                            f"({self.best:.3f}, epoch {self.best_epoch}), a collapsed policy; best.ckpt "
+                            f"keeps the best epoch. {self.advice}scst.stop_below=0 trains on regardless")
 
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.stopped and trainer.is_global_zero:
-            say(self.stopped)
+            warn(self.stopped)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}

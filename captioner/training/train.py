@@ -256,7 +256,8 @@ def _trainer(start: RunStart, config: Config, run_dir: Path) -> L.Trainer:
     Self-critical: scst.epochs, best by validation CIDEr-D, stopped if the policy collapses."""
     t = config.trainer
     if start.self_critical:
-        return build_trainer(config, run_dir, [CollapseStop(config.scst.stop_below)], monitor=MONITOR,
+        advice = "scst.baseline=mean may hold longer; " if config.scst.baseline == "greedy" else ""
+        return build_trainer(config, run_dir, [CollapseStop(config.scst.stop_below, advice)], monitor=MONITOR,
                              what="self-critical training", resume_step=start.resume_step,
                              max_epochs=config.scst.epochs)
     callbacks: list[L.Callback] = []
