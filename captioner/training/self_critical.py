@@ -22,14 +22,13 @@ that evaluation decodes in.
 Validation, checkpoints and resuming are CaptionModule's; best.ckpt is picked by val/cider.
 
 With a greedy baseline most samples score below it, so most of the gradient pushes sampled words
-down; on low-entropy data (the shapes set) that has, after some hundreds of steps, tipped the policy
-into a collapse it does not recover from (validation CIDEr-D 3.9 -> 0.3 within three epochs).
-`CollapseStop` ends such a run: best.ckpt already holds its best epoch, from before the fall.
+down; on low-entropy captions that can tip a long run into a collapse it does not recover from
+(docs/self-critical.md, "Longer runs"). `CollapseStop` ends such a run: best.ckpt already holds
+its best epoch, from before the fall.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +43,7 @@ from captioner.evaluation.cider_reward import CaptionRewards
 from captioner.evaluation.mentions import ObjectIndex
 from captioner.model.decoder import State
 from captioner.model.search import Step
+from captioner.training.adapters import RunCheckpoints
 from captioner.training.module import CaptionModule
 from captioner.util.console import warn
 from captioner.version import __version__
@@ -153,41 +153,33 @@ def teacher_forcing(captions: Rollout, start: int, pad: int) -> tuple[Tensor, Te
 
 
 class CollapseStop(L.Callback):
-    """Stop once validation CIDEr-D falls below `share` of its best so far in this run (0: never):
-    a collapse, not the epoch-to-epoch noise of a plateau. Its best is kept in checkpoints, so a
-    resumed run compares with the same one. `advice` ends the line that says so."""
+    """Stop once validation CIDEr-D falls below `share` of the best so far (0: never): a collapse,
+    not the epoch-to-epoch noise of a plateau. The best is the one best.ckpt holds, RunCheckpoints'
+    (updated after this check, kept in checkpoints, restored on resume). `advice` ends the line
+    that says so."""
 
     def __init__(self, share: float, advice: str = "") -> None:
         self.share, self.advice = share, advice
-        self.best: float | None = None
-        self.best_epoch = 0
         self.stopped: str | None = None
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        value = trainer.callback_metrics.get(MONITOR)
-        if trainer.sanity_checking or self.share <= 0 or value is None or math.isnan(float(value)):
+        kept, value = trainer.checkpoint_callback, trainer.callback_metrics.get(MONITOR)
+        best = kept.best if isinstance(kept, RunCheckpoints) and kept.monitor == MONITOR else None
+        if trainer.sanity_checking or self.share <= 0 or value is None or best is None:
             return
-        value, epoch = float(value), trainer.current_epoch + 1
-        if self.best is None or value > self.best:
-            self.best, self.best_epoch = value, epoch
-            return
+        value = float(value)  # NaN compares False: no stop
         # Every rank scored the same gathered captions; agreeing keeps them stopping together.
-        if trainer.strategy.reduce_boolean_decision(value < self.share * self.best, all=False):
+        if trainer.strategy.reduce_boolean_decision(value < self.share * best, all=False):
             trainer.should_stop = True
-            self.stopped = (f"self-critical training stopped after epoch {epoch} of {trainer.max_epochs}: "
-                            f"validation CIDEr-D {value:.3f} is below {self.share:g} x its best "
-                            f"({self.best:.3f}, epoch {self.best_epoch}), a collapsed policy; best.ckpt "
-                            f"keeps the best epoch. {self.advice}scst.stop_below=0 trains on regardless")
+            self.stopped = (f"self-critical training stopped after epoch {trainer.current_epoch + 1} of "
+                            f"{trainer.max_epochs}: validation CIDEr-D {value:.3f} is below {self.share:g} x "
+                            f"its best ({best:.3f}, epoch {kept.best_epoch + 1}), a collapsed policy; "
+                            f"best.ckpt keeps the best epoch. {self.advice}scst.stop_below=0 trains on "
+                            f"regardless")
 
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.stopped and trainer.is_global_zero:
             warn(self.stopped)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best, self.best_epoch = state_dict["best"], state_dict["best_epoch"]
 
 
 class SelfCriticalModule(CaptionModule):

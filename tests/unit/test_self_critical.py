@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import random
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -23,7 +24,7 @@ from captioner.evaluation.mentions import ShapeObjects
 from captioner.model.checkpoint import PHASE, SELF_CRITICAL, CheckpointMeta, load_checkpoint
 from captioner.model.decoder import Decoder
 from captioner.model.search import greedy
-from captioner.training.adapters import read_rows
+from captioner.training.adapters import RunCheckpoints, read_rows
 from captioner.training.self_critical import (
     CollapseStop,
     Rollout,
@@ -231,45 +232,48 @@ class _ScriptedCider(L.LightningModule):
     def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
         pass
 
-    def on_validation_epoch_end(self) -> None:  # the sanity check's high score must not count
-        self.log("val/cider", 10.0 if self.trainer.sanity_checking else self.script[self.current_epoch])
+    def on_validation_epoch_end(self) -> None:  # the sanity check's low score must not stop a resumed run
+        self.log("val/cider", 0.0 if self.trainer.sanity_checking else self.script[self.current_epoch])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _epochs_until_stopped(script: list[float], stop: CollapseStop) -> int:
+def _epochs_until_stopped(script: list[float], stop: CollapseStop, folder: Path, resume: bool = False) -> int:
+    """Epochs a real Trainer ran with the stop and the run's own checkpoints (whose best it reads),
+    resuming from folder's last.ckpt where asked."""
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)), batch_size=4)
-    trainer = L.Trainer(max_epochs=len(script), accelerator="cpu", callbacks=[stop], logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
+    trainer = L.Trainer(max_epochs=len(script), accelerator="cpu", logger=False,
+                        callbacks=[RunCheckpoints(folder, "val/cider"), stop], enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=1)
-    trainer.fit(_ScriptedCider(script), data, data)
+    trainer.fit(_ScriptedCider(script), data, data, ckpt_path=folder / "last.ckpt" if resume else None)
     return trainer.current_epoch
 
 
-def test_a_collapsing_policy_stops_self_critical_training_and_a_plateau_does_not(capsys) -> None:
-    """The greedy recipe collapsed after 13 epochs on crowded shapes (validation CIDEr-D 3.99 ->
-    0.31 in three epochs): a real Trainer stops at the first epoch below 0.9 of the best, not on a
-    plateau's dips, never with 0, and a resumed run compares with the best its checkpoint kept."""
+def test_a_collapsing_policy_stops_self_critical_training_and_a_plateau_does_not(capsys,
+                                                                                tmp_path: Path) -> None:
+    """A real Trainer stops at the first epoch below 0.9 of the best, not on a plateau's dips,
+    never with 0, and a resumed run compares with the best its checkpoint kept."""
     script = [3.0, 3.3, 3.1, 3.2, 3.0, 2.9, 0.5, 0.3]
     stop = CollapseStop(0.9, "ADVICE; ")
-    assert _epochs_until_stopped(script, stop) == 6  # 2.9 < 0.9 x 3.3; 3.0 (0.91 x) is a dip
+    assert _epochs_until_stopped(script, stop, tmp_path / "a") == 6  # 2.9 < 0.9 x 3.3; 3.0 (0.91 x) is a dip
     assert "warning: self-critical training stopped after epoch 6 of 8: validation CIDEr-D 2.900 is " \
            "below 0.9 x its best (3.300, epoch 2), a collapsed policy; best.ckpt keeps the best epoch. " \
            "ADVICE; scst.stop_below=0 trains on regardless" in capsys.readouterr().err
-    assert _epochs_until_stopped([3.0, float("nan"), 2.9, 2.6, 2.5], CollapseStop(0.9)) == 4  # NaN skipped
-    assert _epochs_until_stopped(script, CollapseStop(0)) == len(script)
-    resumed = CollapseStop(0.9)
-    resumed.load_state_dict(stop.state_dict())
-    assert _epochs_until_stopped([3.1, 3.2], resumed) == 2  # 3.1 is not below 0.9 x 3.3: both run
-    resumed.load_state_dict({"best": 3.6, "best_epoch": 9})
-    assert _epochs_until_stopped([3.1, 3.2], resumed) == 1  # 3.1 < 0.9 x 3.6 = 3.24: stopped at once
+    assert _epochs_until_stopped([3.0, float("nan"), 2.9, 2.6, 2.5], CollapseStop(0.9), tmp_path / "b") == 4
+    assert _epochs_until_stopped(script, CollapseStop(0), tmp_path / "c") == len(script)
+    # Resumed after epoch 6 with the best 3.3 restored: 3.1 is not below 0.9 x 3.3, both epochs run;
+    # 2.95 is, and stops at once (against a best counted afresh it would be the first).
+    shutil.copytree(tmp_path / "a", tmp_path / "a2")
+    for folder, epoch_7, epochs in ((tmp_path / "a", 3.1, 8), (tmp_path / "a2", 2.95, 7)):
+        resumed = _epochs_until_stopped([*script[:6], epoch_7, 3.2], CollapseStop(0.9), folder, resume=True)
+        assert resumed == epochs, epoch_7
 
 
 @pytest.mark.slow
 def test_finetune_runs_logs_and_resumes_exactly(best: Path, tmp_path: Path, monkeypatch) -> None:
     """`captioner finetune`'s path in-process: a 2-epoch run, and a 1-epoch run resumed to 2."""
-    from captioner.training.train import resume, self_critical_run, train_run
+    from captioner.training.train import _trainer, resume, self_critical_run, train_run
 
     monkeypatch.chdir(tmp_path)
     common = ["output_dir=runs", "scst.lr=1e-3", "trainer.limit_train_batches=2",
@@ -294,11 +298,13 @@ def test_finetune_runs_logs_and_resumes_exactly(best: Path, tmp_path: Path, monk
     logged = {k for row in rows for k, v in row.items() if v}
     assert {"train/reward", "train/baseline", "train/entropy", "val/cider"} <= logged
     assert load_checkpoint(whole.best)["callbacks"]["RunCheckpoints"]["monitor"] == "val/cider"
-    # The guard is on, its state saved after each epoch's check and restored on resume.
-    kept = [load_checkpoint(run / "checkpoints" / "last.ckpt")["callbacks"]["CollapseStop"]
+    # The collapse stop is on, reading the best these checkpoints keep and a resume restores.
+    start = self_critical_run(best, [*common, "scst.epochs=2", "name=wired"])
+    assert any(isinstance(c, CollapseStop) for c in _trainer(start, start.config, start.run_dir).callbacks)
+    kept = [load_checkpoint(run / "checkpoints" / "last.ckpt")["callbacks"]["RunCheckpoints"]
             for run in (first.run_dir, whole.run_dir)]
     scores = [float(row["val/cider"]) for row in rows if row.get("val/cider")]
-    assert kept[0] == kept[1] and kept[1]["best"] == max(scores)
+    assert kept[0]["best"] == kept[1]["best"] == max(scores)
 
 
 @pytest.mark.slow
